@@ -1,0 +1,35 @@
+"""`svcproxy render`: print the complete ruleset this node would get, deterministically."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..dataplane import renderer
+from ..model.load import load_paths
+from ..state import build_state
+from .options import manifest_option, node_config, node_options
+
+
+def report_errors(errors: list[str]) -> None:
+    """Bad objects go to stderr, one line each; the rest is still rendered."""
+    for e in errors:
+        click.echo(f"error: {e}", err=True)
+    if errors:
+        click.echo(f"{len(errors)} object(s) skipped; everything else was rendered.", err=True)
+
+
+@click.command()
+@manifest_option(required=True)
+@node_options
+def render(paths: tuple[str, ...], proxy_mode: str, **params: object) -> None:
+    """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH."""
+    cfg = node_config(params)
+    try:
+        objects = load_paths(paths)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from None
+    state = build_state(objects, cfg)
+    report_errors(state.errors)
+    sys.stdout.write(renderer(proxy_mode)(state, cfg))

@@ -1,0 +1,97 @@
+"""What a node knows about itself: the inputs besides the cluster objects that rendering needs.
+
+Rendering is a pure function of (state, NodeConfig). The daemon fills NodeConfig from flags,
+a KubeProxyConfiguration file and the kernel; `render` fills it from flags alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+DEFAULT_MASQUERADE_BIT = 14
+
+
+def ip_family(address: str) -> int:
+    """4 or 6 for an address or CIDR string."""
+    return 6 if ":" in address else 4
+
+
+def format_endpoint(ip: str, port: int) -> str:
+    """ip:port as kube-proxy prints it: IPv6 in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    hostname: str = "test-node"
+    ip_family: int = 4
+    cluster_cidrs: tuple[str, ...] = ()
+    node_ips: tuple[str, ...] = ()  # primary address per family
+    local_addresses: tuple[str, ...] = ()  # other addresses on this node's interfaces
+    nodeport_addresses: tuple[str, ...] = ()  # CIDRs or "primary"; empty = every local address
+    masquerade_all: bool = False
+    localhost_nodeports: bool = True
+    masquerade_bit: int = DEFAULT_MASQUERADE_BIT
+    zone: str = ""  # this node's topology.kubernetes.io/zone label
+    node_labels: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.ip_family not in (4, 6):
+            raise ValueError(f"ip family must be 4 or 6, got {self.ip_family}")
+        if not 0 <= self.masquerade_bit <= 31:
+            raise ValueError(f"masquerade bit must be 0-31, got {self.masquerade_bit}")
+
+    def with_node(self, zone: str, labels: tuple[tuple[str, str], ...]) -> NodeConfig:
+        return replace(self, zone=zone, node_labels=labels)
+
+    @property
+    def family_name(self) -> str:
+        return f"IPv{self.ip_family}"
+
+    @cached_property
+    def family_cluster_cidrs(self) -> tuple[str, ...]:
+        return tuple(c for c in self.cluster_cidrs if ip_family(c) == self.ip_family)
+
+    @cached_property
+    def primary_ip(self) -> str:
+        for ip in self.node_ips:
+            if ip_family(ip) == self.ip_family:
+                return ip
+        return ""
+
+    @cached_property
+    def local_ips(self) -> tuple[str, ...]:
+        """Every address of this family that the node owns, loopback included, deduplicated."""
+        loop = "127.0.0.1" if self.ip_family == 4 else "::1"
+        ips = [*self.node_ips, *self.local_addresses, loop]
+        return tuple(dict.fromkeys(ip for ip in ips if ip_family(ip) == self.ip_family))
+
+    def is_local(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        if addr.is_loopback:
+            return True
+        return any(ipaddress.ip_address(x) == addr for x in self.local_ips)
+
+    @cached_property
+    def nodeport_ips(self) -> tuple[str, ...] | None:
+        """The addresses NodePorts answer on; None means every local address (addrtype LOCAL).
+
+        Mirrors kube-proxy: an empty --nodeport-addresses means all; "primary" means the node
+        IP of this family; CIDRs select matching local addresses (a 0.0.0.0/0 or ::/0 means all).
+        """
+        wanted = [c for c in self.nodeport_addresses if c == "primary" or ip_family(c) == self.ip_family]
+        if not self.nodeport_addresses:
+            return None
+        out: list[str] = []
+        for c in wanted:
+            if c == "primary":
+                if self.primary_ip:
+                    out.append(self.primary_ip)
+                continue
+            net = ipaddress.ip_network(c, strict=False)
+            if net.prefixlen == 0:
+                return None
+            out += [ip for ip in self.local_ips if ipaddress.ip_address(ip) in net]
+        return tuple(dict.fromkeys(out))
