@@ -1,0 +1,150 @@
+"""Parsing and validation of Kubernetes objects: good objects round-trip, bad ones name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from svcproxy.model import ObjectError, load_paths, load_text, parse_endpoint_slice, parse_service
+
+
+def svc(**spec: object) -> dict:
+    base = {"clusterIP": "172.30.0.41", "ports": [{"name": "p80", "port": 80, "protocol": "TCP"}]}
+    base.update(spec)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc1", "namespace": "ns1"}, "spec": base}
+
+
+def test_service_defaults_and_fields() -> None:
+    s = parse_service(svc(type="NodePort", externalIPs=["192.168.99.11"],
+                          ports=[{"name": "p80", "port": 80, "nodePort": 3001, "targetPort": "http"}]))
+    assert s.key == "ns1/svc1"
+    assert s.type == "NodePort"
+    assert s.cluster_ips == ("172.30.0.41",)
+    assert s.ports[0].protocol == "TCP" and s.ports[0].node_port == 3001 and s.ports[0].target_port == "http"
+    assert s.external_ips == ("192.168.99.11",)
+    assert s.session_affinity == "None" and s.external_traffic_policy == "Cluster"
+
+
+def test_ipv6_addresses_are_normalised() -> None:
+    s = parse_service(svc(clusterIPs=["fd00:0:0::0:1"], clusterIP="fd00::1"))
+    assert s.cluster_ips == ("fd00::1",)
+
+
+def test_affinity_timeout_and_lb_ingress() -> None:
+    s = parse_service(svc(type="LoadBalancer", sessionAffinity="ClientIP",
+                          sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
+                      | {"status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}, {"hostname": "lb.example"},
+                                                                  {"ip": "1.2.3.5", "ipMode": "Proxy"}]}}})
+    assert s.session_affinity_timeout == 60
+    assert [(i.ip, i.ip_mode) for i in s.load_balancer_ingress] == [("1.2.3.4", "VIP"), ("1.2.3.5", "Proxy")]
+
+
+@pytest.mark.parametrize(("spec", "field", "words"), [
+    ({"clusterIP": "172.30.0.999"}, "spec.clusterIP", "not a valid IP"),
+    ({"ports": [{"port": 70000}]}, "spec.ports[0].port", "out of range"),
+    ({"ports": [{"port": 0}]}, "spec.ports[0].port", "out of range"),
+    ({"ports": [{"port": "80"}]}, "spec.ports[0].port", "must be an integer"),
+    ({"ports": [{"port": 80, "protocol": "ICMP"}]}, "spec.ports[0].protocol", "not one of TCP, UDP, SCTP"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "spec.ports[1].name", "duplicate"),
+    ({"ports": [{"port": 80, "targetPort": 0}]}, "spec.ports[0].targetPort", "out of range"),
+    ({"type": "Magic"}, "spec.type", "not one of"),
+    ({"externalIPs": ["nope"]}, "spec.externalIPs[0]", "not a valid IP"),
+    ({"loadBalancerSourceRanges": ["10.0.0.0/33"]}, "spec.loadBalancerSourceRanges[0]", "not a valid CIDR"),
+    ({"externalTrafficPolicy": "Nearby"}, "spec.externalTrafficPolicy", "not one of"),
+    ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "out of range"),
+    ({"ports": "80"}, "spec.ports", "must be a list"),
+])
+def test_bad_service_names_object_and_field(spec: dict, field: str, words: str) -> None:
+    with pytest.raises(ObjectError) as err:
+        parse_service(svc(**spec))
+    assert err.value.field == field
+    assert str(err.value).startswith(f"Service ns1/svc1: {field}: ")
+    assert words in str(err.value)
+
+
+def test_missing_name_is_reported() -> None:
+    with pytest.raises(ObjectError, match=r"metadata.name: is required"):
+        parse_service({"kind": "Service", "metadata": {"namespace": "x"}, "spec": {}})
+
+
+def eps(**fields: object) -> dict:
+    base: dict = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "svc1-abc", "namespace": "ns1",
+                               "labels": {"kubernetes.io/service-name": "svc1"}},
+                  "addressType": "IPv4", "ports": [{"name": "p80", "port": 80}],
+                  "endpoints": [{"addresses": ["10.180.0.1"], "nodeName": "test-node"}]}
+    base.update(fields)
+    return base
+
+
+def test_endpoint_slice_conditions_default_like_kube_proxy() -> None:
+    sl = parse_endpoint_slice(eps(endpoints=[
+        {"addresses": ["10.180.0.1"]},
+        {"addresses": ["10.180.0.2"], "conditions": {"ready": False}},
+        {"addresses": ["10.180.0.3"], "conditions": {"ready": False, "serving": True, "terminating": True},
+         "hints": {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "test-node"}]}},
+    ]))
+    a, b, c = sl.endpoints
+    assert (a.ready, a.serving, a.terminating) == (True, True, False)
+    assert (b.ready, b.serving, b.terminating) == (False, False, False)
+    assert (c.ready, c.serving, c.terminating) == (False, True, True)
+    assert c.zone_hints == {"zone-a"} and c.node_hints == {"test-node"}
+    assert sl.service_key == "ns1/svc1"
+    assert sl.ports[0].protocol == "TCP"
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"addressType": "IPv5"}, "addressType", "not one of"),
+    ({"endpoints": [{"addresses": ["fd00::1"]}]}, "endpoints[0].addresses[0]", "not an IPv4 address"),
+    ({"endpoints": [{"addresses": []}]}, "endpoints[0].addresses", "at least one"),
+    ({"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]},
+     "endpoints[0].conditions.ready", "must be a boolean"),
+    ({"ports": [{"name": "p", "port": 65536}]}, "ports[0].port", "out of range"),
+    ({"ports": [{"name": "p", "port": 80, "protocol": "tcp"}]}, "ports[0].protocol", "not one of"),
+])
+def test_bad_endpoint_slice_names_object_and_field(fields: dict, field: str, words: str) -> None:
+    with pytest.raises(ObjectError) as err:
+        parse_endpoint_slice(eps(**fields))
+    assert err.value.field == field and words in str(err.value)
+    assert "EndpointSlice ns1/svc1-abc" in str(err.value)
+
+
+def test_slice_without_service_label() -> None:
+    obj = eps()
+    obj["metadata"]["labels"] = {}
+    with pytest.raises(ObjectError, match=r"kubernetes.io/service-name\]: is required"):
+        parse_endpoint_slice(obj)
+
+
+def test_load_multidoc_list_and_json(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "apiVersion: v1\nkind: List\nitems:\n- " + json.dumps(svc()) + "\n---\n" + json.dumps(eps()) + "\n")
+    (tmp_path / "sub").mkdir()
+    other = svc()
+    other["metadata"]["name"] = "svc2"
+    (tmp_path / "sub" / "b.json").write_text(json.dumps(other))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    objs = load_paths([tmp_path])
+    assert sorted(s.key for s in objs.services) == ["ns1/svc1", "ns1/svc2"]
+    assert [s.key for s in objs.slices] == ["ns1/svc1-abc"]
+    assert objs.errors == []
+
+
+def test_bad_object_is_skipped_and_the_rest_loaded() -> None:
+    bad = svc(clusterIP="300.1.1.1")
+    bad["metadata"]["name"] = "broken"
+    objs = load_text(json.dumps(bad) + "\n---\n" + json.dumps(svc()), origin="f.yaml")
+    assert [s.key for s in objs.services] == ["ns1/svc1"]
+    assert objs.errors == ["f.yaml: Service ns1/broken: spec.clusterIP: '300.1.1.1' is not a valid IP address"]
+
+
+def test_invalid_yaml_is_an_error_not_a_crash() -> None:
+    objs = load_text("kind: Service\n  metadata: [", origin="bad.yaml")
+    assert objs.services == [] and objs.errors and objs.errors[0].startswith("bad.yaml: not valid YAML/JSON")
+
+
+def test_missing_path_is_reported(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_paths([tmp_path / "nope.yaml"])
