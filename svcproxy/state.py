@@ -75,7 +75,9 @@ class ServicePortInfo:
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+        # kube-proxy: external traffic needs the Cluster endpoints even with eTP=Local, for the
+        # short-circuit of pod and node traffic to external addresses.
+        return not self.internal_policy_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:
