@@ -1,0 +1,160 @@
+"""The fixed part of the kube-proxy table: base chains, top-level chains, sets and maps.
+
+Mirrors kube-proxy's nftables mode (setupNFTables): filter chains run before DNAT so they see
+the service address; nat chains jump to "services", which dispatches through verdict maps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ...config import NodeConfig
+from .names import family_keyword
+
+TABLE_COMMENT = "rules for kube-proxy"
+
+# chain names
+FILTER_PREROUTING = "filter-prerouting"
+FILTER_INPUT = "filter-input"
+FILTER_FORWARD = "filter-forward"
+FILTER_OUTPUT = "filter-output"
+FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
+NAT_PREROUTING = "nat-prerouting"
+NAT_OUTPUT = "nat-output"
+NAT_POSTROUTING = "nat-postrouting"
+SERVICES = "services"
+SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
+NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
+REJECT_CHAIN = "reject-chain"
+CLUSTER_IPS_CHECK = "cluster-ips-check"
+FIREWALL_CHECK = "firewall-check"
+MARK_MASQ = "mark-for-masquerade"
+MASQUERADING = "masquerading"
+
+# set and map names
+CLUSTER_IPS = "cluster-ips"
+NODEPORT_IPS = "nodeport-ips"
+SERVICE_IPS = "service-ips"
+SERVICE_NODEPORTS = "service-nodeports"
+NO_ENDPOINT_SERVICES = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
+FIREWALL_IPS = "firewall-ips"
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[str, ...] = ()
+    hook: str = ""  # e.g. "type filter hook input priority dstnat - 10; policy accept;" for base chains
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Container:
+    """A set (value_type "") or verdict map declaration."""
+
+    name: str
+    key_type: str
+    value_type: str = ""
+    comment: str = ""
+    flags: str = ""
+    timeout: int = 0  # seconds; affinity sets
+
+    @property
+    def kind(self) -> str:
+        return "map" if self.value_type else "set"
+
+    def spec(self) -> list[str]:
+        """The body of the declaration, one statement per item (joined by the caller)."""
+        parts = [f"type {self.key_type}" + (f" : {self.value_type}" if self.value_type else "")]
+        if self.flags:
+            parts.append(f"flags {self.flags}")
+        if self.timeout:
+            parts.append(f"timeout {self.timeout}s")
+        if self.comment:
+            parts.append(f'comment "{self.comment}"')
+        return parts
+
+
+def addr_type(cfg: NodeConfig) -> str:
+    return "ipv4_addr" if cfg.ip_family == 4 else "ipv6_addr"
+
+
+def masquerade_mark(cfg: NodeConfig) -> str:
+    return hex(1 << cfg.masquerade_bit)
+
+
+def no_localhost(cfg: NodeConfig) -> str:
+    """NodePorts never answer on loopback in nftables mode (that needs route_localnet)."""
+    return "ip daddr != 127.0.0.0/8" if cfg.ip_family == 4 else "ip6 daddr != ::1"
+
+
+def nodeport_set_ips(cfg: NodeConfig) -> tuple[str, ...] | None:
+    """Elements of @nodeport-ips; None when NodePorts answer on every local address."""
+    ips = cfg.nodeport_ips
+    if ips is None:
+        return None
+    return tuple(ip for ip in ips if not ipaddress.ip_address(ip).is_loopback)
+
+
+def containers(cfg: NodeConfig) -> tuple[Container, ...]:
+    """The table's fixed sets and maps, in declaration order."""
+    addr = addr_type(cfg)
+    triple = f"{addr} . inet_proto . inet_service"
+    out = [Container(CLUSTER_IPS, addr, comment="Active ClusterIPs")]
+    if nodeport_set_ips(cfg) is not None:
+        out.append(Container(NODEPORT_IPS, addr, comment="IPs that accept NodePort traffic"))
+    out += [
+        Container(NO_ENDPOINT_SERVICES, triple, "verdict",
+                  comment="vmap to drop or reject packets to services with no endpoints"),
+        Container(NO_ENDPOINT_NODEPORTS, "inet_proto . inet_service", "verdict",
+                  comment="vmap to drop or reject packets to service nodeports with no endpoints"),
+        Container(FIREWALL_IPS, triple, "verdict",
+                  comment="destinations that are subject to LoadBalancerSourceRanges"),
+        Container(SERVICE_IPS, triple, "verdict", comment="ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+        Container(SERVICE_NODEPORTS, "inet_proto . inet_service", "verdict", comment="NodePort traffic"),
+    ]
+    return tuple(out)
+
+
+def fixed_chains(cfg: NodeConfig) -> tuple[Chain, ...]:
+    """Base chains (hooked into netfilter) and the top-level chains they jump to, with their rules."""
+    ip = family_keyword(cfg.ip_family)
+    mark = masquerade_mark(cfg)
+    new = "ct state new"
+
+    # Priorities in numbers (dstnat = -100, srcnat = 100): nft 1.0.6 accepts the names only
+    # on some hooks. Filter chains run just before DNAT so they see the service address.
+    def base(kind: str, hook: str, prio: str) -> str:
+        return f"type {kind} hook {hook} priority {prio}; policy accept;"
+
+    if nodeport_set_ips(cfg) is None:
+        nodeport_check = f"{no_localhost(cfg)} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
+        nodeport_dispatch = (f"fib daddr type local {no_localhost(cfg)} "
+                             f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")
+    else:
+        nodeport_check = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
+        nodeport_dispatch = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
+    triple = f"{ip} daddr . meta l4proto . th dport"
+    return (
+        Chain(FILTER_PREROUTING, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "prerouting", "-110")),
+        Chain(FILTER_INPUT, (f"{new} jump {NODEPORT_ENDPOINTS_CHECK}", f"{new} jump {SERVICE_ENDPOINTS_CHECK}"),
+              base("filter", "input", "-110")),
+        Chain(FILTER_FORWARD, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}"),
+              base("filter", "forward", "-110")),
+        Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {FIREWALL_CHECK}"),
+              base("filter", "output", "-110")),
+        Chain(FILTER_OUTPUT_POST_DNAT, (f"{new} jump {CLUSTER_IPS_CHECK}",), base("filter", "output", "-90")),
+        Chain(NAT_PREROUTING, (f"jump {SERVICES}",), base("nat", "prerouting", "-100")),
+        Chain(NAT_OUTPUT, (f"jump {SERVICES}",), base("nat", "output", "-100")),
+        Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), base("nat", "postrouting", "100")),
+        Chain(CLUSTER_IPS_CHECK, (f'{ip} daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"',)),
+        Chain(FIREWALL_CHECK, (f"{triple} vmap @{FIREWALL_IPS}",)),
+        Chain(MARK_MASQ, (f"mark set mark or {mark}",)),
+        Chain(MASQUERADING, (f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random")),
+        Chain(NODEPORT_ENDPOINTS_CHECK, (nodeport_check,)),
+        Chain(REJECT_CHAIN, ("reject",), comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
+        Chain(SERVICE_ENDPOINTS_CHECK, (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)),
+        Chain(SERVICES, (f"{triple} vmap @{SERVICE_IPS}", nodeport_dispatch)),
+    )
