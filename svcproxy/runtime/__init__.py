@@ -1,0 +1,1 @@
+"""The daemon's moving parts: the sync loop, health and metrics servers, conntrack cleanup."""

@@ -1,0 +1,96 @@
+"""Stale UDP conntrack entries: find them (pure) and delete them (the `conntrack` tool).
+
+UDP has no connection teardown, so a client that keeps sending to a service IP keeps hitting
+the conntrack entry that was DNATed to a pod that is gone. Like kube-proxy, after the new
+rules are in the kernel we delete:
+- for a UDP endpoint that went away (or changed readiness), the entries DNATed to it from
+  each of the service's IPs, and from its NodePort;
+- for a UDP service port that went from no ready endpoint to some, the entries for the
+  service's IPs/NodePort (they were blackholed by the reject rule and would stick there).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..state import EndpointInfo, ServicePortInfo, ServiceState
+
+log = logging.getLogger("svcproxy.runtime.conntrack")
+
+
+@dataclass
+class Stale:
+    endpoints: list[tuple[ServicePortInfo, EndpointInfo]] = field(default_factory=list)
+    services: list[ServicePortInfo] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.endpoints or self.services)
+
+
+def _has_ready(eps: Iterable[EndpointInfo]) -> bool:
+    return any(e.ready for e in eps)
+
+
+def stale_entries(old: ServiceState | None, new: ServiceState | None, out: Stale | None = None) -> Stale:
+    """What conntrack state one service change leaves stale (kube-proxy's detectStaleConntrackEntries)."""
+    out = out if out is not None else Stale()
+    old_ports = {p.name: p for p in old.ports} if old else {}
+    new_ports = {p.name: p for p in new.ports} if new else {}
+    for name, port in old_ports.items():
+        if port.protocol != "UDP":
+            continue
+        now = set(new.endpoints.get(name, ())) if new and name in new_ports else set()
+        for ep in old.endpoints.get(name, ()):  # type: ignore[union-attr]
+            # An endpoint that was not serving got no traffic, so it has no entries to clear.
+            if ep.serving and ep not in now:
+                out.endpoints.append((port, ep))
+    for name, port in new_ports.items():
+        if port.protocol != "UDP":
+            continue
+        before = old.endpoints.get(name, ()) if old and name in old_ports else ()
+        if _has_ready(new.endpoints.get(name, ())) and not _has_ready(before):  # type: ignore[union-attr]
+            out.services.append(port)
+    return out
+
+
+def _service_ips(port: ServicePortInfo) -> list[str]:
+    return list(dict.fromkeys([port.cluster_ip, *port.external_ips, *port.load_balancer_ips]))
+
+
+def commands(stale: Stale, family: int) -> list[list[str]]:
+    """The `conntrack -D` invocations that clear the stale entries."""
+    fam = ["-f", "ipv6"] if family == 6 else []
+    out: list[list[str]] = []
+    for port, ep in stale.endpoints:
+        for ip in _service_ips(port):
+            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-dst", ip,
+                        "--orig-port-dst", str(port.port), "--dst-nat", ep.ip])
+        if port.node_port:
+            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-port-dst", str(port.node_port),
+                        "--dst-nat", ep.ip])
+    for port in stale.services:
+        for ip in _service_ips(port):
+            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-dst", ip, "--orig-port-dst", str(port.port)])
+        if port.node_port:
+            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-port-dst", str(port.node_port)])
+    return out
+
+
+def clear(stale: Stale, family: int) -> int:
+    """Run the deletions; returns how many commands ran. Failures are logged, never raised."""
+    if not stale:
+        return 0
+    if shutil.which("conntrack") is None:
+        log.warning("conntrack tool not found: stale UDP conntrack entries were not cleared")
+        return 0
+    cmds = commands(stale, family)
+    for cmd in cmds:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        # Exit status 1 with "0 flow entries" just means there was nothing to delete.
+        if res.returncode not in (0, 1):
+            log.warning("%s failed: %s", " ".join(cmd), res.stderr.strip())
+    return len(cmds)

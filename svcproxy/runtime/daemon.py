@@ -1,0 +1,106 @@
+"""`svcproxy run` wired together: sources -> store -> syncer -> dataplane, plus health and metrics.
+
+I/O lives here and in the sources; the pieces it wires are testable on their own. SIGTERM and
+SIGINT stop the daemon and leave the rules in place (as kube-proxy does), so traffic keeps
+flowing while it is down, and the next daemon adopts the rules with an atomic first sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from ..config import NodeConfig
+from ..dataplane import Dataplane, dataplane
+from ..sources import ObjectStore, Source
+from .health import ProxierHealth, ServiceHealth, serve_healthz, serve_metrics
+from .metrics import Metrics
+from .syncer import Syncer
+
+log = logging.getLogger("svcproxy.runtime.daemon")
+
+# kube-proxy's default is 1s; so is ours: the first change after a quiet spell is programmed
+# at once, a burst is coalesced into at most one sync per second.
+DEFAULT_MIN_SYNC_PERIOD = 1.0
+DEFAULT_SYNC_PERIOD = 30.0
+
+
+@dataclass
+class DaemonOptions:
+    cfg: NodeConfig
+    mode: str = "iptables"
+    sources: list[Source] = field(default_factory=list)
+    min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
+    sync_period: float = DEFAULT_SYNC_PERIOD
+    healthz_bind_address: str = "0.0.0.0:10256"  # "" disables
+    metrics_bind_address: str = "127.0.0.1:10249"  # "" disables
+    clear_conntrack: bool = True
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions, dp: Dataplane | None = None) -> None:
+        self.opts = opts
+        self.store = ObjectStore(s.name for s in opts.sources)
+        self.metrics = Metrics()
+        self.dp = dp if dp is not None else dataplane(opts.mode, opts.cfg)
+        self.syncer = Syncer(self.store, self.dp, opts.cfg, min_sync_period=opts.min_sync_period,
+                             sync_period=opts.sync_period, metrics=self.metrics,
+                             clear_conntrack=opts.clear_conntrack)
+        self.health = ProxierHealth(timeout=2 * self.syncer.sync_period,
+                                    last_updated=lambda: self.syncer.last_success,
+                                    pending_since=self.syncer.pending_since)
+        self.service_health = ServiceHealth(self.health)
+        self.syncer.listeners.append(self.service_health.update)
+
+    async def run(self) -> None:
+        """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
+        runners = []
+        if self.opts.healthz_bind_address:
+            runners.append(await serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics))
+        if self.opts.metrics_bind_address:
+            runners.append(await serve_metrics(self.opts.metrics_bind_address, self.metrics, self.opts.mode))
+        tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
+        tasks.append(asyncio.create_task(self.syncer.run(), name="syncer"))
+        tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()  # a crashed task is a bug: surface it
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            await self.service_health.close()
+            for r in runners:
+                await r.cleanup()
+
+    async def _source(self, source: Source) -> None:
+        await source.run(self.store)
+
+    async def _health_ports(self) -> None:
+        while True:
+            await self.syncer.synced_once.wait()
+            self.syncer.synced_once.clear()
+            await self.service_health.reconcile()
+
+
+def run_daemon(opts: DaemonOptions) -> None:
+    """Blocking entry point for the CLI: runs until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        daemon = Daemon(opts)
+        task = asyncio.create_task(daemon.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopping; the rules stay in place")
+
+    asyncio.run(main())

@@ -1,0 +1,179 @@
+"""Health endpoints as kube-proxy serves them.
+
+- /healthz and /livez on --healthz-bind-address: 200 while the rules are fresh, 503 when a
+  change has been waiting longer than twice the sync period (kube-proxy's healthTimeout);
+  the JSON body is kube-proxy's.
+- one HTTP server per healthCheckNodePort (LoadBalancer services with externalTrafficPolicy
+  Local): 200 while this node has ready local endpoints for the service, 503 with none, so the
+  cloud load balancer sends traffic only to nodes that can serve it locally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ..state import ProxyState
+from .metrics import Metrics
+
+log = logging.getLogger("svcproxy.runtime.health")
+
+
+def go_time(t: float | None) -> str:
+    """A timestamp as Go prints a time.Time (kube-proxy's JSON carries these strings)."""
+    if t is None:
+        return "0001-01-01 00:00:00 +0000 UTC"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC")
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    """'0.0.0.0:10256', '[::]:10256', ':10256' or a bare host -> (host, port)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest.lstrip(":") or default_port)
+    if address.count(":") == 1:
+        host, port = address.split(":")
+        return host or "0.0.0.0", int(port)
+    return address or "0.0.0.0", default_port
+
+
+@dataclass
+class ProxierHealth:
+    """kube-proxy's ProxierHealthServer semantics, fed by the syncer."""
+
+    timeout: float  # 2 x sync period
+    last_updated: Callable[[], float | None]  # wall time of the last successful sync
+    pending_since: Callable[[], float | None]  # monotonic time of the oldest unprogrammed change
+    node_eligible: Callable[[], bool] = lambda: True
+
+    def healthy(self) -> bool:
+        since = self.pending_since()
+        return since is None or time.monotonic() - since < self.timeout
+
+
+async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+def healthz_app(health: ProxierHealth, metrics: Metrics | None) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        eligible = health.node_eligible()
+        ok = health.healthy() and eligible
+        now = time.time()
+        last = now if ok else health.last_updated()
+        if metrics:
+            metrics.healthz_total.labels(code="200" if ok else "503").inc()
+        body = f'{{"lastUpdated": {json.dumps(go_time(last))},"currentTime": {json.dumps(go_time(now))}, ' \
+               f'"nodeEligible": {"true" if eligible else "false"}}}'
+        return _json(body, 200 if ok else 503)
+
+    async def livez(request: web.Request) -> web.Response:
+        ok = health.healthy()
+        now = time.time()
+        last = now if ok else health.last_updated()
+        if metrics:
+            metrics.livez_total.labels(code="200" if ok else "503").inc()
+        body = f'{{"lastUpdated": {json.dumps(go_time(last))},"currentTime": {json.dumps(go_time(now))}}}'
+        return _json(body, 200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    return app
+
+
+def _json(body: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    h = {"X-Content-Type-Options": "nosniff", **(headers or {})}
+    return web.Response(text=body, status=status, content_type="application/json", headers=h)
+
+
+async def serve_healthz(address: str, health: ProxierHealth, metrics: Metrics | None) -> web.AppRunner:
+    host, port = split_host_port(address, 10256)
+    return await _serve(healthz_app(health, metrics), host, port)
+
+
+class ServiceHealth:
+    """Per-service health-check node ports, opened and closed as services come and go."""
+
+    def __init__(self, health: ProxierHealth, host: str = "0.0.0.0") -> None:
+        self.health = health
+        self.host = host
+        self.counts: dict[str, int] = {}  # service key -> ready local endpoints
+        self.servers: dict[int, tuple[str, web.AppRunner]] = {}  # port -> (service key, runner)
+        self.wanted: dict[int, str] = {}
+
+    def update(self, state: ProxyState) -> None:
+        """Recompute ports and local endpoint counts from the programmed state (cheap; no I/O)."""
+        wanted: dict[int, str] = {}
+        counts: dict[str, int] = {}
+        for key, svc in state.services.items():
+            port = next((p.health_check_node_port for p in svc.ports if p.health_check_node_port), 0)
+            if not port:
+                continue
+            wanted[port] = key
+            ips = {e.ip for eps in svc.endpoints.values() for e in eps if e.is_local and e.ready}
+            counts[key] = len(ips)
+        self.wanted, self.counts = wanted, counts
+
+    async def reconcile(self) -> None:
+        """Open listeners for new health-check ports, close the ones no longer wanted."""
+        for port, (key, runner) in list(self.servers.items()):
+            if self.wanted.get(port) != key:
+                await runner.cleanup()
+                del self.servers[port]
+        for port, key in self.wanted.items():
+            if port in self.servers:
+                continue
+            try:
+                self.servers[port] = (key, await _serve(self._app(key), self.host, port))
+            except OSError as e:
+                log.error("service %s: cannot listen on healthCheckNodePort %d: %s", key, port, e)
+
+    def _app(self, key: str) -> web.Application:
+        ns, name = key.split("/", 1)
+
+        async def handle(request: web.Request) -> web.Response:
+            count = self.counts.get(key, 0)
+            healthy = self.health.healthy()
+            body = (f'{{\n\t"service": {{\n\t\t"namespace": {json.dumps(ns)},\n\t\t"name": {json.dumps(name)}\n\t}},\n'
+                    f'\t"localEndpoints": {count},\n\t"serviceProxyHealthy": {"true" if healthy else "false"}\n}}')
+            return _json(body, 200 if count and healthy else 503,
+                         {"X-Load-Balancing-Endpoint-Weight": str(count)})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return app
+
+    async def close(self) -> None:
+        for _, runner in self.servers.values():
+            await runner.cleanup()
+        self.servers.clear()
+
+
+def metrics_app(metrics: Metrics, mode: str) -> web.Application:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def proxy_mode(request: web.Request) -> web.Response:
+        return web.Response(text=mode)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/proxyMode", proxy_mode)
+    return app
+
+
+async def serve_metrics(address: str, metrics: Metrics, mode: str) -> web.AppRunner:
+    host, port = split_host_port(address, 10249)
+    return await _serve(metrics_app(metrics, mode), host, port)

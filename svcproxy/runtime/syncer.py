@@ -1,0 +1,232 @@
+"""The sync loop: keep the kernel in step with the store, with kube-proxy's timing.
+
+Timing follows kube-proxy's BoundedFrequencyRunner:
+- a change is programmed at once if the previous sync started at least --min-sync-period ago,
+  otherwise when that period is over; changes arriving meanwhile are coalesced into one sync;
+- every --sync-period a full sync runs even with no change, repairing drift (a chain someone
+  deleted by hand comes back);
+- a failed sync is retried with exponential backoff (min-sync-period doubling up to the sync
+  period), and the retry is a full sync.
+Nothing is programmed before every source has delivered its first complete state.
+
+Work per sync grows with what changed: only the services whose Service or EndpointSlices
+changed are rebuilt (state.build_service_state), and their keys go to Dataplane.sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import NodeConfig
+from ..dataplane import Dataplane, SyncResult
+from ..sources.store import Changes, ObjectStore
+from ..state import ProxyState, ServiceState, build_service_state
+from . import conntrack
+from .metrics import Metrics
+
+log = logging.getLogger("svcproxy.runtime.syncer")
+
+
+@dataclass
+class SyncStats:
+    """What the last sync did (for logs, tests and benchmarks)."""
+
+    full: bool
+    services: int  # services in the desired state
+    changed: int  # services re-rendered (all of them on a full sync)
+    build_seconds: float
+    apply_seconds: float
+    result: SyncResult | None
+
+
+class Syncer:
+    def __init__(self, store: ObjectStore, dp: Dataplane, cfg: NodeConfig, *, min_sync_period: float = 1.0,
+                 sync_period: float = 30.0, metrics: Metrics | None = None,
+                 clear_conntrack: bool = True) -> None:
+        self.store, self.dp, self.cfg = store, dp, cfg
+        self.min_sync_period = max(0.0, min_sync_period)
+        self.sync_period = max(sync_period, self.min_sync_period, 0.001)
+        self.metrics = metrics
+        self.clear_conntrack = clear_conntrack
+        self.state = ProxyState(zone=cfg.zone)  # the desired state as last built
+        self.programmed: ProxyState | None = None  # the state last applied successfully
+        self.last_start = float("-inf")  # monotonic start of the last sync attempt
+        self.last_full = float("-inf")  # monotonic end of the last successful full sync
+        self.last_success: float | None = None  # wall time of the last successful sync
+        self.need_full = True
+        self.failures = 0  # consecutive failures (backoff)
+        self.retry_at: float | None = None
+        self.oldest_pending: float | None = None  # monotonic time of the oldest unprogrammed change
+        self.syncs = 0
+        self.last: SyncStats | None = None
+        self.listeners: list[Callable[[ProxyState], None]] = []  # called after each successful sync
+        self.synced_once = asyncio.Event()
+
+    # -- the loop ----------------------------------------------------------
+    async def run(self) -> None:
+        while not self.store.synced:
+            await self.store.changed.wait()
+            self.store.changed.clear()
+        log.info("all sources synced; programming rules")
+        while True:
+            now = time.monotonic()
+            due = self.last_full + self.sync_period if self.retry_at is None else self.retry_at
+            if not self.store.changed.is_set() and due > now:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.store.changed.wait(), timeout=due - now)
+            earliest = self.last_start + self.min_sync_period
+            if self.retry_at is not None:
+                earliest = max(earliest, self.retry_at)
+            wait = earliest - time.monotonic()
+            if wait > 0:
+                self._note_pending()
+                await asyncio.sleep(wait)
+            periodic = time.monotonic() >= self.last_full + self.sync_period
+            await self.sync_once(full=periodic)
+
+    def _note_pending(self) -> None:
+        pend = self.store.pending
+        if pend.oldest is not None and self.oldest_pending is None:
+            self.oldest_pending = pend.oldest
+        if self.metrics:
+            self.metrics.endpoint_changes_pending.set(pend.endpoint_events)
+            self.metrics.service_changes_pending.set(pend.service_events)
+            self.metrics.last_queued_timestamp.set(time.time())
+
+    # -- one sync ----------------------------------------------------------
+    def build(self, changes: Changes) -> tuple[ProxyState, set[str] | None]:
+        """The new desired state, and the keys of services that differ (None: all of them)."""
+        node = self.store.node(self.cfg.hostname)
+        zone = node.zone if node is not None else self.cfg.zone
+        rebuild_all = changes.all or self.programmed is None or zone != self.state.zone
+        services = dict(self.state.services) if not rebuild_all else {}
+        keys = set(self.store.services) if rebuild_all else changes.services
+        changed: set[str] = set()
+        for key in keys:
+            new = self._service_state(key)
+            old = self.state.services.get(key)
+            if new is None:
+                services.pop(key, None)
+            else:
+                services[key] = new
+            if new != old:
+                changed.add(key)
+        if rebuild_all:
+            changed |= set(self.state.services) - set(services)
+        return ProxyState(services=services, zone=zone), (None if rebuild_all else changed)
+
+    def _service_state(self, key: str) -> ServiceState | None:
+        svc = self.store.services.get(key)
+        if svc is None:
+            return None
+        st = build_service_state(svc, self.store.service_slices(key), self.cfg)
+        return st if st.ports else None
+
+    async def sync_once(self, full: bool = False) -> bool:
+        """Build and apply; True on success. A failure keeps the old rules and schedules a full retry."""
+        self.last_start = time.monotonic()
+        changes = self.store.take_changes()
+        oldest = self.oldest_pending if self.oldest_pending is not None else changes.oldest
+        self.oldest_pending = None
+        t0 = time.perf_counter()
+        state, changed = self.build(changes)
+        full = full or self.need_full or changed is None
+        build_s = time.perf_counter() - t0
+        m = self.metrics
+        if m:
+            m.endpoint_changes_total.inc(changes.endpoint_events)
+            m.service_changes_total.inc(changes.service_events)
+            m.endpoint_changes_pending.set(0)
+            m.service_changes_pending.set(0)
+        previous = self.programmed
+        self.state = state
+        t1 = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self.dp.sync, state, None if full else sorted(changed or ()))
+        except Exception as e:  # ApplyError, or a bug in a backend: keep going, old rules stay
+            self._failed(changes, oldest, full, e)
+            return False
+        apply_s = time.perf_counter() - t1
+        self.programmed = state
+        self.need_full = False
+        self.failures, self.retry_at = 0, None
+        self.syncs += 1
+        self.last_success = time.time()
+        if full:
+            self.last_full = time.monotonic()
+        n_changed = len(state.services) if full else len(changed or ())
+        self.last = SyncStats(full, len(state.services), n_changed, build_s, apply_s, result)
+        log.info("%s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",
+                 "full" if full else "partial", len(state.services), n_changed, build_s * 1e3, apply_s * 1e3,
+                 result.input_bytes if result else 0)
+        if m:
+            self._record(m, full, time.perf_counter() - t0, result, changes, state)
+        if self.clear_conntrack:
+            await self._clear_conntrack(previous, state, None if full else changed)
+        for listener in self.listeners:
+            listener(state)
+        self.synced_once.set()
+        return True
+
+    def _failed(self, changes: Changes, oldest: float | None, full: bool, e: Exception) -> None:
+        self.store.requeue(changes)
+        if oldest is not None:
+            self.oldest_pending = oldest
+        self.need_full = True
+        self.failures += 1
+        backoff = min(self.sync_period, max(self.min_sync_period, 0.5) * 2 ** (self.failures - 1))
+        self.retry_at = time.monotonic() + backoff
+        if self.metrics:
+            self.metrics.restore_failures.inc()
+            if not full:
+                self.metrics.partial_restore_failures.inc()
+        log.error("sync failed (%s); the previous rules stay in place; retrying a full sync in %.1fs",
+                  e, backoff, exc_info=not isinstance(e, RuntimeError))
+
+    def _record(self, m: Metrics, full: bool, seconds: float, result: SyncResult | None, changes: Changes,
+                state: ProxyState) -> None:
+        m.sync_duration.observe(seconds)
+        (m.sync_full_duration if full else m.sync_partial_duration).observe(seconds)
+        m.last_timestamp.set(self.last_success or time.time())
+        now = time.time()
+        for t in changes.trigger_times:
+            m.network_programming.observe(max(0.0, now - t))
+        if result:
+            for table, n in result.rules.items():
+                m.iptables_total.labels(table=table).set(n)
+        if full:
+            internal = external = 0
+            for svc in state.services.values():
+                for p in svc.ports:
+                    if not (p.internal_policy_local or p.external_policy_local):
+                        continue
+                    local = any(e.is_local for e in svc.endpoints.get(p.name, ()))
+                    if not local:
+                        internal += p.internal_policy_local
+                        external += p.external_policy_local
+            m.no_local_endpoints.labels(traffic_policy="internal").set(internal)
+            m.no_local_endpoints.labels(traffic_policy="external").set(external)
+
+    async def _clear_conntrack(self, old: ProxyState | None, new: ProxyState, changed: set[str] | None) -> None:
+        if old is None:
+            return  # first sync: nothing was ours before (kube-proxy does the same)
+        keys = changed if changed is not None else set(old.services) | set(new.services)
+        stale = conntrack.Stale()
+        for key in keys:
+            conntrack.stale_entries(old.services.get(key), new.services.get(key), stale)
+        if stale:
+            n = await asyncio.to_thread(conntrack.clear, stale, self.cfg.ip_family)
+            if self.metrics:
+                self.metrics.conntrack_cleared.inc(n)
+
+    # -- health ------------------------------------------------------------
+    def pending_since(self) -> float | None:
+        """Monotonic time of the oldest change not yet in the kernel, or None if all is programmed."""
+        if self.oldest_pending is not None:
+            return self.oldest_pending
+        return self.store.pending.oldest

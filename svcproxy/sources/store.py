@@ -1,0 +1,181 @@
+"""The objects the sources delivered, and which services changed since the last sync.
+
+The store is the only thing sources and the sync loop share. Sources put and delete objects;
+the sync loop takes the set of changed service keys (a Service or any of its EndpointSlices
+changed) and rebuilds just those services' state. A Node change (this node's zone) affects
+every service, so it asks for a full rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..model.load import Objects
+from ..model.objects import EndpointSlice, Node, Service
+
+Obj = Service | EndpointSlice | Node
+
+
+def kind_of(obj: Obj) -> str:
+    return type(obj).__name__
+
+
+def key_of(obj: Obj) -> str:
+    return obj.name if isinstance(obj, Node) else obj.key
+
+
+@dataclass
+class Changes:
+    """What the sync loop takes from the store in one go."""
+
+    services: set[str] = field(default_factory=set)  # service keys to rebuild
+    all: bool = False  # rebuild every service (first sync, or after a failed one)
+    nodes: bool = False  # some Node changed: this node's zone may have moved
+    service_events: int = 0  # counts for kubeproxy_sync_proxy_rules_*_changes_total
+    endpoint_events: int = 0
+    oldest: float | None = None  # monotonic time of the oldest change taken (for health)
+    trigger_times: list[float] = field(default_factory=list)  # wall time each slice change happened
+
+
+class ObjectStore:
+    """Services, EndpointSlices and Nodes by key, each remembered with the source that owns it."""
+
+    def __init__(self, sources: Iterable[str] = ()) -> None:
+        self.services: dict[str, Service] = {}
+        self.slices: dict[str, EndpointSlice] = {}
+        self.nodes: dict[str, Node] = {}
+        self.slices_by_service: dict[str, set[str]] = {}
+        self._owner: dict[tuple[str, str], str] = {}  # (kind, key) -> source name
+        self._pending = set(sources)  # sources that have not delivered a complete state yet
+        self._changes = Changes(all=True)
+        self.changed = asyncio.Event()  # set whenever something changed; the sync loop waits on it
+        self.errors: dict[tuple[str, str], str] = {}  # (source, origin) -> bad-object messages, for logs
+
+    # -- what sources call -------------------------------------------------
+    def add_source(self, name: str) -> None:
+        self._pending.add(name)
+
+    def mark_synced(self, source: str) -> None:
+        self._pending.discard(source)
+        self._notify()
+
+    @property
+    def synced(self) -> bool:
+        """Every source has delivered its first complete state: rules may be programmed."""
+        return not self._pending
+
+    def put(self, source: str, obj: Obj, trigger_time: float | None = None) -> None:
+        kind, key = kind_of(obj), key_of(obj)
+        table = self._table(kind)
+        old = table.get(key)
+        self._owner[(kind, key)] = source
+        if old == obj:
+            return
+        table[key] = obj
+        if isinstance(obj, EndpointSlice):
+            if isinstance(old, EndpointSlice) and old.service_key != obj.service_key:
+                self._unindex(old)
+                self._touch_service(old.service_key, endpoint=True)
+            self.slices_by_service.setdefault(obj.service_key, set()).add(key)
+            self._touch_service(obj.service_key, endpoint=True, trigger_time=trigger_time)
+        elif isinstance(obj, Service):
+            self._touch_service(key)
+        else:
+            self._changes.nodes = True
+        self._notify()
+
+    def delete(self, source: str, kind: str, key: str) -> None:
+        table = self._table(kind)
+        old = table.pop(key, None)
+        self._owner.pop((kind, key), None)
+        if old is None:
+            return
+        if isinstance(old, EndpointSlice):
+            self._unindex(old)
+            self._touch_service(old.service_key, endpoint=True)
+        elif isinstance(old, Service):
+            self._touch_service(key)
+        else:
+            self._changes.nodes = True
+        self._notify()
+
+    def replace(self, source: str, objects: Objects | Iterable[Obj], keep: set[tuple[str, str]] = frozenset()) -> None:
+        """Make the source's objects exactly these: put each, delete what it owned and no longer has.
+
+        keep: (kind, key) of objects that could not be parsed this time; their last good
+        version stays, so a typo never unprograms a working service.
+        """
+        items = _flatten(objects)
+        seen = {(kind_of(o), key_of(o)) for o in items}
+        for (kind, key), owner in list(self._owner.items()):
+            if owner == source and (kind, key) not in seen and (kind, key) not in keep:
+                self.delete(source, kind, key)
+        for o in items:
+            self.put(source, o)
+
+    def owned(self, source: str) -> set[tuple[str, str]]:
+        return {k for k, owner in self._owner.items() if owner == source}
+
+    # -- what the sync loop calls -----------------------------------------
+    def take_changes(self) -> Changes:
+        """The changes since the last call; the store starts collecting afresh."""
+        changes, self._changes = self._changes, Changes()
+        self.changed.clear()
+        return changes
+
+    def requeue(self, changes: Changes) -> None:
+        """Put back changes a failed sync could not program (the next sync is full anyway)."""
+        self._changes.all = True
+        self._changes.services |= changes.services
+        if changes.oldest is not None and (self._changes.oldest is None or changes.oldest < self._changes.oldest):
+            self._changes.oldest = changes.oldest
+
+    @property
+    def pending(self) -> Changes:
+        return self._changes
+
+    def node(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def service_slices(self, service_key: str) -> list[EndpointSlice]:
+        return [self.slices[k] for k in sorted(self.slices_by_service.get(service_key, ()))]
+
+    # -- internals ---------------------------------------------------------
+    def _table(self, kind: str) -> dict:
+        if kind == "Service":
+            return self.services
+        if kind == "EndpointSlice":
+            return self.slices
+        if kind == "Node":
+            return self.nodes
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def _unindex(self, sl: EndpointSlice) -> None:
+        keys = self.slices_by_service.get(sl.service_key)
+        if keys is not None:
+            keys.discard(sl.key)
+            if not keys:
+                del self.slices_by_service[sl.service_key]
+
+    def _touch_service(self, key: str, endpoint: bool = False, trigger_time: float | None = None) -> None:
+        c = self._changes
+        c.services.add(key)
+        if endpoint:
+            c.endpoint_events += 1
+            c.trigger_times.append(trigger_time if trigger_time is not None else time.time())
+        else:
+            c.service_events += 1
+        if c.oldest is None:
+            c.oldest = time.monotonic()
+
+    def _notify(self) -> None:
+        self.changed.set()
+
+
+def _flatten(objects: Objects | Iterable[Obj]) -> list[Obj]:
+    if isinstance(objects, Objects):
+        return [*objects.services, *objects.slices, *objects.nodes]
+    return list(objects)

@@ -1,0 +1,40 @@
+"""A Dataplane that records what it was asked to program (unit tests only; kernel tests use the real ones)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+
+from svcproxy.dataplane import ApplyError, SyncResult
+from svcproxy.state import ProxyState
+
+
+class RecordingDataplane:
+    mode = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[ProxyState, list[str] | None]] = []
+        self.fail_next = 0  # how many of the next syncs raise ApplyError
+        self.synced = threading.Event()
+
+    def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ApplyError("fake restore failure")
+        self.calls.append((state, None if changed is None else sorted(changed)))
+        self.synced.set()
+        return SyncResult(full=changed is None, input_bytes=0, rules={"nat": len(state.ports)})
+
+    def cleanup(self) -> None:
+        self.calls.clear()
+
+    @property
+    def last(self) -> ProxyState:
+        return self.calls[-1][0]
+
+    def endpoints(self, key: str) -> list[str]:
+        """The programmed endpoints of a service, as ip:port strings, sorted."""
+        svc = self.last.services.get(key)
+        if svc is None:
+            return []
+        return sorted(str(e) for eps in svc.endpoints.values() for e in eps)

@@ -1,0 +1,180 @@
+"""The sync loop and the manifests source against a recording dataplane (no kernel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from svcproxy.config import NodeConfig
+from svcproxy.runtime.daemon import Daemon, DaemonOptions
+from svcproxy.sources.manifests import ManifestSource
+
+from .fakes import RecordingDataplane
+from .manifests_util import endpoint, endpoint_slice, service
+
+CFG = NodeConfig(hostname="node-a", node_ips=("192.168.0.2",))
+
+
+def write(path: Path, *objs: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n---\n".join(json.dumps(o) for o in objs))
+    tmp.rename(path)
+
+
+async def until(cond, timeout: float = 5.0) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - t0
+
+
+def make_daemon(paths: list[Path], dp: RecordingDataplane, **kw) -> Daemon:
+    opts = DaemonOptions(cfg=CFG, mode="fake", sources=[ManifestSource(paths)], healthz_bind_address="",
+                         metrics_bind_address="", clear_conntrack=False, **kw)
+    return Daemon(opts, dp=dp)
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    d = tmp_path / "m"
+    d.mkdir()
+    write(d / "web.json", service("web", "172.30.0.10"),
+          endpoint_slice("web-1", "web", [endpoint("10.0.1.10", "node-a"), endpoint("10.0.2.10", "node-b")]))
+    return d
+
+
+def test_edits_new_and_removed_files_reach_the_dataplane(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            assert dp.calls[0][1] is None, "the first sync is a full one"
+            assert dp.endpoints("default/web") == ["10.0.1.10:8080", "10.0.2.10:8080"]
+            # edit: scale down to one endpoint; a partial sync names only that service
+            write(manifests / "web.json", service("web", "172.30.0.10"),
+                  endpoint_slice("web-1", "web", [endpoint("10.0.1.10", "node-a")]))
+            took = await until(lambda: dp.endpoints("default/web") == ["10.0.1.10:8080"])
+            assert took < 1.0
+            assert dp.calls[-1][1] == ["default/web"]
+            # a new file adds a service
+            write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
+                  endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53")], 53, "UDP"))
+            await until(lambda: "default/dns" in dp.last.services)
+            assert dp.calls[-1][1] == ["default/dns"]
+            # removing the file removes the service
+            (manifests / "dns.json").unlink()
+            await until(lambda: "default/dns" not in dp.last.services)
+            assert "default/web" in dp.last.services
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_bad_edit_keeps_last_good_version(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            bad = service("web", "172.30.0.999")
+            write(manifests / "web.json", bad, service("other", "172.30.0.11"),
+                  endpoint_slice("web-1", "web", [endpoint("10.0.1.10", "node-a")]))
+            await until(lambda: "default/other" in dp.last.services)
+            web = dp.last.services["default/web"]
+            assert web.ports[0].cluster_ip == "172.30.0.10", "last good Service kept"
+            assert dp.endpoints("default/web") == ["10.0.1.10:8080"], "its slice still follows edits"
+            # a file that is not YAML at all keeps everything it held
+            (manifests / "web.json").write_text("{ not yaml: [")
+            await asyncio.sleep(0.6)
+            assert "default/other" in dp.last.services and "default/web" in dp.last.services
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_min_sync_period_coalesces_bursts(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.5, sync_period=60)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            store = daemon.store
+            n = len(dp.calls)
+            t0 = time.monotonic()
+            for i in range(20):  # a burst of endpoint changes, straight into the store
+                store.put("manifests", _slice(i))
+                await asyncio.sleep(0.01)
+            await until(lambda: dp.endpoints("default/web") == [f"10.0.9.{19}:8080"])
+            assert len(dp.calls) - n <= 2, "a burst is coalesced into at most two syncs"
+            assert time.monotonic() - t0 >= 0.4, "no sync sooner than min-sync-period after the previous one"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def _slice(i: int):
+    from svcproxy.model.parse import parse_endpoint_slice
+
+    return parse_endpoint_slice(endpoint_slice("web-1", "web", [endpoint(f"10.0.9.{i}")]))
+
+
+def test_periodic_full_sync_and_retry_after_failure(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.3)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: len(dp.calls) >= 3)
+            assert all(changed is None for _, changed in dp.calls), "sync-period syncs are full"
+            dp.fail_next = 2
+            failures = daemon.metrics.restore_failures._value.get()
+            n = len(dp.calls)
+            daemon.store.put("manifests", _slice(7))
+            await until(lambda: len(dp.calls) > n, timeout=10)
+            assert dp.calls[-1][1] is None, "the sync after a failure is full"
+            assert dp.endpoints("default/web") == ["10.0.9.7:8080"]
+            assert daemon.metrics.restore_failures._value.get() == failures + 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_no_rules_before_every_source_synced(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0)
+        daemon.store.add_source("api")  # a second source that has not listed yet
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.3)
+            assert dp.calls == []
+            daemon.store.mark_synced("api")
+            await until(lambda: dp.calls)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        ManifestSource([tmp_path / "nope.yaml"])
