@@ -1,0 +1,421 @@
+"""A Kubernetes-like cluster in network namespaces: build it, change it, probe it, remove it.
+
+Layout (every name starts with the lab's prefix, default `svl`):
+
+    <p>-lan   the LAN: bridge <p>-br (192.168.0.1), one port per node and one for the outside
+    <p>-n<i>  node i: uplink <p>-up (192.168.0.i+1), pod bridge <p>-cbr (10.0.i.1/24), routes to
+              the other nodes' pod CIDRs, `svcproxy run` programming its netfilter
+    <p>-<ip>  a pod: <p>-eth with the endpoint address, default route via its node, and
+              server.py answering on every endpoint port (TCP and UDP)
+    <p>-out   a client outside the cluster (192.168.0.100), routing 192.168.100.0/24 (LoadBalancer
+              and external IPs) through the first node
+
+The root namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..model.load import iter_documents, manifest_files
+from . import checks, netns, proxies
+from .plan import (
+    EXTERNAL_CIDR,
+    LAN_CIDR,
+    LAN_GATEWAY,
+    OUTSIDE_IP,
+    LabError,
+    LabPlan,
+    Names,
+    NodeSpec,
+    PodSpec,
+    make_plan,
+    nodes_manifest,
+)
+from .store import LabState, Store
+
+LAB_DIR = Path(__file__).parent
+SERVER = LAB_DIR / "server.py"
+CLIENT = LAB_DIR / "client.py"
+DEFAULT_PREFIX = "svl"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One connection's outcome: who served and which source the pod saw, or why it failed."""
+
+    ok: bool
+    served_by: str = ""
+    pod_ip: str = ""
+    source: str = ""  # ip:port the pod saw
+    error: str = ""  # refused | timeout | unreachable | reset | ...
+    ms: float = 0.0
+
+    @property
+    def source_ip(self) -> str:
+        return self.source.rpartition(":")[0]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    added: tuple[str, ...]  # pod names
+    removed: tuple[str, ...]
+    follow_seconds: float  # manifest written -> every proxy programmed it
+    warnings: tuple[str, ...] = ()
+
+
+def manifest_text(paths: Iterable[str | Path], nodes: Iterable[NodeSpec]) -> str:
+    """The proxies' manifest: the lab's nodes, then every non-Node document of paths (files that
+    do not parse are passed through unchanged so the proxies report them as they would)."""
+    parts = [nodes_manifest(nodes)]
+    for f in manifest_files(paths):
+        text = f.read_text()
+        try:
+            docs = [d for d in iter_documents(list(yaml.safe_load_all(text))) if d.get("kind") != "Node"]
+        except yaml.YAMLError:
+            parts.append(text)
+            continue
+        if docs:
+            parts.append(yaml.safe_dump_all(docs, sort_keys=False))
+    return "---\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+class Lab:
+    """One lab, by prefix. Build with Lab.up(); attach to a running one with Lab(prefix)."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, root: Path | None = None,
+                 progress: Progress | None = None):
+        self.names = Names(prefix)
+        self.store = Store(prefix, root)
+        self.progress = progress or (lambda msg: None)
+        self._state = self.store.load()
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def state(self) -> LabState:
+        if self._state is None or not self._state.up:
+            raise LabError(f"no lab {self.names.prefix!r} is up (start one: svcproxy lab up -f examples/cluster)")
+        return self._state
+
+    @property
+    def is_up(self) -> bool:
+        return self._state is not None and self._state.up
+
+    @property
+    def mode(self) -> str:
+        return self.state.mode
+
+    @property
+    def nodes(self) -> list[NodeSpec]:
+        return self.state.nodes
+
+    @property
+    def pods(self) -> list[PodSpec]:
+        return self.state.pods
+
+    def node(self, name: str) -> NodeSpec:
+        st = self._state
+        for n in st.nodes if st else []:
+            if name in (n.name, n.ip, f"n{n.index}"):
+                return n
+        raise LabError(f"no node {name!r} in lab {self.names.prefix} (nodes: "
+                       f"{', '.join(n.name for n in (st.nodes if st else []))})")
+
+    def pod(self, name: str) -> PodSpec:
+        for p in self.state.pods:
+            if name in (p.name, p.ip):
+                return p
+        raise LabError(f"no pod {name!r} in lab {self.names.prefix} (pods: "
+                       f"{', '.join(p.name for p in self.state.pods)})")
+
+    def node_ns(self, node: NodeSpec | str) -> str:
+        return self.names.node_ns(self.node(node) if isinstance(node, str) else node)
+
+    def pod_ns(self, pod: PodSpec | str) -> str:
+        return self.names.pod_ns(self.pod(pod) if isinstance(pod, str) else pod)
+
+    def namespace_of(self, where: str) -> tuple[str, str]:
+        """(namespace, address) of a pod name/IP, a node name/IP, or 'outside'."""
+        if where == "outside":
+            return self.names.outside_ns, OUTSIDE_IP
+        try:
+            n = self.node(where)
+            return self.names.node_ns(n), n.ip
+        except LabError:
+            pass
+        try:
+            p = self.pod(where)
+            return self.names.pod_ns(p), p.ip
+        except LabError:
+            raise LabError(f"--from {where!r}: not a pod, a node or 'outside' (pods: "
+                           f"{', '.join(p.name for p in self.pods)}; nodes: "
+                           f"{', '.join(n.name for n in self.nodes)})") from None
+
+    def local_addresses(self, node: NodeSpec | str) -> list[str]:
+        """A node's own addresses, as the tracer needs them to know which packets start at OUTPUT."""
+        n = self.node(node) if isinstance(node, str) else node
+        return [n.ip, n.gateway, "127.0.0.1"]
+
+    def rules(self, node: NodeSpec | str) -> str:
+        """The node's live ruleset (iptables-save or nft list ruleset)."""
+        return proxies.live_rules(self.node_ns(node), self.mode)
+
+    def status(self) -> dict:
+        """What exists and what runs: for `lab status`."""
+        st = self._state
+        if st is None:
+            return {"prefix": self.names.prefix, "up": False, "namespaces": self._leftover_namespaces()}
+        existing = set(netns.list_namespaces())
+        procs = {key: {"pid": pid, "alive": netns.alive(pid)} for key, pid in st.pids.items()}
+        return {"prefix": st.prefix, "up": st.up, "mode": st.mode, "programmer": st.programmer,
+                "external_via": st.external_via, "manifests": str(self.store.manifests),
+                "nodes": [{"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr,
+                           "namespace": self.names.node_ns(n), "exists": self.names.node_ns(n) in existing,
+                           "proxy": procs.get(f"proxy:{n.name}")} for n in st.nodes],
+                "pods": [{"name": p.name, "ip": p.ip, "node": p.node, "namespace": self.names.pod_ns(p),
+                          "exists": self.names.pod_ns(p) in existing, "tcp": list(p.tcp_ports),
+                          "udp": list(p.udp_ports), "server": procs.get(f"pod:{p.ip}")} for p in st.pods],
+                "namespaces": sorted(ns for ns in existing if self.names.owns(ns))}
+
+    def _leftover_namespaces(self) -> list[str]:
+        return sorted(ns for ns in netns.list_namespaces() if self.names.owns(ns))
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def up(cls, paths: Iterable[str | Path], *, nodes: int | None = None, mode: str = "iptables",
+           prefix: str = DEFAULT_PREFIX, root: Path | None = None, progress: Progress | None = None) -> Lab:
+        """Build the lab for these manifests (replacing a lab of the same prefix) and wait until
+        every proxy has programmed them."""
+        checks.preflight(mode)
+        paths = [Path(p) for p in paths]
+        plan = make_plan(paths, nodes)
+        lab = cls(prefix, root, progress)
+        if lab._state is not None or lab._leftover_namespaces():
+            lab.progress(f"removing the previous lab {prefix!r}")
+            lab.down()
+        try:
+            lab._build(plan, paths, mode)
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    def _build(self, plan: LabPlan, paths: list[Path], mode: str) -> None:
+        n = self.names
+        st = LabState(prefix=n.prefix, mode=mode, nodes=list(plan.nodes), started=time.time(),
+                      external_via=plan.nodes[0].name)
+        st.namespaces = [n.lan_ns, n.outside_ns, *(n.node_ns(x) for x in plan.nodes)]
+        self._state = st
+        self.store.save(st)  # before creating anything: `lab down` can clean up a crash from here on
+        for w in plan.warnings:
+            self.progress(f"warning: {w}")
+        if not checks.br_netfilter_available():
+            self.progress("warning: br_netfilter is not available: a pod reaching a Service whose chosen "
+                          "endpoint is on the same node gets no answer (the reply skips un-DNAT)")
+        self.progress(f"creating the LAN and {len(plan.nodes)} node(s)")
+        for ns in st.namespaces:
+            netns.add_namespace(ns)
+        self._wire_lan(plan.nodes)
+        for node in plan.nodes:
+            self._wire_node(node, plan.nodes)
+        self._wire_outside(plan.nodes[0])
+        self.store.write_manifests(manifest_text(paths, plan.nodes))
+        self.progress(f"starting {len(plan.pods)} pod(s)")
+        self._add_pods(plan.pods)
+        self.progress(f"starting svcproxy run ({mode}) on every node")
+        for node in plan.nodes:
+            self._start_proxy(node)
+        self.store.save(st)
+        took = self._wait_programmed()
+        self.progress(f"proxies programmed the manifests in {took * 1000:.0f} ms")
+        st.up = True
+        self.store.save(st)
+
+    def _wire_lan(self, nodes: Iterable[NodeSpec]) -> None:
+        n = self.names
+        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
+        cmds = [f"link add {n.lan_bridge} type bridge", f"addr add {LAN_GATEWAY}/{plen} dev {n.lan_bridge}",
+                f"link set {n.lan_bridge} up"]
+        for node in [*nodes, None]:
+            peer_ns = n.node_ns(node) if node else n.outside_ns
+            port = n.lan_port(node)
+            cmds += [f"link add {port} type veth peer name {n.uplink} netns {peer_ns}",
+                     f"link set {port} master {n.lan_bridge}", f"link set {port} up"]
+        netns.ip_batch(n.lan_ns, cmds)
+
+    def _wire_node(self, node: NodeSpec, nodes: Iterable[NodeSpec]) -> None:
+        n = self.names
+        ns = n.node_ns(node)
+        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
+        cmds = [f"addr add {node.ip}/{plen} dev {n.uplink}", f"link set {n.uplink} up",
+                f"link add {n.pod_bridge} type bridge",
+                f"addr add {node.gateway}/{node.pod_prefixlen} dev {n.pod_bridge}",
+                f"link set {n.pod_bridge} up", f"route add default via {LAN_GATEWAY}"]
+        cmds += [f"route add {other.pod_cidr} via {other.ip}" for other in nodes if other.name != node.name]
+        netns.ip_batch(ns, cmds)
+        values = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.route_localnet": "1",
+                  "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0"}
+        if checks.br_netfilter_available():
+            values["net.bridge.bridge-nf-call-iptables"] = "1"  # bridged pod traffic sees conntrack
+        netns.sysctls(ns, values)
+
+    def _wire_outside(self, via: NodeSpec) -> None:
+        n = self.names
+        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
+        netns.ip_batch(n.outside_ns, [f"addr add {OUTSIDE_IP}/{plen} dev {n.uplink}", f"link set {n.uplink} up",
+                                      f"route add {EXTERNAL_CIDR} via {via.ip}",
+                                      f"route add default via {LAN_GATEWAY}"])
+
+    def route_external_via(self, node: NodeSpec | str) -> None:
+        """Send the outside client's LoadBalancer/external-IP traffic through this node."""
+        n = self.node(node) if isinstance(node, str) else node
+        netns.ip_batch(self.names.outside_ns, [f"route replace {EXTERNAL_CIDR} via {n.ip}"])
+        self.state.external_via = n.name
+        self.store.save(self.state)
+
+    def _add_pods(self, pods: Iterable[PodSpec]) -> None:
+        """Create each pod's namespace, wire it to its node's bridge and start its server."""
+        pods = list(pods)
+        n = self.names
+        st = self._state
+        assert st is not None
+        st.namespaces += [n.pod_ns(p) for p in pods if n.pod_ns(p) not in st.namespaces]
+        st.pods += pods
+        self.store.save(st)
+        by_node: dict[str, list[PodSpec]] = {}
+        for p in pods:
+            by_node.setdefault(p.node, []).append(p)
+            netns.add_namespace(n.pod_ns(p))
+        for node_name, node_pods in by_node.items():
+            node = self.node(node_name)
+            cmds = []
+            for p in node_pods:
+                port = n.pod_port(p, node)
+                cmds += [f"link add {port} type veth peer name {n.pod_eth} netns {n.pod_ns(p)}",
+                         f"link set {port} master {n.pod_bridge}",
+                         f"link set dev {port} type bridge_slave hairpin on",  # pod -> own service -> itself
+                         f"link set {port} up"]
+            netns.ip_batch(n.node_ns(node), cmds)
+            for p in node_pods:
+                netns.ip_batch(n.pod_ns(p), [f"addr add {p.ip}/{node.pod_prefixlen} dev {n.pod_eth}",
+                                             f"link set {n.pod_eth} up", f"route add default via {node.gateway}"])
+        ready = {}
+        self.store.run_dir.mkdir(parents=True, exist_ok=True)
+        for p in pods:
+            ready_file = self.store.run_dir / f"pod-{p.ip}.ready"
+            ready_file.unlink(missing_ok=True)
+            argv = [sys.executable, str(SERVER), "--name", p.name, "--ip", p.ip, "--ready-file", str(ready_file)]
+            argv += [a for port in p.tcp_ports for a in ("--tcp", str(port))]
+            argv += [a for port in p.udp_ports for a in ("--udp", str(port))]
+            proc = netns.spawn(n.pod_ns(p), argv, self.store.logs / f"pod-{p.ip}.log")
+            st.pids[f"pod:{p.ip}"] = proc.pid
+            ready[p.ip] = (ready_file, proc.pid)
+        self.store.save(st)
+        deadline = time.monotonic() + 10
+        for ip, (ready_file, pid) in ready.items():
+            while not ready_file.exists():
+                if not netns.alive(pid) or time.monotonic() > deadline:
+                    log = (self.store.logs / f"pod-{ip}.log").read_text(errors="replace")[-800:]
+                    raise LabError(f"the server of pod {ip} did not start:\n{log}")
+                time.sleep(0.01)
+
+    def _remove_pods(self, pods: Iterable[PodSpec]) -> None:
+        st = self._state
+        assert st is not None
+        for p in pods:
+            ns = self.names.pod_ns(p)
+            pid = st.pids.pop(f"pod:{p.ip}", 0)
+            netns.stop_processes([*([pid] if pid and netns.pid_is(pid, "server.py") else []),
+                                  *netns.namespace_pids(ns)])
+            netns.delete_namespace(ns)  # deleting the namespace deletes the veth pair
+            st.pods = [q for q in st.pods if q.ip != p.ip]
+            st.namespaces = [x for x in st.namespaces if x != ns]
+        self.store.save(st)
+
+    def _start_proxy(self, node: NodeSpec) -> None:
+        st = self._state
+        assert st is not None
+        log = self.store.logs / f"proxy-{node.name}.log"
+        proc = netns.spawn(self.names.node_ns(node), proxies.run_argv(node, st.mode, self.store.manifests), log)
+        st.pids[f"proxy:{node.name}"] = proc.pid
+
+    def _wait_programmed(self, gone: Iterable[str] = (), timeout: float = 20.0) -> float:
+        st = self._state
+        assert st is not None
+        nodes = [(self.names.node_ns(x), x, st.pids.get(f"proxy:{x.name}", 0)) for x in st.nodes]
+        return proxies.wait_programmed(nodes, st.mode, self.store.manifests, gone, timeout, self.store.logs)
+
+    # -- changing ------------------------------------------------------------------------------
+    def apply(self, paths: Iterable[str | Path], timeout: float = 10.0) -> ApplyResult:
+        """Make the lab's manifests exactly these: new pods start first, the proxies follow through
+        their manifest watch, and only then are the pods that left removed (as a pod terminates
+        after its endpoint is gone)."""
+        st = self.state
+        paths = [Path(p) for p in paths]
+        plan = make_plan(paths, nodes=tuple(st.nodes))
+        old = {p.ip: p for p in st.pods}
+        new = {p.ip: p for p in plan.pods}
+        removed = [p for ip, p in old.items() if new.get(ip) != p]
+        added = [p for ip, p in new.items() if old.get(ip) != p]
+        gone = {p.ip for p in removed} - set(new)
+        changed = [p for p in removed if p.ip in new]  # same address, other ports or name: restart it
+        if changed:
+            self._remove_pods(changed)
+        if added:
+            self.progress(f"starting {len(added)} pod(s)")
+            self._add_pods(added)
+        self.store.write_manifests(manifest_text(paths, st.nodes))
+        self.progress("waiting for the proxies to follow")
+        took = self._wait_programmed(gone, timeout)
+        still = [p for p in removed if p not in changed]
+        if still:
+            self.progress(f"removing {len(still)} pod(s)")
+            self._remove_pods(still)
+        return ApplyResult(tuple(p.name for p in added), tuple(p.name for p in removed), took, plan.warnings)
+
+    # -- probing -------------------------------------------------------------------------------
+    def probe(self, where: str, target: str, port: int, *, udp: bool = False, count: int = 1,
+              timeout: float = 1.0, source: str | None = None) -> list[Probe]:
+        """count real connections (or datagrams) from where (pod, node or 'outside') to target:port."""
+        ns, _ = self.namespace_of(where)
+        argv = [sys.executable, str(CLIENT), "--target", f"{target}:{port}", "-n", str(count),
+                "--timeout", str(timeout)]
+        if udp:
+            argv.append("--udp")
+        if source:
+            argv += ["--source", source]
+        out = netns.exec_in(ns, argv, timeout=count * (timeout + 1) + 10)
+        return [Probe(**json.loads(line)) for line in out.splitlines() if line.strip()]
+
+    # -- removing ------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove everything this lab made: processes (by recorded pid and by namespace), then
+        namespaces, then its directory. Works from the state file alone, and without it from the
+        namespace names. Returns the namespaces removed."""
+        st = self._state
+        present = set(netns.list_namespaces())
+        namespaces = [ns for ns in dict.fromkeys([*(st.namespaces if st else []), *sorted(present)])
+                      if self.names.owns(ns) and ns in present]
+        pids = [pid for pid in (st.pids.values() if st else [])
+                if netns.pid_is(pid, "svcproxy") or netns.pid_is(pid, "server.py")]
+        for ns in namespaces:
+            pids += netns.namespace_pids(ns)
+        netns.stop_processes(pids)
+        for ns in reversed(namespaces):  # pods before nodes before the LAN
+            netns.delete_namespace(ns)
+        left = [ns for ns in netns.list_namespaces() if self.names.owns(ns)]
+        if left:
+            raise LabError(f"could not remove namespace(s) {', '.join(left)}; try `ip netns delete NAME`")
+        shutil.rmtree(self.store.dir, ignore_errors=True)
+        self._state = None
+        return namespaces

@@ -1,0 +1,108 @@
+"""The proxy on every lab node: `svcproxy run` inside the node's namespace, and how to tell that
+it has programmed what the manifests say (the node's live ruleset names the right endpoints).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..config import NodeConfig
+from ..model.load import load_paths
+from ..state import build_state
+from . import netns
+from .plan import CLUSTER_CIDR, LabError, NodeSpec
+
+HEALTHZ_PORT = 10256
+METRICS_PORT = 10249
+MIN_SYNC_PERIOD = "100ms"  # the lab shows changes followed at once; kube-proxy's default is 1s
+RULES_MARKER = {"iptables": "KUBE-SERVICES", "nftables": "table ip kube-proxy"}  # present once synced
+
+
+def svcproxy_argv() -> list[str]:
+    """How to start this very svcproxy (the venv's script, else through the interpreter)."""
+    script = Path(sys.executable).with_name("svcproxy")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from svcproxy.cli import main; sys.argv[0] = 'svcproxy'; main()"]
+
+
+def run_argv(node: NodeSpec, mode: str, manifests: Path) -> list[str]:
+    """`svcproxy run` for one node, fed by the lab's manifest directory."""
+    return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode,
+            "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR,
+            "--healthz-bind-address", f"{node.ip}:{HEALTHZ_PORT}",
+            "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}", "--min-sync-period", MIN_SYNC_PERIOD]
+
+
+def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path) -> int:
+    return netns.spawn(ns, run_argv(node, mode, manifests), log).pid
+
+
+def live_rules(ns: str, mode: str) -> str:
+    """The node's ruleset as the kernel has it now (what the tracer reads, too)."""
+    if mode == "iptables":
+        return netns.exec_in(ns, ["iptables-save"])
+    return netns.exec_in(ns, ["nft", "list", "ruleset"])
+
+
+def node_config(node: NodeSpec) -> NodeConfig:
+    return NodeConfig(hostname=node.name, node_ips=(node.ip,), cluster_cidrs=(CLUSTER_CIDR,), zone=node.zone)
+
+
+def expected_endpoints(manifests: Path, node: NodeSpec) -> set[str]:
+    """Endpoint IPs this node's rules must name: every endpoint its proxy can send traffic to."""
+    cfg = node_config(node)
+    state = build_state(load_paths([manifests]), cfg)
+    out: set[str] = set()
+    for port in state.ports:
+        out.update(ep.ip for ep in state.select(port, cfg).all_reachable)
+    return out
+
+
+def mentions(rules: str, ip: str) -> bool:
+    return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d])", rules) is not None
+
+
+def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manifests: Path,
+                    gone: Iterable[str] = (), timeout: float = 20.0, log_dir: Path | None = None) -> float:
+    """Wait until every node's live rules name all endpoints it should and none of `gone`.
+
+    nodes: (namespace, node, proxy pid). Returns the seconds it took. A proxy that died or a
+    deadline passed raises LabError with the tail of the proxy's log.
+    """
+    start_t = time.monotonic()
+    nodes = list(nodes)
+    gone = set(gone)
+    expected = {n.name: expected_endpoints(manifests, n) for _, n, _ in nodes}
+    pending = {n.name for _, n, _ in nodes}
+    while True:
+        for ns, node, pid in nodes:
+            if node.name not in pending:
+                continue
+            if pid and not netns.alive(pid):
+                raise LabError(f"svcproxy run on {node.name} exited:\n{log_tail(log_dir, node.name)}")
+            rules = netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
+                                  else ["nft", "list", "ruleset"], check=False)
+            if (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
+                    and not any(mentions(rules, ip) for ip in gone)):
+                pending.discard(node.name)
+        if not pending:
+            return time.monotonic() - start_t
+        if time.monotonic() - start_t > timeout:
+            tails = "\n".join(f"--- {name}:\n{log_tail(log_dir, name)}" for name in sorted(pending))
+            raise LabError(f"the proxies on {', '.join(sorted(pending))} did not program the manifests "
+                           f"within {timeout:.0f}s; their logs end with:\n{tails}")
+        time.sleep(0.01)
+
+
+def log_tail(log_dir: Path | None, node: str, lines: int = 15) -> str:
+    if log_dir is None:
+        return "(no log)"
+    try:
+        return "\n".join((log_dir / f"proxy-{node}.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
