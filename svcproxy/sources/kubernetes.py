@@ -1,0 +1,226 @@
+"""The Kubernetes API source: list then watch Services, EndpointSlices and this node's Node.
+
+One reflector per resource, as client-go's informers do:
+- list (paginated) -> the store gets the complete set, and the list's resourceVersion;
+- watch from that resourceVersion with bookmarks; a watch that ends (server timeout, dropped
+  connection) resumes from the last resourceVersion seen, without relisting;
+- 410 Gone (as an HTTP status or a watch ERROR event) means the resourceVersion is too old:
+  relist; other errors back off exponentially (0.5 s doubling to 30 s).
+The label selector is kube-proxy's: services of other proxies and headless services are
+never even sent. A bad object is logged with its kind ns/name and field and skipped; the
+last good version of it stays programmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
+from ..model.parse import ObjectError, parse_endpoint_slice, parse_node, parse_service
+from .apiclient import ApiConfig
+from .store import Obj, ObjectStore, key_of
+
+log = logging.getLogger("svcproxy.sources.kubernetes")
+
+LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
+TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+class Gone(Exception):
+    """410: the resourceVersion is no longer available; relist."""
+
+
+class ApiError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    path: str  # collection path, e.g. /api/v1/services
+    parse: Callable[[Mapping[str, Any]], Obj]
+    params: tuple[tuple[str, str], ...] = ()
+
+
+def resources(node_name: str) -> list[Resource]:
+    return [
+        Resource("Service", "/api/v1/services", parse_service, (("labelSelector", LABEL_SELECTOR),)),
+        Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice,
+                 (("labelSelector", LABEL_SELECTOR),)),
+        Resource("Node", "/api/v1/nodes", parse_node, (("fieldSelector", f"metadata.name={node_name}"),)),
+    ]
+
+
+def _meta_key(kind: str, raw: Mapping[str, Any]) -> str:
+    meta = raw.get("metadata") or {}
+    name = meta.get("name", "")
+    return name if kind == "Node" else f"{meta.get('namespace') or 'default'}/{name}"
+
+
+def _trigger_time(raw: Mapping[str, Any]) -> float | None:
+    value = ((raw.get("metadata") or {}).get("annotations") or {}).get(TRIGGER_TIME)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Reflector:
+    """List-then-watch one resource into the store, forever."""
+
+    def __init__(self, api: ApiConfig, session: aiohttp.ClientSession, res: Resource, store: ObjectStore,
+                 page_size: int = 500) -> None:
+        self.api, self.session, self.res, self.store = api, session, res, store
+        self.name = f"api/{res.kind}"
+        self.page_size = page_size
+        self.resource_version = ""
+        self.lists = 0  # how many times it listed (tests check that 410 relists, drops do not)
+        self.watches = 0
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                if not self.resource_version:
+                    await self.list()
+                    self.store.mark_synced(self.name)
+                await self.watch()
+                backoff = 0.5
+            except Gone:
+                log.info("%s: resourceVersion %s is gone (410); relisting", self.res.kind, self.resource_version)
+                self.resource_version = ""
+            except (aiohttp.ClientError, TimeoutError, ApiError, ValueError) as e:
+                log.warning("%s: %s: %s; retrying in %.1fs", self.res.kind, type(e).__name__, e, backoff)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, 30.0)
+
+    def _url(self, **params: str) -> str:
+        return f"{self.api.host}{self.res.path}?{urlencode([*self.res.params, *params.items()])}"
+
+    async def _get(self, url: str, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        resp = await self.session.get(url, headers=self.api.headers(), ssl=self.api.ssl_context, timeout=timeout,
+                                      server_hostname=self.api.server_hostname)
+        if resp.status == 410:
+            resp.release()
+            raise Gone()
+        if resp.status != 200:
+            text = (await resp.text())[:300]
+            resp.release()
+            raise ApiError(f"GET {self.res.path}: HTTP {resp.status}: {text}")
+        return resp
+
+    async def list(self) -> None:
+        """Every object, page by page; then the store holds exactly these for this resource."""
+        self.lists += 1
+        objects: list[Obj] = []
+        keep: set[tuple[str, str]] = set()
+        token = ""
+        rv = ""
+        timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+        while True:
+            params = {"limit": str(self.page_size)}
+            if token:
+                params["continue"] = token
+            resp = await self._get(self._url(**params), timeout)
+            body = json.loads(await resp.read())
+            for raw in body.get("items") or ():
+                obj = self._parse(raw, keep)
+                if obj is not None:
+                    objects.append(obj)
+            meta = body.get("metadata") or {}
+            rv = meta.get("resourceVersion", rv)
+            token = meta.get("continue") or ""
+            if not token:
+                break
+        self.store.replace(self.name, objects, keep)
+        self.resource_version = rv
+        log.info("%s: listed %d object(s) at resourceVersion %s", self.res.kind, len(objects), rv)
+
+    def _parse(self, raw: Mapping[str, Any], keep: set[tuple[str, str]]) -> Obj | None:
+        if "kind" not in raw:
+            raw = {**raw, "kind": self.res.kind}  # list items carry no kind
+        try:
+            return self.res.parse(raw)
+        except ObjectError as e:
+            key = _meta_key(self.res.kind, raw)
+            kept = (self.res.kind, key) in self.store.owned(self.name)
+            if kept:
+                keep.add((self.res.kind, key))
+            log.error("%s%s", e, "; keeping its last good version" if kept else "; skipped")
+            return None
+
+    async def watch(self) -> None:
+        """Follow changes from resource_version until the server ends the watch."""
+        self.watches += 1
+        seconds = random.randint(300, 600)
+        params = {"watch": "true", "allowWatchBookmarks": "true", "resourceVersion": self.resource_version,
+                  "timeoutSeconds": str(seconds)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=seconds + 30)
+        resp = await self._get(self._url(**params), timeout)
+        try:
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                if b"\n" not in chunk:
+                    continue
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._event(json.loads(line))
+            if buf.strip():
+                self._event(json.loads(buf))
+        finally:
+            resp.release()
+
+    def _event(self, event: Mapping[str, Any]) -> None:
+        kind, raw = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if raw.get("code") == 410:
+                raise Gone()
+            raise ApiError(f"watch error: {raw.get('message', raw)}")
+        rv = (raw.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED"):
+            obj = self._parse(raw, set())
+            if obj is not None:
+                self.store.put(self.name, obj, _trigger_time(raw) if self.res.kind == "EndpointSlice" else None)
+        elif kind == "DELETED":
+            self.store.delete(self.name, self.res.kind, _meta_key(self.res.kind, raw))
+        elif kind != "BOOKMARK":
+            log.warning("%s: unknown watch event type %r ignored", self.res.kind, kind)
+        if rv:
+            self.resource_version = rv
+
+
+class ApiSource:
+    """Services, EndpointSlices and this node's Node from an API server."""
+
+    name = "api"
+
+    def __init__(self, api: ApiConfig, node_name: str, page_size: int = 500) -> None:
+        self.api, self.node_name, self.page_size = api, node_name, page_size
+        self.reflectors: list[Reflector] = []
+
+    async def run(self, store: ObjectStore) -> None:
+        for res in resources(self.node_name):
+            store.add_source(f"api/{res.kind}")
+        store.mark_synced(self.name)  # the reflectors stand for this source from here on
+        connector = aiohttp.TCPConnector(limit=10)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self.reflectors = [Reflector(self.api, session, res, store, self.page_size)
+                               for res in resources(self.node_name)]
+            await asyncio.gather(*(r.run() for r in self.reflectors))
+
+
+__all__ = ["ApiSource", "Reflector", "key_of"]

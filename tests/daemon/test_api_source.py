@@ -1,0 +1,156 @@
+"""The daemon against the stand-in API server: list/watch, bookmarks, 410 Gone, dropped connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from svcproxy.config import NodeConfig
+from svcproxy.runtime.daemon import Daemon, DaemonOptions
+from svcproxy.sources.apiclient import ApiConfig
+from svcproxy.sources.kubernetes import ApiSource
+
+from .apiserver import StandInApiServer
+from .fakes import RecordingDataplane
+from .manifests_util import endpoint, endpoint_slice, service
+from .test_sync_loop import until
+
+CFG = NodeConfig(hostname="node-a", node_ips=("192.168.0.2",))
+
+
+@pytest.fixture
+def server() -> Iterator[StandInApiServer]:
+    with StandInApiServer(bookmark_interval=0.2) as s:
+        s.apply(service("web", "172.30.0.10"),
+                endpoint_slice("web-1", "web", [endpoint("10.0.1.10", "node-a"), endpoint("10.0.2.10")]),
+                {"apiVersion": "v1", "kind": "Node",
+                 "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+        yield s
+
+
+def run_with_daemon(server: StandInApiServer, body) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        source = ApiSource(ApiConfig(host=server.url), "node-a")
+        opts = DaemonOptions(cfg=CFG, mode="fake", sources=[source], min_sync_period=0.0,
+                             healthz_bind_address="", metrics_bind_address="", clear_conntrack=False)
+        daemon = Daemon(opts, dp=dp)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            await body(dp, source, daemon)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def reflector(source: ApiSource, kind: str):
+    return next(r for r in source.reflectors if r.res.kind == kind)
+
+
+def test_list_then_watch_follows_changes(server: StandInApiServer) -> None:
+    async def body(dp, source, daemon) -> None:
+        assert dp.endpoints("default/web") == ["10.0.1.10:8080", "10.0.2.10:8080"]
+        assert dp.last.zone == "zone-a", "this node's Node is read"
+        server.apply(endpoint_slice("web-1", "web", [endpoint("10.0.1.10", "node-a")]))
+        await until(lambda: dp.endpoints("default/web") == ["10.0.1.10:8080"], 3)
+        assert dp.calls[-1][1] == ["default/web"], "a partial sync of just that service"
+        server.apply(service("dns", "172.30.0.53", 53, "UDP"),
+                     endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53")], 53, "UDP"))
+        await until(lambda: dp.endpoints("default/dns") == ["10.0.1.53:53"], 3)
+        server.delete("Service", "default", "dns")
+        await until(lambda: "default/dns" not in dp.last.services, 3)
+        # what kube-proxy never sees: other proxies' and headless services (label selector)
+        other = service("other", "172.30.0.77")
+        other["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "someone-else"}
+        server.apply(other, service("after", "172.30.0.78"))
+        await until(lambda: "default/after" in dp.last.services, 3)
+        assert "default/other" not in daemon.store.services
+
+    run_with_daemon(server, body)
+
+
+def test_bookmarks_and_dropped_connections_resume_without_relist(server: StandInApiServer) -> None:
+    async def body(dp, source, daemon) -> None:
+        svc = reflector(source, "Service")
+        server.apply(endpoint_slice("web-1", "web", [endpoint("10.0.1.11", "node-a")]))  # moves the RV on
+        await until(lambda: svc.resource_version == str(server.rv), 3)  # via a BOOKMARK event
+        lists = server.count("list")
+        for _ in range(3):
+            assert server.drop_watches() >= 1
+            server.apply(endpoint_slice("web-1", "web", [endpoint(f"10.0.1.{20 + _}", "node-a")]))
+            await until(lambda n=_: dp.endpoints("default/web") == [f"10.0.1.{20 + n}:8080"], 5)
+        assert server.count("list") == lists, "a dropped watch resumes from its resourceVersion"
+        assert server.count("watch Service rv=0") == 0
+
+    run_with_daemon(server, body)
+
+
+@pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-status"])
+def test_410_gone_relists_and_converges(server: StandInApiServer, as_status: bool) -> None:
+    server.gone_as_status = as_status
+
+    async def body(dp, source, daemon) -> None:
+        lists = server.count("list EndpointSlice")
+        server.apply(service("late", "172.30.0.12"),
+                     endpoint_slice("late-1", "late", [endpoint("10.0.1.12", "node-a")]))
+        server.delete("EndpointSlice", "default", "web-1")
+        server.compact()  # all history is gone: the reconnecting watches get 410
+        server.drop_watches()
+        await until(lambda: dp.endpoints("default/late") == ["10.0.1.12:8080"], 5)
+        await until(lambda: dp.endpoints("default/web") == [], 5)
+        assert server.count("list EndpointSlice") >= lists
+
+    run_with_daemon(server, body)
+
+
+def test_server_errors_back_off_and_converge(server: StandInApiServer) -> None:
+    async def body(dp, source, daemon) -> None:
+        server.fail_requests(4)
+        server.drop_watches()
+        server.apply(endpoint_slice("web-1", "web", [endpoint("10.0.1.99", "node-a")]))
+        await until(lambda: dp.endpoints("default/web") == ["10.0.1.99:8080"], 10)
+
+    run_with_daemon(server, body)
+
+
+def test_bad_object_keeps_last_good_version(server: StandInApiServer) -> None:
+    async def body(dp, source, daemon) -> None:
+        bad = endpoint_slice("web-1", "web", [endpoint("10.0.1.300", "node-a")])
+        server.apply(bad, service("next", "172.30.0.13"))
+        await until(lambda: "default/next" in dp.last.services, 3)
+        assert dp.endpoints("default/web") == ["10.0.1.10:8080", "10.0.2.10:8080"]
+        server.compact()
+        server.drop_watches()  # relist with the bad object still there: last good version stays
+        await until(lambda: server.count("list EndpointSlice") >= 2, 5)
+        await asyncio.sleep(0.2)
+        assert dp.endpoints("default/web") == ["10.0.1.10:8080", "10.0.2.10:8080"]
+
+    run_with_daemon(server, body)
+
+
+def test_list_is_paginated(server: StandInApiServer) -> None:
+    server.apply(*[service(f"s{i}", f"172.30.1.{i}") for i in range(25)])
+
+    async def body(dp, source, daemon) -> None:
+        assert len(dp.last.services) == 26
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        source = ApiSource(ApiConfig(host=server.url), "node-a", page_size=10)
+        daemon = Daemon(DaemonOptions(cfg=CFG, mode="fake", sources=[source], healthz_bind_address="",
+                                      metrics_bind_address="", clear_conntrack=False), dp=dp)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            assert len(dp.last.services) == 26
+            assert server.count("list Service") == 3
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
