@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from ..model.load import iter_documents, manifest_files
+from ..model.load import iter_documents, load_paths, manifest_files
+from ..model.objects import Service
 from . import checks, netns, proxies
 from .plan import (
     EXTERNAL_CIDR,
@@ -42,6 +43,7 @@ from .plan import (
     nodes_manifest,
 )
 from .store import LabState, Store
+from .targets import Target, resolve
 
 LAB_DIR = Path(__file__).parent
 SERVER = LAB_DIR / "server.py"
@@ -165,6 +167,16 @@ class Lab:
         """A node's own addresses, as the tracer needs them to know which packets start at OUTPUT."""
         n = self.node(node) if isinstance(node, str) else node
         return [n.ip, n.gateway, "127.0.0.1"]
+
+    def services(self) -> list[Service]:
+        """The Services the lab's proxies currently see."""
+        return load_paths([self.store.manifests]).services
+
+    def target(self, spec: str, where: str, *, udp: bool = False, via: str | None = None,
+               node: str | None = None) -> Target:
+        """Where `lab curl SERVICE[:PORT] --from where` connects (see targets.resolve)."""
+        return resolve(self.services(), spec, outside=where == "outside", nodes=self.nodes, udp=udp, via=via,
+                       node=node)
 
     def rules(self, node: NodeSpec | str) -> str:
         """The node's live ruleset (iptables-save or nft list ruleset)."""
