@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..dataplane import MODES
 from ..runtime.daemon import DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, DaemonOptions, run_daemon
 from ..runtime.durations import format_duration, parse_duration
 from .options import manifest_option, node_config, node_options
@@ -61,6 +62,9 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
         from ..runtime.kubeconfig import apply_config_file
 
         values = apply_config_file(params["config_file"], values, ctx)
+        if values["proxy_mode"] not in MODES:
+            raise click.UsageError(f"{params['config_file']}: mode {values['proxy_mode']!r} is not supported "
+                                   f"(svcproxy implements {', '.join(MODES)})")
         for name in ("sync_period", "min_sync_period"):
             values[name] = _duration(ctx, None, values[name])  # type: ignore[arg-type]
     cfg = node_config({**values, "config_file": None})

@@ -14,8 +14,29 @@ _FIELDS = {
     "mode": "proxy_mode",
     "nodePortAddresses": "nodeport_addresses",
     "bindAddress": None,
+    "healthzBindAddress": "healthz_bind_address",
+    "metricsBindAddress": "metrics_bind_address",
+    "syncPeriod": "sync_period",  # v1alpha2 moved these to the top level
+    "minSyncPeriod": "min_sync_period",
+}
+# Nested sections: section -> {field -> parameter}.
+_SECTIONS = {
+    "clientConnection": {"kubeconfig": "kubeconfig"},
+    "iptables": {"masqueradeAll": "masquerade_all", "masqueradeBit": "masquerade_bit",
+                 "localhostNodePorts": "iptables_localhost_nodeports", "syncPeriod": "sync_period",
+                 "minSyncPeriod": "min_sync_period"},
+    "nftables": {"masqueradeAll": "masquerade_all", "masqueradeBit": "masquerade_bit",
+                 "syncPeriod": "sync_period", "minSyncPeriod": "min_sync_period"},
 }
 _IGNORED = {"apiVersion", "kind"}
+
+
+def _typed(name: str, value: Any) -> Any:
+    if name in ("masquerade_all", "iptables_localhost_nodeports"):
+        return bool(value)
+    if name == "masquerade_bit":
+        return int(value)
+    return value
 
 
 def apply_config_file(path: str, params: dict[str, Any], ctx: click.Context | None) -> dict[str, Any]:
@@ -36,35 +57,19 @@ def apply_config_file(path: str, params: dict[str, Any], ctx: click.Context | No
     for key, value in data.items():
         if key in _IGNORED:
             continue
-        if key == "iptables" and isinstance(value, dict):
+        if key in _SECTIONS and isinstance(value, dict):
             for k, v in value.items():
-                if k == "masqueradeAll" and not from_cli("masquerade_all"):
-                    out["masquerade_all"] = bool(v)
-                elif k == "masqueradeBit" and not from_cli("masquerade_bit"):
-                    out["masquerade_bit"] = int(v)
-                elif k == "localhostNodePorts" and not from_cli("iptables_localhost_nodeports"):
-                    out["iptables_localhost_nodeports"] = bool(v)
-                elif k in ("syncPeriod", "minSyncPeriod"):
-                    name = "sync_period" if k == "syncPeriod" else "min_sync_period"
-                    if not from_cli(name):
-                        out[name] = v
-                else:
-                    unknown.append(f"iptables.{k}")
-            continue
-        if key == "nftables" and isinstance(value, dict):
-            for k, v in value.items():
-                if k in ("syncPeriod", "minSyncPeriod"):
-                    name = "sync_period" if k == "syncPeriod" else "min_sync_period"
-                    if not from_cli(name):
-                        out[name] = v
-                else:
-                    unknown.append(f"nftables.{k}")
+                name = _SECTIONS[key].get(k)
+                if name is None:
+                    unknown.append(f"{key}.{k}")
+                elif not from_cli(name) and v not in (None, ""):
+                    out[name] = _typed(name, v)
             continue
         target = _FIELDS.get(key, "")
         if target == "":
             unknown.append(key)
             continue
-        if target is None or from_cli(target):
+        if target is None or from_cli(target) or value in (None, ""):
             continue
         if target in ("cluster_cidr",):
             out[target] = tuple(c.strip() for c in str(value).split(",") if c.strip())

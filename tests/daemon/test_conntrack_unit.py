@@ -1,0 +1,57 @@
+"""Which UDP conntrack entries go stale on a change (kube-proxy's rules), and the commands that clear them."""
+
+from __future__ import annotations
+
+from svcproxy.config import NodeConfig
+from svcproxy.model.parse import parse_endpoint_slice, parse_service
+from svcproxy.runtime.conntrack import commands, stale_entries
+from svcproxy.state import build_service_state
+
+from .manifests_util import endpoint, endpoint_slice, service
+
+CFG = NodeConfig(hostname="node-a")
+
+
+def dns(*eps: dict, protocol: str = "UDP"):
+    svc = parse_service(service("dns", "172.30.0.53", 53, protocol, target=5353, type="NodePort",
+                                ports=[{"name": "p", "port": 53, "targetPort": 5353, "protocol": protocol,
+                                        "nodePort": 30053}]))
+    sl = parse_endpoint_slice(endpoint_slice("dns-1", "dns", list(eps), 5353, protocol))
+    return build_service_state(svc, [sl], CFG)
+
+
+def test_removed_udp_endpoint_is_stale() -> None:
+    old = dns(endpoint("10.0.1.1"), endpoint("10.0.1.2"))
+    new = dns(endpoint("10.0.1.1"))
+    stale = stale_entries(old, new)
+    assert [str(ep) for _, ep in stale.endpoints] == ["10.0.1.2:5353"]
+    assert stale.services == []
+    cmds = commands(stale, 4)
+    assert ["conntrack", "-D", "-p", "udp", "--orig-dst", "172.30.0.53", "--orig-port-dst", "53",
+            "--dst-nat", "10.0.1.2"] in cmds
+    assert ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.0.1.2"] in cmds
+
+
+def test_endpoint_turning_terminating_is_stale_but_never_serving_is_not() -> None:
+    old = dns(endpoint("10.0.1.1"), endpoint("10.0.1.3", ready=False, serving=False))
+    new = dns(endpoint("10.0.1.1", ready=False, serving=True, terminating=True))
+    stale = stale_entries(old, new)
+    assert [str(ep) for _, ep in stale.endpoints] == ["10.0.1.1:5353"]
+
+
+def test_first_ready_endpoint_clears_blackholed_entries() -> None:
+    old = dns()
+    new = dns(endpoint("10.0.1.1"))
+    stale = stale_entries(old, new)
+    assert [p.cluster_ip for p in stale.services] == ["172.30.0.53"]
+    cmds = commands(stale, 4)
+    assert ["conntrack", "-D", "-p", "udp", "--orig-dst", "172.30.0.53", "--orig-port-dst", "53"] in cmds
+    assert ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053"] in cmds
+    # a new service with endpoints right away counts too; a deleted one has its endpoints stale
+    assert stale_entries(None, new).services
+    assert [str(ep) for _, ep in stale_entries(new, None).endpoints] == ["10.0.1.1:5353"]
+
+
+def test_tcp_never_stale() -> None:
+    assert not stale_entries(dns(endpoint("10.0.1.1"), protocol="TCP"), dns(protocol="TCP"))
+    assert not stale_entries(dns(protocol="TCP"), dns(endpoint("10.0.1.1"), protocol="TCP"))
