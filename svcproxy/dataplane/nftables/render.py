@@ -8,37 +8,65 @@ after a small change costs little.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ...config import NodeConfig
-from ...state import ProxyState, ServicePortInfo
+from ...state import ProxyState, ServiceState
 from . import names
 from .layout import NODEPORT_IPS, TABLE_COMMENT, Chain, Container, containers, fixed_chains, nodeport_set_ips
 from .service import Block, Element, service_block
 
 
+@dataclass
+class ServiceRules:
+    """One Service's share of the table (all its ports), with its text pre-rendered."""
+
+    service: ServiceState
+    zone: str
+    blocks: list[Block]
+    chains: dict[str, Chain]  # per-service chains by name, in order
+    sets: dict[str, Container]  # affinity sets by name
+    elements: list[Element]
+    chains_text: str
+    sets_text: str
+
+
 class BlockCache:
-    """service_block() results keyed by their inputs; keeps only what the last render used."""
+    """ServiceRules per service key, reused while the ServiceState (and zone) is unchanged."""
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
-        self._blocks: dict[tuple, Block] = {}
+        self._rules: dict[str, ServiceRules] = {}
 
-    def blocks(self, state: ProxyState, ports: Iterable[ServicePortInfo] | None = None) -> list[Block]:
-        """Blocks for the given ports (default: all of state's ports), in order."""
-        old, new = self._blocks, {}
-        out = []
-        for port in state.ports if ports is None else ports:
-            key = (port, state.endpoints(port.name), state.zone)
-            block = old.get(key)
-            if block is None:
-                block = service_block(port, key[1], self.cfg, state.zone)
-            new[key] = block
-            out.append(block)
-        if ports is None:
-            self._blocks = new
-        else:
-            self._blocks.update(new)
+    def service(self, svc: ServiceState, zone: str) -> ServiceRules:
+        old = self._rules.get(svc.key)
+        if old is not None and old.zone == zone and (old.service is svc or old.service == svc):
+            return old
+        ports = sorted(svc.ports, key=lambda p: p.name)
+        blocks = [service_block(p, svc.endpoints.get(p.name, ()), self.cfg, zone) for p in ports]
+        chains = {c.name: c for b in blocks for c in b.chains}
+        sets = {s.name: s for b in blocks for s in b.sets}
+        lines: list[str] = []
+        for c in chains.values():
+            lines += chain_text(c)
+        set_lines: list[str] = []
+        for c in sets.values():
+            set_lines += container_text(c, ())
+        rules = ServiceRules(svc, zone, blocks, chains, sets, [e for b in blocks for e in b.elements],
+                             "\n".join(lines), "\n".join(set_lines))
+        self._rules[svc.key] = rules
+        return rules
+
+    def all(self, state: ProxyState) -> list[ServiceRules]:
+        """Rules of every service in state, in port-name order; forgets services no longer there."""
+        out = [self.service(state.services[k], state.zone) for k in sorted(state.services, key=_service_order)]
+        if len(self._rules) != len(out):
+            self._rules = {r.service.key: r for r in out}
         return out
+
+
+def _service_order(key: str) -> tuple[str, ...]:
+    return tuple(key.split("/", 1))
 
 
 _caches: dict[NodeConfig, BlockCache] = {}
@@ -57,13 +85,12 @@ def element_text(el: Element) -> str:
     return f"{el.key}{comment} : {el.value}" if el.value else f"{el.key}{comment}"
 
 
-def unique_elements(blocks: Iterable[Block]) -> dict[str, dict[str, Element]]:
+def unique_elements(elements: Iterable[Element]) -> dict[str, dict[str, Element]]:
     """Elements per container, first writer wins on a duplicate key (two services claiming the
     same address and port: kube-proxy too programs only one of them)."""
     out: dict[str, dict[str, Element]] = {}
-    for block in blocks:
-        for el in block.elements:
-            out.setdefault(el.container, {}).setdefault(el.key, el)
+    for el in elements:
+        out.setdefault(el.container, {}).setdefault(el.key, el)
     return out
 
 
@@ -92,28 +119,18 @@ def container_text(c: Container, elements: Iterable[Element], indent: str = "\t"
     return lines
 
 
-def render_blocks(cfg: NodeConfig, blocks: list[Block]) -> str:
+def render_rules(cfg: NodeConfig, services: list[ServiceRules]) -> str:
     family = names.family_keyword(cfg.ip_family)
-    elements = unique_elements(blocks)
+    elements = unique_elements(e for r in services for e in r.elements)
     for el in static_elements(cfg):
         elements.setdefault(el.container, {})[el.key] = el
     lines = [f"table {family} {names.TABLE} {{", f'\tcomment "{TABLE_COMMENT}"']
     for c in containers(cfg):
         lines += container_text(c, sorted(elements.get(c.name, {}).values(), key=_element_order))
-    seen_sets: set[str] = set()
-    for block in blocks:
-        for s in block.sets:
-            if s.name not in seen_sets:
-                seen_sets.add(s.name)
-                lines += container_text(s, ())
+    lines += [r.sets_text for r in services if r.sets_text]
     for chain in fixed_chains(cfg):
         lines += chain_text(chain)
-    seen_chains: set[str] = set()
-    for block in blocks:
-        for chain in block.chains:
-            if chain.name not in seen_chains:
-                seen_chains.add(chain.name)
-                lines += chain_text(chain)
+    lines += [r.chains_text for r in services if r.chains_text]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -124,4 +141,4 @@ def _element_order(el: Element) -> tuple:
 
 def render_ruleset(state: ProxyState, cfg: NodeConfig) -> str:
     """The whole kube-proxy table for this node, as `nft -f` input (deterministic)."""
-    return render_blocks(cfg, cache_for(cfg).blocks(state))
+    return render_rules(cfg, cache_for(cfg).all(state))

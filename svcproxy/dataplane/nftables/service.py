@@ -75,8 +75,14 @@ def service_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cf
     firewall_chain = names.FIREWALL + base
     affinity = port.session_affinity_timeout
 
+    ep_names: dict[tuple[str, int], str] = {}
+
     def ep_base(ep: EndpointInfo) -> str:
-        return names.endpoint_base(spn, ep.ip, ep.port)
+        key = (ep.ip, ep.port)
+        name = ep_names.get(key)
+        if name is None:
+            name = ep_names[key] = names.endpoint_base(spn, ep.ip, ep.port)
+        return name
 
     has_endpoints = sel.has_any
     uses_cluster = bool(sel.cluster) and port.uses_cluster_endpoints

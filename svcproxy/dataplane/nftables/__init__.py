@@ -1,0 +1,280 @@
+"""nftables mode: keeps the kernel's `kube-proxy` table in step with the desired state.
+
+A full sync declares new chains, fills them in batches (they are unreferenced until the
+commit, so traffic never sees them half-built) and then commits the fixed chains and every map
+element in one transaction, deleting chains no longer used. A partial sync is one transaction
+with only the changed services' chains, sets and elements. What the kernel holds is tracked in
+a Kernel record, updated only after a transaction succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Collection, Sequence
+
+from ...config import NodeConfig
+from ...state import ProxyState
+from .. import ApplyError, SyncResult
+from . import names
+from .layout import Chain, Container, fixed_chains
+from .render import BlockCache, ServiceRules
+from .service import Element
+from .transaction import Kernel, Tx, commit, desired_elements
+
+log = logging.getLogger(__name__)
+
+FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
+
+
+class NftablesDataplane:
+    mode = "nftables"
+
+    def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",)) -> None:
+        self.cfg = cfg
+        self.nft = tuple(nft)
+        self.family = names.family_keyword(cfg.ip_family)
+        self.cache = BlockCache(cfg)
+        self.kernel: Kernel | None = None  # None: not read yet (startup)
+        self.applied: dict[str, ServiceRules] = {}  # service key -> rules in the kernel
+        self.need_full = True
+        self.started = False
+        self.transactions: list[str] = []  # the nft input of the last sync, for tests and debugging
+
+    # --- the Dataplane protocol ---------------------------------------------------------
+
+    def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        if not self.started:
+            remove_iptables_leftovers(self.cfg)
+            self.started = True
+        self.transactions = []
+        try:
+            if changed is None or self.need_full or self.kernel is None:
+                return self._full(state)
+            return self._partial(state, changed)
+        except ApplyError:
+            self.need_full = True
+            raise
+
+    def cleanup(self) -> None:
+        """Delete the kube-proxy tables (both families), nothing else; fine when there are none."""
+        for family in ("ip", "ip6"):
+            try:
+                self._run(f"delete table {family} {names.TABLE}\n")
+            except ApplyError as e:
+                if "No such file or directory" not in str(e):
+                    raise
+        self.kernel = None
+        self.applied = {}
+        self.need_full = True
+
+    # --- full sync ----------------------------------------------------------------------
+
+    def _full(self, state: ProxyState) -> SyncResult:
+        recreate_base = self.kernel is None
+        if self.kernel is None:
+            self.kernel = self.read_kernel()
+        kernel = self.kernel
+        rules = self.cache.all(state)
+        chains: dict[str, Chain] = {}
+        sets: dict[str, Container] = {}
+        for r in rules:
+            for name, c in r.chains.items():
+                chains.setdefault(name, c)
+            sets.update(r.sets)
+
+        # 1. declare chains and affinity sets that do not exist yet
+        declare = Tx(self.cfg)
+        declare.lines.append(f'add table {declare.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
+        fresh = [c for name, c in chains.items() if name not in kernel.chains]
+        new_sets = [s for name, s in sets.items() if name not in kernel.sets]
+        for s in new_sets:
+            declare.add_container(s)
+        for c in fixed_chains(self.cfg):
+            if not c.hook:  # the targets of jumps in the fill batches; base chains come in the commit
+                declare.add_chain(Chain(c.name, comment=c.comment))
+        for c in fresh:
+            declare.add_chain(Chain(c.name))
+        self._run_tx(declare)
+        kernel.exists = True
+        kernel.sets.update(s.name for s in new_sets)
+        for c in fresh:
+            kernel.chains[c.name] = ()
+
+        # 2. fill new chains, and chains of unknown content (found at startup), in batches;
+        #    each chain is flushed and refilled within one transaction, so it is never half-built
+        fresh_names = {c.name for c in fresh}
+        to_fill = [c for c in chains.values() if c.name in fresh_names or kernel.chains.get(c.name) is None]
+        for i in range(0, len(to_fill), FILL_BATCH_CHAINS):
+            batch = to_fill[i:i + FILL_BATCH_CHAINS]
+            tx = Tx(self.cfg)
+            for c in batch:
+                tx.fill_chain(c, flush=c.name not in fresh_names)
+            self._run_tx(tx)
+            for c in batch:
+                kernel.chains[c.name] = c.rules
+
+        # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
+        elements = desired_elements(self.cfg, (r.elements for r in rules))
+        tx = commit(self.cfg, chains, sets, elements, kernel, recreate_base)
+        for c in chains.values():
+            if kernel.chains.get(c.name) != c.rules:
+                tx.fill_chain(c, flush=True)
+        self._run_tx(tx)
+        kernel.chains = {name: c.rules for name, c in chains.items()}
+        kernel.sets = set(sets)
+        kernel.elements = elements
+        self.applied = {r.service.key: r for r in rules}
+        self.need_full = False
+        return self._result(True)
+
+    # --- partial sync -------------------------------------------------------------------
+
+    def _partial(self, state: ProxyState, changed: Collection[str]) -> SyncResult:
+        kernel = self.kernel
+        assert kernel is not None
+        new_rules: dict[str, ServiceRules | None] = {}
+        old_chains: dict[str, None] = {}
+        new_chains: dict[str, Chain] = {}
+        old_sets: set[str] = set()
+        new_sets: dict[str, Container] = {}
+        old_elements: dict[tuple[str, str], Element] = {}
+        new_elements: dict[tuple[str, str], Element] = {}
+        for key in sorted(changed):
+            old = self.applied.get(key)
+            svc = state.services.get(key)
+            new = self.cache.service(svc, state.zone) if svc is not None else None
+            new_rules[key] = new
+            if old is not None:
+                old_chains.update(dict.fromkeys(old.chains))
+                old_sets.update(old.sets)
+                for el in old.elements:
+                    old_elements.setdefault((el.container, el.key), el)
+            if new is not None:
+                for name, c in new.chains.items():
+                    new_chains.setdefault(name, c)
+                new_sets.update(new.sets)
+                for el in new.elements:
+                    new_elements.setdefault((el.container, el.key), el)
+
+        tx = Tx(self.cfg)
+        for name, s in new_sets.items():
+            if name not in kernel.sets:
+                tx.add_container(s)
+        for name in new_chains:
+            if name not in kernel.chains:
+                tx.add_chain(Chain(name))
+        for name, c in new_chains.items():
+            if kernel.chains.get(name) != c.rules:
+                tx.fill_chain(c, flush=name in kernel.chains)
+        deletes: dict[str, list[str]] = {}
+        adds: dict[str, list[Element]] = {}
+        for (container, key), el in old_elements.items():
+            if (container, key) not in new_elements and kernel.elements.get(container, {}).get(key) == el:
+                deletes.setdefault(container, []).append(key)
+        for (container, key), el in new_elements.items():
+            current = kernel.elements.get(container, {}).get(key)
+            if current == el:
+                continue
+            if current is not None:
+                if old_elements.get((container, key)) != current:
+                    log.warning("%s %s is already used by another service; not programmed for %s",
+                                container, key, el.comment or "this service")
+                    continue
+                deletes.setdefault(container, []).append(key)
+            adds.setdefault(container, []).append(el)
+        for container, keys in deletes.items():
+            tx.delete_elements(container, keys)
+        for container, els in adds.items():
+            tx.add_elements(container, els)
+        stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
+        for name in stale_chains:
+            tx.delete_chain(name)
+        stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
+        for name in stale_sets:
+            tx.delete_set(name)
+
+        if tx:
+            self._run_tx(tx)
+        # the transaction went through: record it
+        for name, c in new_chains.items():
+            kernel.chains[name] = c.rules
+        kernel.sets.update(new_sets)
+        for name in stale_chains:
+            kernel.chains.pop(name, None)
+        kernel.sets.difference_update(stale_sets)
+        for container, keys in deletes.items():
+            for k in keys:
+                kernel.elements.get(container, {}).pop(k, None)
+        for container, els in adds.items():
+            for el in els:
+                kernel.elements.setdefault(container, {})[el.key] = el
+        for key, new in new_rules.items():
+            if new is None:
+                self.applied.pop(key, None)
+            else:
+                self.applied[key] = new
+        return self._result(False)
+
+    # --- kernel I/O ---------------------------------------------------------------------
+
+    def read_kernel(self) -> Kernel:
+        """Names of our per-service chains and affinity sets already in the kernel (startup)."""
+        kernel = Kernel()
+        for kind in ("chains", "sets"):
+            out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
+            for item in json.loads(out or "{}").get("nftables", []):
+                obj = item.get(kind[:-1])
+                if not obj or obj.get("table") != names.TABLE or obj.get("family") != self.family:
+                    continue
+                kernel.exists = True
+                name = obj["name"]
+                if kind == "chains" and names.is_service_chain(name):
+                    kernel.chains[name] = None  # content unknown: rewrite it
+                elif kind == "sets" and names.is_affinity_set(name):
+                    kernel.sets.add(name)
+        return kernel
+
+    def _run_tx(self, tx: Tx) -> None:
+        if tx:
+            self._run(tx.text())
+
+    def _run(self, text: str) -> None:
+        self.transactions.append(text)
+        proc = subprocess.run([*self.nft, "-f", "-"], input=text, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ApplyError(f"nft refused the transaction ({text.count(chr(10))} commands): "
+                             f"{_first_lines(proc.stderr)}; the previous rules stay in place and the "
+                             "next sync is a full one")
+
+    def _run_capture(self, argv: list[str]) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
+        return proc.stdout
+
+    def _result(self, full: bool) -> SyncResult:
+        kernel = self.kernel
+        assert kernel is not None
+        rules = sum(len(r) for r in kernel.chains.values() if r)
+        elements = sum(len(v) for v in kernel.elements.values())
+        return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
+                          rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[:n])
+
+
+def remove_iptables_leftovers(cfg: NodeConfig) -> None:
+    """Switching from iptables mode: remove its chains, as kube-proxy does at startup."""
+    try:
+        from ..iptables import IptablesDataplane  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("iptables mode is not available; its leftovers (if any) were not removed")
+        return
+    try:
+        IptablesDataplane(cfg).cleanup()
+    except Exception as e:  # leftovers must not stop this mode from working
+        log.warning("could not remove iptables-mode leftovers: %s", e)

@@ -1,0 +1,124 @@
+"""Turn desired ServiceRules and what the kernel holds into `nft -f` transactions.
+
+Three shapes, all plain nft commands (readable, and what `nft monitor` shows):
+- declare(): create chains and affinity sets that don't exist yet (empty and unreferenced, so
+  invisible to traffic); kept apart from their rules because the kernel resolves references to
+  chains created in the same transaction by a linear walk of that transaction.
+- fill(): give chains their rules (flush first if they exist), in moderate batches.
+- commit(): the atomic switch: fixed chains, every map and set element, stale chains removed.
+A partial sync is one transaction holding the diff of the changed services only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ...config import NodeConfig
+from . import names
+from .layout import Chain, Container, containers, fixed_chains, nodeport_set_ips
+from .render import element_text, static_elements
+from .service import Element
+
+ELEMENTS_PER_COMMAND = 1000
+
+
+@dataclass
+class Kernel:
+    """What we believe the kernel's kube-proxy table holds (updated only after a successful apply).
+
+    chains maps a per-service chain to its rules, or None where the content is unknown (found
+    at startup, programmed by an earlier process)."""
+
+    exists: bool = False
+    chains: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    sets: set[str] = field(default_factory=set)  # affinity sets
+    elements: dict[str, dict[str, Element]] = field(default_factory=dict)  # container -> key -> element
+
+
+class Tx:
+    """Accumulates nft commands for one transaction of the kube-proxy table."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.prefix = f"{names.family_keyword(cfg.ip_family)} {names.TABLE}"
+        self.lines: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n" if self.lines else ""
+
+    def add_container(self, c: Container) -> None:
+        self.lines.append(f"add {c.kind} {self.prefix} {c.name} {{ {'; '.join(c.spec())}; }}")
+
+    def add_chain(self, chain: Chain) -> None:
+        extra = [chain.hook] if chain.hook else []
+        if chain.comment:
+            extra.append(f'comment "{chain.comment}";')
+        self.lines.append(f"add chain {self.prefix} {chain.name}" + (f" {{ {' '.join(extra)} }}" if extra else ""))
+
+    def fill_chain(self, chain: Chain, flush: bool) -> None:
+        if flush:
+            self.lines.append(f"flush chain {self.prefix} {chain.name}")
+        self.lines += [f"add rule {self.prefix} {chain.name} {rule}" for rule in chain.rules]
+
+    def delete_chain(self, name: str) -> None:
+        self.lines += [f"flush chain {self.prefix} {name}", f"delete chain {self.prefix} {name}"]
+
+    def delete_set(self, name: str) -> None:
+        self.lines.append(f"delete set {self.prefix} {name}")
+
+    def add_elements(self, container: str, elements: Iterable[Element]) -> None:
+        items = [element_text(e) for e in elements]
+        for i in range(0, len(items), ELEMENTS_PER_COMMAND):
+            self.lines.append(f"add element {self.prefix} {container} {{ {', '.join(items[i:i + ELEMENTS_PER_COMMAND])} }}")
+
+    def delete_elements(self, container: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for i in range(0, len(keys), ELEMENTS_PER_COMMAND):
+            self.lines.append(f"delete element {self.prefix} {container} {{ {', '.join(keys[i:i + ELEMENTS_PER_COMMAND])} }}")
+
+
+def commit(cfg: NodeConfig, chains: dict[str, Chain], sets: dict[str, Container],
+           elements: dict[str, dict[str, Element]], kernel: Kernel, recreate_base: bool) -> Tx:
+    """The atomic full-sync switch: table, fixed chains and containers rewritten, all elements
+    re-added, per-service chains and affinity sets no longer wanted deleted."""
+    tx = Tx(cfg)
+    tx.lines.append(f'add table {tx.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
+    fixed = fixed_chains(cfg)
+    if recreate_base:  # so that changed hook properties (priorities) take effect
+        for c in fixed:
+            if c.hook:
+                tx.lines += [f"add chain {tx.prefix} {c.name}", f"delete chain {tx.prefix} {c.name}"]
+    for c in fixed:
+        tx.add_chain(c)
+        tx.lines.append(f"flush chain {tx.prefix} {c.name}")
+    for c in containers(cfg):
+        tx.add_container(c)
+        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    if nodeport_set_ips(cfg) is None:  # add+delete: delete alone fails when it does not exist
+        tx.lines += [f"add set {tx.prefix} nodeport-ips {{ type {containers(cfg)[0].key_type}; }}",
+                     f"delete set {tx.prefix} nodeport-ips"]
+    for c in fixed:
+        tx.fill_chain(c, flush=False)
+    for name, els in elements.items():
+        tx.add_elements(name, els.values())
+    for name in sorted(kernel.chains):
+        if name not in chains:
+            tx.delete_chain(name)
+    for name in sorted(kernel.sets):
+        if name not in sets:
+            tx.delete_set(name)
+    return tx
+
+
+def desired_elements(cfg: NodeConfig, per_service: Iterable[Iterable[Element]]) -> dict[str, dict[str, Element]]:
+    """Elements per container, first writer wins on a duplicate key (deterministic order)."""
+    out: dict[str, dict[str, Element]] = {c.name: {} for c in containers(cfg)}
+    for els in per_service:
+        for el in els:
+            out.setdefault(el.container, {}).setdefault(el.key, el)
+    for el in static_elements(cfg):
+        out.setdefault(el.container, {})[el.key] = el
+    return out
