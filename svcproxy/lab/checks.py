@@ -19,9 +19,10 @@ MODE_TOOLS = {
 }
 
 
-def preflight(mode: str, *, euid: int | None = None, which: Callable[[str], str | None] = shutil.which,
+def preflight(mode: str, *, euid: int | None = None, which: Callable[[str], str | None] | None = None,
               netns_path: Path = Path("/proc/self/ns/net")) -> None:
     """Raise LabError naming the first thing missing and how to fix it."""
+    which = which or shutil.which
     if (os.geteuid() if euid is None else euid) != 0:
         raise LabError("the lab creates network namespaces and needs root: run as root "
                        "(e.g. `sudo svcproxy lab up ...`)")
@@ -40,3 +41,17 @@ def br_netfilter_available() -> bool:
     pod on the same bridge goes straight back to the client at layer 2, skips conntrack's
     un-DNAT, and the client drops it (connection reset/timeout). The lab then warns."""
     return Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+
+
+def dataplane_missing(mode: str) -> str | None:
+    """Why this svcproxy cannot program a proxy mode (its dataplane is not importable), or None."""
+    import importlib
+
+    cls = {"iptables": "IptablesDataplane", "nftables": "NftablesDataplane"}.get(mode)
+    if cls is None:
+        return f"unknown proxy mode {mode!r}"
+    try:
+        getattr(importlib.import_module(f"svcproxy.dataplane.{mode}"), cls)
+    except (ImportError, AttributeError) as e:
+        return f"svcproxy.dataplane.{mode}.{cls} is not available in this svcproxy: {e}"
+    return None

@@ -208,7 +208,11 @@ class Lab:
            prefix: str = DEFAULT_PREFIX, root: Path | None = None, progress: Progress | None = None) -> Lab:
         """Build the lab for these manifests (replacing a lab of the same prefix) and wait until
         every proxy has programmed them."""
+        Names(prefix)  # a bad prefix is the first thing to say
         checks.preflight(mode)
+        missing = checks.dataplane_missing(mode)
+        if missing:
+            raise LabError(f"svcproxy run cannot program --proxy-mode {mode}: {missing}")
         paths = [Path(p) for p in paths]
         plan = make_plan(paths, nodes)
         lab = cls(prefix, root, progress)

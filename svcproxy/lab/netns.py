@@ -78,6 +78,8 @@ def namespace_pids(ns: str) -> list[int]:
 
 def alive(pid: int) -> bool:
     """True while pid runs (a zombie counts as gone; it is reaped if it is our child)."""
+    if pid <= 0:
+        return False
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False

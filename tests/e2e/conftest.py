@@ -6,7 +6,6 @@ nftables); each test module names its lab prefix in LAB_PREFIX (starting with "e
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,10 @@ import pytest
 
 from svcproxy.dataplane import MODES
 from svcproxy.lab import Lab
+from svcproxy.lab.checks import dataplane_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = [ROOT / "examples" / "cluster", Path(__file__).parent / "manifests"]
-DATAPLANES = {"iptables": "IptablesDataplane", "nftables": "NftablesDataplane"}
-
-
-def dataplane_missing(mode: str) -> str | None:
-    """Why a proxy mode cannot program rules yet (another engineer's work in progress), or None."""
-    try:
-        getattr(importlib.import_module(f"svcproxy.dataplane.{mode}"), DATAPLANES[mode])
-    except (ImportError, AttributeError) as e:
-        return f"svcproxy.dataplane.{mode}.{DATAPLANES[mode]} is not available yet: {e}"
-    return None
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -37,7 +27,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     mode = request.param
     missing = dataplane_missing(mode)
     if missing:
-        pytest.xfail(missing)
+        pytest.xfail(f"{missing} (another engineer's work in progress)")
     prefix = request.module.LAB_PREFIX + mode[0]
     lab = Lab.up(MANIFESTS, mode=mode, prefix=prefix)
     try:
