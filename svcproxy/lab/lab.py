@@ -246,13 +246,14 @@ class Lab:
             self._wire_node(node, plan.nodes)
         self._wire_outside(plan.nodes[0])
         self.store.write_manifests(manifest_text(paths, plan.nodes))
+        written = time.time()
         self.progress(f"starting {len(plan.pods)} pod(s)")
         self._add_pods(plan.pods)
         self.progress(f"starting svcproxy run ({mode}) on every node")
         for node in plan.nodes:
             self._start_proxy(node)
         self.store.save(st)
-        took = self._wait_programmed()
+        took = self._wait_programmed(written)
         self.progress(f"proxies programmed the manifests in {took * 1000:.0f} ms")
         st.up = True
         self.store.save(st)
@@ -365,11 +366,12 @@ class Lab:
         proc = netns.spawn(self.names.node_ns(node), proxies.run_argv(node, st.mode, self.store.manifests), log)
         st.pids[f"proxy:{node.name}"] = proc.pid
 
-    def _wait_programmed(self, gone: Iterable[str] = (), timeout: float = 20.0) -> float:
+    def _wait_programmed(self, since: float, gone: Iterable[str] = (), timeout: float = 20.0) -> float:
         st = self._state
         assert st is not None
         nodes = [(self.names.node_ns(x), x, st.pids.get(f"proxy:{x.name}", 0)) for x in st.nodes]
-        return proxies.wait_programmed(nodes, st.mode, self.store.manifests, gone, timeout, self.store.logs)
+        return proxies.wait_programmed(nodes, st.mode, self.store.manifests, since, gone, timeout,
+                                       self.store.logs)
 
     # -- changing ------------------------------------------------------------------------------
     def apply(self, paths: Iterable[str | Path], timeout: float = 10.0) -> ApplyResult:
@@ -391,8 +393,9 @@ class Lab:
             self.progress(f"starting {len(added)} pod(s)")
             self._add_pods(added)
         self.store.write_manifests(manifest_text(paths, st.nodes))
+        written = time.time()
         self.progress("waiting for the proxies to follow")
-        took = self._wait_programmed(gone, timeout)
+        took = self._wait_programmed(written, gone, timeout)
         still = [p for p in removed if p not in changed]
         if still:
             self.progress(f"removing {len(still)} pod(s)")

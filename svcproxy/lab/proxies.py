@@ -67,9 +67,23 @@ def mentions(rules: str, ip: str) -> bool:
     return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d])", rules) is not None
 
 
-def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manifests: Path,
+LAST_SYNC = re.compile(r"^kubeproxy_sync_proxy_rules_last_timestamp_seconds\s+(\S+)", re.M)
+
+
+def last_sync(ns: str, node: NodeSpec) -> float:
+    """When the node's proxy last finished a sync (its kube-proxy metric; 0 if not yet)."""
+    url = f"http://{node.ip}:{METRICS_PORT}/metrics"
+    code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
+    out = netns.exec_in(ns, [sys.executable, "-c", code], check=False, timeout=10)
+    m = LAST_SYNC.search(out)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manifests: Path, since: float,
                     gone: Iterable[str] = (), timeout: float = 20.0, log_dir: Path | None = None) -> float:
-    """Wait until every node's live rules name all endpoints it should and none of `gone`.
+    """Wait until every node's live rules name all endpoints it should and none of `gone`, and its
+    proxy has finished a sync after `since` (wall time the manifests were written): a sync
+    applies in batches, so the endpoints can show before the last batch is in.
 
     nodes: (namespace, node, proxy pid). Returns the seconds it took. A proxy that died or a
     deadline passed raises LabError with the tail of the proxy's log.
@@ -88,7 +102,7 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
             rules = netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
                                   else ["nft", "list", "ruleset"], check=False)
             if (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
-                    and not any(mentions(rules, ip) for ip in gone)):
+                    and not any(mentions(rules, ip) for ip in gone) and last_sync(ns, node) >= since):
                 pending.discard(node.name)
         if not pending:
             return time.monotonic() - start_t

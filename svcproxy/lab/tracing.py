@@ -22,4 +22,8 @@ def trace_live(lab: Lab, node: NodeSpec | str, source: str, destination: str, po
     """Trace a packet arriving at (or sent by) node through the rules its proxy programmed."""
     trace_packet = tracer()
     n = lab.node(node) if isinstance(node, str) else node
-    return trace_packet(lab.rules(n), source, destination, port, protocol, local_addresses=lab.local_addresses(n))
+    rules = lab.rules(n)
+    try:
+        return trace_packet(rules, source, destination, port, protocol, local_addresses=lab.local_addresses(n))
+    except ImportError as e:  # e.g. a ruleset format whose parser is not there
+        raise LabError(f"the packet tracer cannot read {lab.mode} rulesets in this svcproxy: {e}") from None
