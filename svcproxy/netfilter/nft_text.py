@@ -1,0 +1,524 @@
+"""Read `nft list ruleset` text (or `nft -f` input) into the same document `nft -j` prints.
+
+Only the structure is parsed here (tables, chains, sets, maps; each rule's expressions into
+libnftables' JSON schema); svcproxy.netfilter.nftables turns that document into rules, so the
+text and the JSON input share one code path. Rules keep their line number and text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .core import TraceError
+
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\n|[{};,]|[^\s{};,"]+')
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+SELECTOR_FIELDS = {
+    "ip": ("saddr", "daddr", "protocol", "dscp", "ttl", "length"),
+    "ip6": ("saddr", "daddr", "nexthdr", "hoplimit", "length"),
+    "tcp": ("sport", "dport", "flags"), "udp": ("sport", "dport"), "sctp": ("sport", "dport"),
+    "th": ("sport", "dport"), "udplite": ("sport", "dport"), "dccp": ("sport", "dport"),
+}
+META_KEYS = ("l4proto", "mark", "iifname", "oifname", "iif", "oif", "nfproto", "protocol", "pkttype",
+             "skuid", "skgid", "iiftype", "oiftype", "length", "priority")
+BARE_META = ("mark", "iifname", "oifname", "iif", "oif", "l4proto", "nfproto", "pkttype", "skuid", "skgid")
+RELOPS = {"==": "==", "eq": "==", "!=": "!=", "ne": "!=", "<": "<", "lt": "<", ">": ">", "gt": ">",
+          "<=": "<=", "le": "<=", ">=": ">=", "ge": ">="}
+BINOPS = {"&": "&", "and": "&", "|": "|", "or": "|", "^": "^", "xor": "^"}
+VERDICTS = ("accept", "drop", "continue", "return")
+
+
+class Tokens:
+    """The text as (token, line) pairs, newlines kept: they end rules."""
+
+    def __init__(self, text: str) -> None:
+        self.items: list[tuple[str, int]] = []
+        self.lines = text.splitlines()
+        line = 1
+        for m in _TOKEN.finditer(text):
+            tok = m.group(0)
+            if tok == "\n":
+                self.items.append((tok, line))
+                line += 1
+            elif not tok.startswith("#"):
+                self.items.append((tok, line))
+        self.pos = 0
+
+    def peek(self, skip_newlines: bool = True) -> str | None:
+        if skip_newlines:
+            while self.pos < len(self.items) and self.items[self.pos][0] == "\n":
+                self.pos += 1
+        return self.items[self.pos][0] if self.pos < len(self.items) else None
+
+    def line(self) -> int:
+        return self.items[min(self.pos, len(self.items) - 1)][1] if self.items else 0
+
+    def take(self, what: str = "more input") -> str:
+        tok = self.peek()
+        if tok is None:
+            raise TraceError(f"unexpected end of input: expected {what} (is a '}}' missing?)")
+        self.pos += 1
+        return tok
+
+    def expect(self, tok: str) -> None:
+        line = self.line()
+        got = self.take(repr(tok))
+        if got != tok:
+            raise TraceError(f"expected {tok!r}, found {got!r}", line, self.text(line))
+
+    def text(self, line: int) -> str:
+        return self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+
+    def until_eol(self) -> list[str]:
+        """The tokens up to the end of the line (a rule), braces may span lines; ';' ends too."""
+        out: list[str] = []
+        depth = 0
+        while self.pos < len(self.items):
+            tok = self.items[self.pos][0]
+            if tok == "\n" and depth == 0 and out:
+                break
+            if tok in (";", "}") and depth == 0:
+                break
+            self.pos += 1
+            if tok == "\n":
+                continue
+            depth += tok == "{"
+            depth -= tok == "}"
+            out.append(tok)
+        return out
+
+    def skip_block(self) -> None:
+        depth = 0
+        while True:
+            tok = self.take("'}'")
+            if tok == "{":
+                depth += 1
+            elif tok == "}":
+                depth -= 1
+                if depth == 0:
+                    return
+
+
+def unquote(tok: str) -> str:
+    return tok[1:-1].replace('\\"', '"') if tok.startswith('"') else tok
+
+
+def parse_nft_document(text: str) -> dict[str, Any]:
+    """`nft list ruleset` text -> {"nftables": [table, set, map, chain, rule objects]}."""
+    t = Tokens(text)
+    out: list[dict[str, Any]] = []
+    while (tok := t.peek()) is not None:
+        line = t.line()
+        if tok in ("flush", "delete", "destroy"):
+            t.until_eol()
+            continue
+        if tok in ("add", "create"):
+            t.take()
+            tok = t.peek()
+        if tok != "table":
+            raise TraceError(f"expected 'table FAMILY NAME {{', found {tok!r}", line, t.text(line))
+        t.take()
+        family = t.take("a family")
+        if family not in FAMILIES:
+            name, family = family, "ip"
+        else:
+            name = unquote(t.take("a table name"))
+        out.append({"table": {"family": family, "name": name}})
+        if t.peek() == "{":
+            _table_body(t, family, name, out)
+    return {"nftables": out}
+
+
+def _table_body(t: Tokens, family: str, table: str, out: list[dict[str, Any]]) -> None:
+    t.expect("{")
+    while True:
+        tok = t.peek()
+        line = t.line()
+        if tok is None:
+            raise TraceError(f"table {family} {table} is not closed with '}}'")
+        if tok == "}":
+            t.take()
+            return
+        if tok in (";",):
+            t.take()
+            continue
+        t.take()
+        if tok in ("chain", "set", "map"):
+            name = unquote(t.take("a name"))
+            if tok == "chain":
+                _chain(t, family, table, name, line, out)
+            else:
+                out.append({tok: _set(t, family, table, name, tok == "map", line)})
+        elif tok in ("comment", "flags"):
+            t.until_eol()
+        elif t.peek() == "{" or (t.peek() not in (None, "}") and _next_is_block(t)):
+            # flowtable, counter, quota, ct helper ...: nothing a packet walk needs
+            while t.peek() != "{":
+                t.take()
+            t.skip_block()
+        else:
+            raise TraceError(f"unexpected {tok!r} in table {family} {table}", line, t.text(line))
+
+
+def _next_is_block(t: Tokens) -> bool:
+    i = t.pos
+    while i < len(t.items) and t.items[i][0] not in ("\n", "{", "}"):
+        i += 1
+    return i < len(t.items) and t.items[i][0] == "{"
+
+
+def _chain(t: Tokens, family: str, table: str, name: str, line: int, out: list[dict[str, Any]]) -> None:
+    chain: dict[str, Any] = {"family": family, "table": table, "name": name, "_line": line}
+    out.append({"chain": chain})
+    if t.peek() != "{":
+        return
+    t.take()
+    while True:
+        tok = t.peek()
+        if tok is None:
+            raise TraceError(f"chain {name} is not closed with '}}'", line, t.text(line))
+        if tok == "}":
+            t.take()
+            return
+        if tok == ";":
+            t.take()
+            continue
+        rline = t.line()
+        if tok == "type":
+            t.take()
+            chain["type"] = t.take("a chain type")
+            t.expect("hook")
+            chain["hook"] = t.take("a hook")
+            if t.peek() == "device":
+                t.take()
+                t.take()
+            t.expect("priority")
+            chain["prio"] = _priority(t.until_eol(), rline, t.text(rline))
+            continue
+        if tok == "policy":
+            t.take()
+            chain["policy"] = t.take("a policy")
+            continue
+        if tok == "comment" and len(toks := t.until_eol()) == 2:
+            continue
+        toks = t.until_eol() if tok != "comment" else toks
+        if toks:
+            out.append({"rule": {"family": family, "table": table, "chain": name,
+                                 "expr": RuleText(toks, rline, t.text(rline)).parse(),
+                                 "_where": f"line {rline}", "_text": t.text(rline).strip()}})
+
+
+PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+
+
+def _priority(toks: list[str], line: int, text: str) -> int:
+    try:
+        base = PRIORITIES[toks[0]] if toks[0] in PRIORITIES else int(toks[0])
+        if len(toks) >= 3 and toks[1] in "+-":
+            base += int(toks[2]) * (1 if toks[1] == "+" else -1)
+        return base
+    except (ValueError, IndexError):
+        raise TraceError(f"cannot read chain priority {' '.join(toks)!r}", line, text) from None
+
+
+def _set(t: Tokens, family: str, table: str, name: str, is_map: bool, line: int) -> dict[str, Any]:
+    s: dict[str, Any] = {"family": family, "table": table, "name": name, "_line": line}
+    t.expect("{")
+    while True:
+        tok = t.take("'}'")
+        if tok == "}":
+            return s
+        if tok in (";",):
+            continue
+        toks = t.until_eol()
+        if tok in ("type", "typeof"):
+            key, _, data = " ".join(toks).partition(" : ")
+            types = [x.strip() for x in key.split(" . ")]
+            s["type" if tok == "type" else "typeof"] = types[0] if len(types) == 1 else types
+            if data:
+                s["map"] = data.strip()
+        elif tok == "flags":
+            s["flags"] = [x for x in toks if x != ","]
+        elif tok == "timeout":
+            s["timeout"] = " ".join(toks)
+        elif tok == "elements":
+            toks = toks[1:] if toks and toks[0] == "=" else toks
+            rt = RuleText(toks, line, t.text(line))
+            s["elem"] = rt.set_body(is_map)["set"] if toks else []
+        # comment, size, policy, gc-interval, auto-merge, counter: nothing for the walk
+
+
+class RuleText:
+    """One rule's tokens -> a list of JSON expressions (libnftables' schema)."""
+
+    def __init__(self, toks: list[str], line: int, text: str) -> None:
+        self.toks, self.i, self.line, self.text = toks, 0, line, text
+
+    def fail(self, message: str) -> TraceError:
+        return TraceError(message, self.line, self.text)
+
+    def peek(self, k: int = 0) -> str | None:
+        return self.toks[self.i + k] if self.i + k < len(self.toks) else None
+
+    def take(self, what: str = "more") -> str:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail(f"the rule ends early: expected {what}")
+        self.i += 1
+        return tok
+
+    def parse(self) -> list[dict[str, Any]]:
+        exprs: list[dict[str, Any]] = []
+        while self.peek() is not None:
+            exprs.append(self.statement())
+        return [e for e in exprs if e]
+
+    # -- statements ---------------------------------------------------------------------
+    def statement(self) -> dict[str, Any]:
+        tok = self.peek()
+        assert tok is not None
+        if tok in VERDICTS:
+            self.take()
+            return {tok: None}
+        if tok in ("jump", "goto"):
+            self.take()
+            return {tok: {"target": unquote(self.take("a chain name"))}}
+        if tok == "counter":
+            self.take()
+            while self.peek() in ("packets", "bytes"):
+                self.take()
+                self.take("a number")
+            return {"counter": None}
+        if tok == "comment":
+            self.take()
+            self.take("a comment")
+            return {}
+        if tok == "reject":
+            self.take()
+            if self.peek() == "with":
+                self.take()
+                kind = self.take("a reject type")
+                what = self.take("a reject code") if kind != "tcp" else self.take() and "reset"
+                if kind == "tcp" and self.peek() == "reset":
+                    self.take()
+                return {"reject": {"type": kind, "expr": what}}
+            return {"reject": None}
+        if tok in ("masquerade", "snat", "dnat", "redirect"):
+            return self.nat()
+        if tok == "log":
+            self.take()
+            opts: dict[str, Any] = {}
+            while self.peek() in ("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
+                key = self.take()
+                opts[key] = unquote(self.take("a value"))
+            return {"log": opts or None}
+        if tok == "notrack":
+            self.take()
+            return {"notrack": None}
+        if tok in ("update", "add") and (self.peek(1) or "").startswith("@"):
+            self.take()
+            name = self.take()
+            self.expect_tok("{")
+            elem = self.concat()
+            timeout = None
+            if self.peek() == "timeout":
+                self.take()
+                timeout = self.take("a timeout")
+            self.expect_tok("}")
+            out: dict[str, Any] = {"op": tok, "elem": elem, "set": name}
+            if timeout:
+                out["elem"] = {"elem": {"val": elem, "timeout": timeout}}
+            return {"set": out}
+        if tok == "limit":
+            words = []
+            while self.peek() is not None and self.peek() not in VERDICTS + ("counter", "jump", "goto", "log"):
+                words.append(self.take())
+            return {"limit": {"text": " ".join(words[1:])}}
+        if tok in ("meta", "ct") and self.peek(2) == "set" or tok == "mark" and self.peek(1) == "set":
+            key = self.selector()
+            self.take()  # set
+            return {"mangle": {"key": key, "value": self.value_expr()}}
+        return self.match()
+
+    def expect_tok(self, tok: str) -> None:
+        got = self.take(repr(tok))
+        if got != tok:
+            raise self.fail(f"expected {tok!r}, found {got!r}")
+
+    def nat(self) -> dict[str, Any]:
+        kind = self.take()
+        out: dict[str, Any] = {}
+        if self.peek() in ("ip", "ip6") and kind != "masquerade":
+            out["family"] = self.take()
+        if kind in ("snat", "dnat", "redirect") and self.peek() == "to":
+            self.take()
+            target = self.take("an address")
+            if target == "numgen" or self.peek() == "map":
+                raise self.fail(f"{kind} to a map lookup is not supported by the tracer")
+            addr, port = split_host_port(target)
+            if addr:
+                out["addr"] = addr
+            if port:
+                out["port"] = int(port) if port.isdigit() else port
+        flags = []
+        while self.peek() in ("random", "fully-random", "persistent", ","):
+            tok = self.take()
+            if tok != ",":
+                flags.append(tok)
+        if flags:
+            out["flags"] = flags if len(flags) > 1 else flags[0]
+        return {kind: out or None}
+
+    # -- matches -------------------------------------------------------------------------
+    def match(self) -> dict[str, Any]:
+        left = self.concat()
+        op = "=="
+        tok = self.peek()
+        if tok == "vmap":
+            self.take()
+            return {"vmap": {"key": left, "data": self.rhs(is_map=True)}}
+        if tok == "map":
+            raise self.fail("map lookups outside dnat/vmap are not supported by the tracer")
+        if tok in RELOPS:
+            op = RELOPS[self.take()]
+        if self.peek() is None:
+            raise self.fail("a match without a value")
+        right = self.rhs()
+        if op == "==" and isinstance(left, dict) and "ct" in left:
+            op = "in"
+        return {"match": {"op": op, "left": left, "right": right}}
+
+    def concat(self) -> Any:
+        parts = [self.operand()]
+        while self.peek() == ".":
+            self.take()
+            parts.append(self.operand())
+        return parts[0] if len(parts) == 1 else {"concat": parts}
+
+    def operand(self) -> Any:
+        expr = self.selector()
+        while self.peek() in BINOPS:
+            op = BINOPS[self.take()]
+            expr = {op: [expr, scalar(self.take("a value"))]}
+        return expr
+
+    def selector(self) -> Any:
+        tok = self.take("a selector")
+        nxt = self.peek()
+        if tok in SELECTOR_FIELDS and nxt in SELECTOR_FIELDS[tok]:
+            self.take()
+            return {"payload": {"protocol": tok, "field": nxt}}
+        if tok == "meta" and nxt in META_KEYS:
+            self.take()
+            return {"meta": {"key": nxt}}
+        if tok in BARE_META:
+            return {"meta": {"key": tok}}
+        if tok == "ct" and nxt is not None:
+            self.take()
+            return {"ct": {"key": nxt}}
+        if tok == "fib":
+            flags = [self.take("saddr/daddr")]
+            while self.peek() == ".":
+                self.take()
+                flags.append(self.take())
+            result = self.take("a fib result")
+            return {"fib": {"result": result, "flags": flags}}
+        if tok == "numgen":
+            mode = self.take("random/inc")
+            self.expect_tok("mod")
+            mod = int(self.take("a modulus"))
+            offset = 0
+            if self.peek() == "offset":
+                self.take()
+                offset = int(self.take("an offset"))
+            return {"numgen": {"mode": mode, "mod": mod, "offset": offset}}
+        raise self.fail(f"unknown expression {tok!r}: the tracer cannot evaluate it")
+
+    def value_expr(self) -> Any:
+        """The right side of `mark set ...`: a value, or a selector with & | ^ operations."""
+        tok = self.peek()
+        expr = scalar(self.take("a value")) if tok not in ("meta", "mark", "ct") else self.selector()
+        while self.peek() in BINOPS:
+            op = BINOPS[self.take()]
+            expr = {op: [expr, scalar(self.take("a value"))]}
+        return expr
+
+    def rhs(self, is_map: bool = False) -> Any:
+        tok = self.peek()
+        if tok == "{":
+            return self.set_body(is_map)
+        if tok is not None and tok.startswith("@"):
+            return self.take()
+        items = [self.element()]
+        while self.peek() == ",":  # flag lists: ct state established,related
+            self.take()
+            items.append(self.element())
+        return items[0] if len(items) == 1 else items
+
+    def element(self) -> Any:
+        parts = [scalar(self.take("a value"))]
+        while self.peek() == ".":
+            self.take()
+            parts.append(scalar(self.take("a value")))
+        return parts[0] if len(parts) == 1 else {"concat": parts}
+
+    def set_body(self, is_map: bool) -> dict[str, Any]:
+        self.expect_tok("{")
+        elems: list[Any] = []
+        while self.peek() != "}":
+            if self.peek() is None:
+                raise self.fail("an anonymous set is not closed with '}'")
+            if self.peek() == ",":
+                self.take()
+                continue
+            key = self.element()
+            extra: dict[str, Any] = {}
+            while self.peek() in ("comment", "timeout", "expires", "counter"):
+                word = self.take()
+                if word == "counter":
+                    while self.peek() in ("packets", "bytes"):
+                        self.take()
+                        self.take()
+                    continue
+                extra[word] = unquote(self.take())
+            if extra:
+                key = {"elem": {"val": key, **extra}}
+            if is_map:
+                if self.take("':'") != ":":
+                    raise self.fail("a map element needs 'key : value'")
+                value = self.statement() if self.peek() in VERDICTS + ("jump", "goto") else self.element()
+                elems.append([key, value])
+            else:
+                elems.append(key)
+        self.take()
+        return {"set": elems}
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, port.lstrip(":")
+    if text.startswith(":"):
+        return "", text[1:]
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
+
+
+def scalar(tok: str) -> Any:
+    """A value token as nft -j would print it: ints as ints, CIDRs as prefixes, a-b as ranges."""
+    tok = unquote(tok)
+    if re.fullmatch(r"-?\d+", tok):
+        return int(tok)
+    if re.fullmatch(r"0x[0-9a-fA-F]+", tok):
+        return int(tok, 16)
+    if "/" in tok and not tok.startswith("@") and tok.rsplit("/", 1)[1].isdigit() and (":" in tok or "." in tok):
+        addr, length = tok.rsplit("/", 1)
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    m = re.fullmatch(r"(\d+)-(\d+)", tok) or re.fullmatch(r"([\d.]+)-([\d.]+)", tok) \
+        or re.fullmatch(r"([0-9a-fA-F:]+:[0-9a-fA-F:]*)-([0-9a-fA-F:]+)", tok)
+    if m:
+        return {"range": [scalar(m.group(1)), scalar(m.group(2))]}
+    return tok
