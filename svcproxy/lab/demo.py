@@ -89,6 +89,5 @@ def _tour(console: Console, lab: Lab, src: Path) -> None:
     result = trace_live(lab, n1, "10.0.1.20", target.ip, target.port, "TCP")
     console.print(f"trace of 10.0.1.20 -> {target.ip}:{target.port}/TCP through {n1.name}'s "
                   f"{'iptables-save' if lab.mode == 'iptables' else 'nft list ruleset'}:")
-    console.print(result.text if isinstance(getattr(result, "text", None), str) else str(result))
-    console.print(f"verdict {result.verdict}; endpoints {', '.join(result.endpoints)}; "
-                  f"masquerade {result.masquerade}")
+    console.print(result.to_text() if hasattr(result, "to_text") else str(result), markup=False, highlight=False)
+    console.print("The same answer the traffic gave in step 4: the two remaining pods, the pod's address kept.")
