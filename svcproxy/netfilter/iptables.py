@@ -44,6 +44,10 @@ def parse_iptables(text: str, index: bool = True) -> Ruleset:
             table = line[1:].strip()
             if table not in IPTABLES_TABLES:
                 raise TraceError(f"unknown table {table!r} (expected raw, mangle, nat, filter or security)", n, raw)
+            for hook, _ in IPTABLES_TABLES[table]:  # built-in chains exist without a ':' line
+                if (table, hook) not in rs.chains:
+                    _declare(rs, table, hook, "ACCEPT", n)
+                    lines_of.setdefault((table, hook), [])
             continue
         if line == "COMMIT":
             table = None

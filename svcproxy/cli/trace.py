@@ -1,0 +1,101 @@
+"""`svcproxy trace`: where does a packet go through a node's ruleset, and why?
+
+The ruleset comes from --rules (iptables-save output, `nft list ruleset` text or `nft -j` JSON)
+or is rendered from manifests (-f, with the render flags). Output: text (the path and the
+outcomes), json (shared/design.md's contract), svg or png (a picture of the way).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..netfilter import TraceError, trace_packet
+from .options import manifest_option, node_config, node_options
+
+
+def _rules_from_manifests(paths: tuple[str, ...], proxy_mode: str, params: dict[str, object]) -> tuple[str, list[str]]:
+    from ..dataplane import renderer
+    from ..model.load import load_paths
+    from ..state import build_state
+    from .render import report_errors
+
+    cfg = node_config(params)
+    try:
+        objects = load_paths(paths)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from None
+    state = build_state(objects, cfg)
+    report_errors(state.errors)
+    try:
+        render = renderer(proxy_mode)
+    except ImportError:
+        raise click.ClickException(f"the {proxy_mode} renderer is not available in this build; "
+                                   "try --proxy-mode nftables, or pass --rules FILE") from None
+    return render(state, cfg), list(cfg.local_ips)
+
+
+def _to_png(svg: str) -> bytes:
+    try:
+        import cairosvg
+    except OSError as e:  # cairocffi could not load libcairo
+        raise click.ClickException(f"PNG output needs the system cairo library ({e}): "
+                                   "apt-get install libcairo2, or use --output svg") from None
+    return cairosvg.svg2png(bytestring=svg.encode())
+
+
+@click.command()
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="A ruleset: iptables-save output, `nft list ruleset` text or `nft -j list ruleset` JSON ('-' = stdin).")
+@manifest_option()
+@node_options
+@click.option("--source", required=True, help="The packet's source address.")
+@click.option("--destination", required=True, help="The packet's destination address.")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="The destination port.")
+@click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False), default="TCP",
+              show_default=True)
+@click.option("--output", "output_format", type=click.Choice(["text", "json", "svg", "png"]), default="text",
+              show_default=True, help="What to print.")
+@click.option("-o", "--output-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the output here instead of stdout.")
+def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, source: str, destination: str,
+          port: int, protocol: str, output_format: str, output_file: str | None, **params: object) -> None:
+    """Walk a new connection SOURCE -> DESTINATION:PORT through a node's netfilter rules and show
+    every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
+    if bool(rules_file) == bool(paths):
+        raise click.UsageError("give either --rules FILE or -f PATH (manifests to render), not both or neither")
+    local = [*(params.get("node_ip") or ()), *(params.get("local_address") or ())]  # type: ignore[misc]
+    if rules_file:
+        try:
+            rules = sys.stdin.read() if rules_file == "-" else Path(rules_file).read_text()
+        except OSError as e:
+            raise click.UsageError(f"cannot read --rules {rules_file}: {e.strerror}") from None
+    else:
+        rules, local = _rules_from_manifests(paths, proxy_mode, params)
+    try:
+        result = trace_packet(rules, source, destination, port, protocol.upper(), local)
+    except TraceError as e:
+        where = f" in {rules_file}" if rules_file and rules_file != "-" else ""
+        raise click.ClickException(f"cannot trace{where}: {e}") from None
+
+    to_tty = output_file is None and sys.stdout.isatty()
+    data: str | bytes
+    if output_format == "json":
+        data = result.to_json() + "\n"
+    elif output_format == "svg":
+        data = result.to_svg()
+    elif output_format == "png":
+        if to_tty:
+            raise click.UsageError("PNG is binary: write it to a file with -o trace.png")
+        data = _to_png(result.to_svg())
+    else:
+        data = result.to_text(color=to_tty)
+    if output_file:
+        Path(output_file).write_bytes(data if isinstance(data, bytes) else data.encode())
+        click.echo(f"wrote {output_file}", err=True)
+    elif isinstance(data, bytes):
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(data)
