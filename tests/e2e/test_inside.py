@@ -77,3 +77,28 @@ def test_internal_traffic_policy_local(lab):
     probes = lab.probe("dns-2-20", "172.30.0.60", 80, count=2, timeout=0.5)
     assert [p.error for p in probes] == ["timeout"] * 2, errors(probes)  # no local endpoint: dropped
     agree(lab, "test-node-2", "10.0.2.20", "172.30.0.60", 80, probes)
+
+
+def test_node_port_from_a_pod_and_from_the_node_is_masqueraded(lab):
+    probes = lab.probe("dns-1-20", "192.168.0.3", 30080, count=40)
+    assert served(probes) == WEB_READY
+    # test-node forwards the packet untouched; test-node-2 owns the address, DNATs and masquerades.
+    assert sources(probes) == {"192.168.0.3", "10.0.2.1"}
+    agree(lab, "test-node-2", "10.0.1.20", "192.168.0.3", 30080, probes, masquerade=True, exact=True)
+    probes = lab.probe("test-node", "192.168.0.2", 30080, count=40)  # the node's own NodePort
+    assert served(probes) == WEB_READY
+    assert {p.source_ip for p in probes if p.served_by == "web-1-10"} == {"10.0.1.1"}
+    agree(lab, "test-node", "192.168.0.2", "192.168.0.2", 30080, probes, masquerade=True, exact=True)
+
+
+def test_external_traffic_policy_local_from_inside_uses_every_endpoint(lab):
+    # kube-proxy short-circuits pod and node traffic to an eTP=Local NodePort to all endpoints, so a
+    # node without a local endpoint still answers its own pods (keeping their address) and itself.
+    probes = lab.probe("dns-1-20", "192.168.0.2", 30081, count=5)
+    assert served(probes) == {"local-web-2-30"}
+    assert sources(probes) == {"10.0.1.20"}
+    agree(lab, "test-node", "10.0.1.20", "192.168.0.2", 30081, probes, masquerade=False, exact=True)
+    probes = lab.probe("test-node", "192.168.0.2", 30081, count=5)
+    assert served(probes) == {"local-web-2-30"}
+    assert sources(probes) == {"192.168.0.2"}  # masqueraded to the node's address towards test-node-2
+    agree(lab, "test-node", "192.168.0.2", "192.168.0.2", 30081, probes, masquerade=True, exact=True)
