@@ -26,9 +26,10 @@ from urllib.parse import urlencode
 import aiohttp
 
 from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
-from ..model.parse import ObjectError, parse_endpoint_slice, parse_node, parse_service
+from ..model.parse import ObjectError, parse_node, parse_service
 from .apiclient import ApiConfig
-from .store import Obj, ObjectStore, key_of
+from .fastparse import parse_endpoint_slice_fast
+from .store import Obj, ObjectStore
 
 log = logging.getLogger("svcproxy.sources.kubernetes")
 
@@ -55,7 +56,7 @@ class Resource:
 def resources(node_name: str) -> list[Resource]:
     return [
         Resource("Service", "/api/v1/services", parse_service, (("labelSelector", LABEL_SELECTOR),)),
-        Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice,
+        Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice_fast,
                  (("labelSelector", LABEL_SELECTOR),)),
         Resource("Node", "/api/v1/nodes", parse_node, (("fieldSelector", f"metadata.name={node_name}"),)),
     ]
@@ -223,4 +224,4 @@ class ApiSource:
             await asyncio.gather(*(r.run() for r in self.reflectors))
 
 
-__all__ = ["ApiSource", "Reflector", "key_of"]
+__all__ = ["ApiSource", "Reflector"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import threading
 from collections.abc import Mapping
@@ -106,8 +107,11 @@ class StandInApiServer:
     def _serve(self) -> None:
         self._loop = asyncio.new_event_loop()
         app = web.Application()
-        for path in PATHS.values():
+        for kind, path in PATHS.items():
             app.router.add_get(path, self._collection)
+            item = _item_path(kind)
+            app.router.add_put(item, self._put)
+            app.router.add_delete(item, functools.partial(self._delete_http, kind))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -215,6 +219,17 @@ class StandInApiServer:
             return await self._watch(request, kind, labels, fields)
         return self._list(kind, labels, fields, int(q.get("limit", "0") or 0), q.get("continue", ""))
 
+    async def _put(self, request: web.Request) -> web.Response:
+        """PUT .../namespaces/NS/KIND/NAME: create or replace (for clients in other processes)."""
+        obj = await request.json()
+        self._apply([obj])
+        return web.json_response(obj)
+
+    async def _delete_http(self, kind: str, request: web.Request) -> web.Response:
+        ns = request.match_info.get("ns", "")
+        self._delete(kind, f"{ns}/{request.match_info['name']}")
+        return web.json_response({"kind": "Status", "status": "Success"})
+
     def _list(self, kind: str, labels: str, fields: str, limit: int, token: str) -> web.Response:
         self.requests.append(f"list {kind}")
         if token:
@@ -288,3 +303,54 @@ class StandInApiServer:
 
 async def _async(fn, *args):
     return fn(*args)
+
+
+def _item_path(kind: str) -> str:
+    base, plural = PATHS[kind].rsplit("/", 1)
+    if kind == "Node":
+        return f"{base}/{plural}/{{name}}"
+    return f"{base}/namespaces/{{ns}}/{plural}/{{name}}"
+
+
+def item_url(base: str, obj: Mapping[str, Any]) -> str:
+    """Where to PUT an object on the stand-in server."""
+    meta = obj["metadata"]
+    return base + _item_path(obj["kind"]).format(ns=meta.get("namespace", "default"), name=meta["name"])
+
+
+def main() -> None:
+    """`python apiserver.py --port N [--services N --endpoints M]`: serve (optionally generated) objects."""
+    import argparse
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from manifests_util import endpoint, endpoint_slice, service
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--services", type=int, default=0)
+    ap.add_argument("--endpoints", type=int, default=10)
+    args = ap.parse_args()
+    server = StandInApiServer(args.host, args.port, bookmark_interval=30)
+    objs = []
+    for i in range(args.services):
+        name = f"svc-{i}"
+        objs.append(service(name, f"172.{30 + i // 65536}.{i // 256 % 256}.{i % 256}", target=8080))
+        ns = [i * args.endpoints + j for j in range(args.endpoints)]
+        eps = [endpoint(f"10.{1 + (n >> 16)}.{n >> 8 & 255}.{n & 255}", f"node-{n % 3}") for n in ns]
+        objs.append(endpoint_slice(f"{name}-abc", name, eps))
+    server._apply(objs)
+    server.start()
+    print(f"serving {len(objs)} objects on {server.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
