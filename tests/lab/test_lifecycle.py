@@ -80,6 +80,8 @@ def test_up_status_curl_apply_down(lab_dir: Path, tmp_path: Path, cleanup_prefix
     assert [n["name"] for n in st["nodes"]] == ["test-node", "test-node-2"]
     assert all(n["exists"] and n["proxy"]["alive"] for n in st["nodes"])
     assert len(st["pods"]) == 10 and all(p["exists"] and p["server"]["alive"] for p in st["pods"])
+    root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert "e2l-" not in root_links  # the lab never puts anything in the root namespace
 
     out = svcproxy("lab", "curl", "web", "--from", "dns-1-20", "-n", "30", "--prefix", "e2l").stdout
     assert {"web-1-10", "web-1-11", "web-2-10"} <= set(re.findall(r"web-\d-\d+", out))
