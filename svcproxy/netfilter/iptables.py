@@ -117,7 +117,8 @@ def _dst_index(lines: list[tuple[int, str]]) -> Callable[[Packet], list[int]]:
     by_dst: dict[int, list[int]] = {}
     for i, (_, rest) in enumerate(lines):
         m = _DEST.search(rest)
-        if m is None or m.group(1) or (":" not in m.group(2) and m.group(3) == "/128"):
+        exact = m is not None and not m.group(1) and m.group(3) in (None, "/128" if ":" in m.group(2) else "/32")
+        if m is None or not exact:
             always.append(i)
             continue
         try:
@@ -159,6 +160,7 @@ class RuleParser:
         self.rs, self.table, self.rule = rs, table, rule
         self.tokens: list[str] = []
         self.pos = 0
+        self.proto = ""  # the -p protocol, for --dport without -m tcp
 
     def fail(self, message: str) -> TraceError:
         return TraceError(message, where=self.rule.where, text=self.rule.text)
@@ -211,6 +213,7 @@ class RuleParser:
             name = self.next("a protocol").lower()
             if name == "all" or name == "0":
                 return None
+            self.proto = name
             num = int(name) if name.isdigit() else PROTO_NUMBERS.get(name)
             if num is None:
                 raise self.fail(f"unknown protocol {name!r}")
@@ -218,8 +221,12 @@ class RuleParser:
         if tok in ("-i", "--in-interface", "-o", "--out-interface"):
             name = self.next("an interface")
             return single(("iifname" if tok in ("-i", "--in-interface") else "oifname",), (name,), negate)
-        if tok in ("--dport", "--destination-port", "--sport", "--source-port") and module in ("tcp", "udp", "sctp"):
-            return single((f"{module} {'dport' if 'd' in tok[2:4] else 'sport'}",), (self.port(self.next("a port")),), negate)
+        if tok in ("--dport", "--destination-port", "--sport", "--source-port"):
+            proto = module if module in ("tcp", "udp", "sctp") else self.proto
+            if proto not in ("tcp", "udp", "sctp"):
+                raise self.fail(f"{tok} needs -p tcp, udp or sctp (or -m tcp/udp/sctp) before it")
+            field = f"{proto} {'dport' if 'd' in tok[2:4] else 'sport'}"
+            return single((field,), (self.port(self.next("a port")),), negate)
         if tok in ("--dports", "--destination-ports", "--sports", "--source-ports", "--ports") and module == "multiport":
             ports = [self.port(p) for p in self.next("ports").split(",")]
             if tok == "--ports":
@@ -284,11 +291,9 @@ class RuleParser:
     def options(self) -> dict[str, str | None]:
         """The --flag [value] pairs up to the next -m / -j (for statistic, recent, targets)."""
         out: dict[str, str | None] = {}
-        while self.pos < len(self.tokens) and self.tokens[self.pos] not in ("-m", "--match", "-j", "--jump",
-                                                                              "-g", "--goto", "!"):
+        while self.pos < len(self.tokens) and self.tokens[self.pos].startswith("--") \
+                and self.tokens[self.pos] not in ("--match", "--jump", "--goto"):
             tok = self.next("")
-            if not tok.startswith("--"):
-                break
             val = None
             if self.pos < len(self.tokens) and not self.tokens[self.pos].startswith("-"):
                 val = self.next("")

@@ -299,10 +299,12 @@ class RuleText:
             if self.peek() == "with":
                 self.take()
                 kind = self.take("a reject type")
-                what = self.take("a reject code") if kind != "tcp" else self.take() and "reset"
-                if kind == "tcp" and self.peek() == "reset":
+                if kind == "tcp":
+                    self.take("reset")
+                    return {"reject": {"type": "tcp reset"}}
+                if self.peek() == "type":
                     self.take()
-                return {"reject": {"type": kind, "expr": what}}
+                return {"reject": {"type": kind, "expr": self.take("a reject code")}}
             return {"reject": None}
         if tok in ("masquerade", "snat", "dnat", "redirect"):
             return self.nat()

@@ -55,7 +55,8 @@ class Walker:
     def trace(self, pkt: Packet) -> list[Final]:
         """Every end the packet can reach, with its probability."""
         finals: list[Final] = []
-        if pkt.local_origin:
+        if pkt.local_origin:  # the socket's route lookup already picked the way out
+            pkt = replace(pkt, oif="lo" if self.is_local_dst(pkt) else None)
             states = self.run_hook("OUTPUT", [(1.0, pkt)], finals)
             states = [(p, self.route(pk, local_origin=True)) for p, pk in states]
             states = self.run_hook("POSTROUTING", states, finals)
