@@ -1,0 +1,249 @@
+"""The iptables dataplane: keeps this node's netfilter in step with the desired state.
+
+Rendering is pure (render.py); this module does the I/O: iptables-restore --noflush (one
+transaction per call, input on stdin), the jumps from the built-in chains (checked with -C and
+inserted with -I only when missing, as kube-proxy does) and cleanup. It remembers what it last
+applied, so a partial sync writes only the chains that changed and never reads the ruleset back.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Collection, Sequence
+
+from ...config import NodeConfig
+from ...state import ProxyState
+from .. import ApplyError, SyncResult
+from . import names as n
+from .render import BlockCache, Ruleset, build_ruleset, jumps
+from .restore import ENTRY_NAT, full_batches, partial_input
+
+log = logging.getLogger(__name__)
+
+# Per-service chains per iptables-restore call in a full sync (see restore.py; figures in
+# docs/performance.md). Cold start: small batches of new chains are cheapest. Rewriting chains
+# that already exist costs a whole-table read per call, so fewer, larger batches win there.
+DEFAULT_BATCH_CHAINS = 1000
+WARM_BATCH_CHAINS = 5000
+
+
+class Iptables:
+    """The iptables commands of one family, optionally run inside a network namespace."""
+
+    def __init__(self, family: int, netns: str | None = None) -> None:
+        self.family = family
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        base = "ip6tables" if family == 6 else "iptables"
+        self.iptables = [*prefix, base, "-w"]
+        self.restore_cmd = [*prefix, f"{base}-restore", "-w", "--noflush"]
+        self.save_cmd = [*prefix, f"{base}-save"]
+        self.nft_cmd = [*prefix, "nft"]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            p = subprocess.run([*self.iptables, *args], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ApplyError(f"{self.iptables[-2]} not found: install it (apt-get install iptables)") from None
+        if check and p.returncode:
+            raise ApplyError(f"{' '.join(self.iptables[-2:])} {' '.join(args)}: {p.stderr.strip()}")
+        return p
+
+    def restore(self, data: str) -> None:
+        """One atomic iptables-restore --noflush transaction; ApplyError names the failing line."""
+        try:
+            p = subprocess.run(self.restore_cmd, input=data, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ApplyError(f"{self.restore_cmd[-3]} not found: install it (apt-get install iptables)") from None
+        if p.returncode:
+            raise ApplyError(_explain(p.stderr, data))
+
+    def save(self, table: str) -> str:
+        p = subprocess.run([*self.save_cmd, "-t", table], capture_output=True, text=True)
+        return p.stdout if p.returncode == 0 else ""
+
+    def chains(self, table: str) -> set[str]:
+        """Chain names in a table: from `nft list chains` when iptables runs on nf_tables (cheap:
+        no rules are read), else from iptables-save."""
+        if "nf_tables" in self.run("--version", check=False).stdout:
+            try:
+                p = subprocess.run([*self.nft_cmd, "list", "chains", "ip6" if self.family == 6 else "ip"],
+                                   capture_output=True, text=True)
+            except FileNotFoundError:
+                p = None
+            if p is not None and p.returncode == 0:
+                return _nft_chains(p.stdout, table)
+        return {line[1:].split()[0] for line in self.save(table).splitlines() if line.startswith(":")}
+
+
+def _nft_chains(listing: str, table: str) -> set[str]:
+    out: set[str] = set()
+    current = ""
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "table":
+            current = words[2]
+        elif len(words) >= 2 and words[0] == "chain" and current == table:
+            out.add(words[1])
+    return out
+
+
+def _explain(stderr: str, data: str) -> str:
+    """iptables-restore's message plus the input line it names ("line N failed")."""
+    msg = stderr.strip() or "iptables-restore failed"
+    lines = data.splitlines()
+    for word in msg.replace(":", " ").split():
+        if word.isdigit() and "line" in msg:
+            i = int(word)
+            if 0 < i <= len(lines):
+                return f"{msg} (input line {i}: {lines[i - 1]})"
+    return msg
+
+
+class IptablesDataplane:
+    """kube-proxy's iptables mode for one IP family (cfg.ip_family)."""
+
+    mode = "iptables"
+
+    def __init__(self, cfg: NodeConfig, netns: str | None = None,
+                 batch_chains: int = DEFAULT_BATCH_CHAINS, warm_batch_chains: int = WARM_BATCH_CHAINS) -> None:
+        self.cfg = cfg
+        self.ipt = Iptables(cfg.ip_family, netns)
+        self.netns = netns
+        self.batch_chains = batch_chains
+        self.warm_batch_chains = warm_batch_chains
+        self.cache = BlockCache()
+        self.applied: Ruleset | None = None  # what the kernel holds, as far as we know
+        self.existing: set[str] | None = None  # per-service nat chains that may exist in the kernel
+        self.needs_full = True
+        self.cold = False  # KUBE-SERVICES/KUBE-NODEPORTS do not exist yet: fill them as we go
+        self.last_input: str | list[str] = ""  # the last restore input(s), for tests and debugging
+
+    # -- sync ---------------------------------------------------------------------------------
+    def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        rs = build_ruleset(state, self.cfg, self.cache)
+        old = self.applied
+        full = changed is None or self.needs_full or old is None or old.large_cluster != rs.large_cluster
+        self.needs_full = True  # until this sync succeeds
+        if full:
+            size = self._full_sync(rs)
+        else:
+            assert old is not None and changed is not None
+            data = partial_input(rs, old, changed)
+            self.last_input = data
+            if data:
+                self.ipt.restore(data)
+            size = len(data)
+            self.existing = (self.existing or set()) | {c for b in rs.services.values() for x in b for c in x.chains}
+        self.applied = rs
+        self.needs_full = False
+        return SyncResult(full=full, input_bytes=size, rules=rs.rule_counts())
+
+    def _full_sync(self, rs: Ruleset) -> int:
+        if self.existing is None:
+            self._first_sync()
+        existing = self.existing or set()
+        size = self.batch_chains if self.cold or not existing else self.warm_batch_chains
+        batches = full_batches(rs, existing, size, cold=self.cold,
+                               kubelet_firewall=n.KUBELET_FIREWALL in rs.filter)
+        self.last_input = batches
+        started = time.monotonic()
+        for i, data in enumerate(batches[:-1]):
+            try:
+                self.ipt.restore(data)
+            except ApplyError as e:
+                raise ApplyError(f"full sync, batch {i + 1} of {len(batches)}: {e}") from None
+            # Chains of a batch that went through exist now, whatever happens next.
+            self.existing = existing = existing | {line[1:].split()[0] for line in data.splitlines()
+                                                   if line.startswith(":") and n.is_service_chain(line[1:])}
+        try:
+            self.ipt.restore(batches[-1])
+        except ApplyError as e:
+            raise ApplyError(f"full sync, last batch of {len(batches)}: {e}") from None
+        self.existing = {c for blocks in rs.services.values() for b in blocks for c in b.chains}
+        self.cold = False
+        self._ensure_jumps()
+        log.info("iptables full sync: %d restore batches, %d bytes, %.2fs", len(batches),
+                 sum(map(len, batches)), time.monotonic() - started)
+        return sum(map(len, batches))
+
+    def _first_sync(self) -> None:
+        """Once per process: learn which service chains an earlier run left (to delete stale
+        ones), and remove nftables-mode leftovers when switching modes."""
+        nat = self.ipt.chains("nat")
+        self.existing = {c for c in nat if n.is_service_chain(c)}
+        self.cold = not (set(ENTRY_NAT) & nat) and not self.existing
+        if self.netns is None:
+            _cleanup_other_mode(self.cfg)
+
+    def _ensure_jumps(self) -> None:
+        """Make sure each built-in chain jumps into ours, prepending only what is missing."""
+        self.ipt.run("-t", "filter", "-N", n.KUBELET_FIREWALL, check=False)  # already there: fine
+        self.ipt.restore(f"*mangle\n:{n.PROXY_CANARY} - [0:0]\nCOMMIT\n")
+        for j in jumps(self.cfg):
+            if self.ipt.run("-t", j.table, "-C", j.chain, *j.args, check=False).returncode != 0:
+                self.ipt.run("-t", j.table, "-I", j.chain, *j.args)
+
+    # -- cleanup ------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Remove every chain and jump svcproxy's iptables mode creates, in both families."""
+        errors: list[str] = []
+        for family in (4, 6):
+            ipt = Iptables(family, self.netns)
+            try:
+                cleanup_family(ipt)
+            except ApplyError as e:
+                errors.append(f"IPv{family}: {e}")
+        self.applied, self.existing, self.needs_full, self.cold = None, None, True, False
+        if errors:
+            raise ApplyError("; ".join(errors))
+
+
+def cleanup_family(ipt: Iptables) -> None:
+    """Delete our jumps from the built-in chains, then flush and delete our chains; foreign rules
+    and chains are not touched, and no table is flushed. kubelet's KUBE-FIREWALL stays when
+    kubelet manages this host (its KUBE-KUBELET-CANARY chain exists)."""
+    ipt.run("--version")  # a clear error when the tool is missing
+    filter_chains = ipt.chains("filter")
+    nat_chains = ipt.chains("nat")
+    kubelet_owned = n.KUBELET_CANARY in filter_chains
+    for j in jumps(NodeConfig(ip_family=ipt.family)):
+        if j.target == n.KUBELET_FIREWALL and kubelet_owned:
+            continue
+        if j.target not in (filter_chains if j.table == "filter" else nat_chains):
+            continue
+        while ipt.run("-t", j.table, "-D", j.chain, *j.args, check=False).returncode == 0:
+            pass  # delete every copy
+    ours_filter = [c for c in (n.NODEPORTS, n.SERVICES, n.EXTERNAL_SERVICES, n.FORWARD, n.PROXY_FIREWALL,
+                               n.PROXY_CANARY) if c in filter_chains]
+    if not kubelet_owned and n.KUBELET_FIREWALL in filter_chains:
+        ours_filter.append(n.KUBELET_FIREWALL)
+    ours_nat = [c for c in (n.NODEPORTS, n.SERVICES, n.MARK_MASQ, n.POSTROUTING, n.PROXY_CANARY) if c in nat_chains]
+    ours_nat += sorted(c for c in nat_chains if n.is_service_chain(c))
+    for table, chains in (("filter", ours_filter), ("nat", ours_nat)):
+        if chains:
+            ipt.restore(_drop_chains(table, chains))
+    if n.PROXY_CANARY in ipt.chains("mangle"):
+        ipt.restore(_drop_chains("mangle", [n.PROXY_CANARY]))
+
+
+def _drop_chains(table: str, chains: Sequence[str]) -> str:
+    return "".join([f"*{table}\n", *[f":{c} - [0:0]\n" for c in chains], *[f"-X {c}\n" for c in chains],
+                    "COMMIT\n"])
+
+
+def _cleanup_other_mode(cfg: NodeConfig) -> None:
+    """Switching from nftables mode: remove its tables (cheap when there are none)."""
+    try:
+        from ..nftables import NftablesDataplane
+    except ImportError as e:
+        log.warning("cannot check for nftables-mode leftovers (svcproxy.dataplane.nftables: %s)", e)
+        return
+    try:
+        NftablesDataplane(cfg).cleanup()
+    except Exception as e:  # noqa: BLE001 - leftovers must not stop the iptables mode
+        log.warning("removing nftables-mode leftovers failed: %s", e)
+
+
+__all__ = ["IptablesDataplane", "Iptables", "cleanup_family"]

@@ -165,45 +165,50 @@ def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: 
         fw.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be dropped by '
                   f'{n.PROXY_FIREWALL}"\n')
 
-    sep_names = {ep: n.endpoint_chain(name, proto, _endpoint(ep)) for ep in sel.all_reachable}
+    eps = sel.all_reachable
+    ep_strs = {id(ep): _endpoint(ep) for ep in eps}
+    sep_names = {i: n.endpoint_chain(name, proto, e) for i, e in ep_strs.items()}
     if uses_cluster_chain:
         chains.append(svc_chain)
-        rules.setdefault(svc_chain, []).extend(_dispatch(svc_chain, name, port, sel.cluster, sep_names, ctx))
+        rules.setdefault(svc_chain, []).extend(_dispatch(svc_chain, name, port, sel.cluster, sep_names, ep_strs, ctx))
     if uses_local_chain:
         chains.append(svl_chain)
-        rules.setdefault(svl_chain, []).extend(_dispatch(svl_chain, name, port, sel.local, sep_names, ctx))
+        rules.setdefault(svl_chain, []).extend(_dispatch(svl_chain, name, port, sel.local, sep_names, ep_strs, ctx))
+    chain_rules = ["".join(rules.get(c, ())) for c in chains]
+    nat_rule_count = sum([len(rules.get(c, ())) for c in chains]) + 2 * len(eps)
     comment = "" if ctx.large_cluster else f" -m comment --comment {name}"
-    for ep, sep in sep_names.items():
+    affinity = bool(port.session_affinity_timeout)
+    for ep in eps:
+        sep = sep_names[id(ep)]
         chains.append(sep)
-        recent = f" -m recent --name {sep} --set" if port.session_affinity_timeout else ""
-        rules[sep] = [f"-A {sep}{comment} -s {ep.ip} -j {n.MARK_MASQ}\n",
-                      f"-A {sep}{comment}{recent} {pmatch} -j DNAT --to-destination {_endpoint(ep)}\n"]
+        recent = f" -m recent --name {sep} --set" if affinity else ""
+        chain_rules.append(f"-A {sep}{comment} -s {ep.ip} -j {n.MARK_MASQ}\n"
+                           f"-A {sep}{comment}{recent} {pmatch} -j DNAT --to-destination {ep_strs[id(ep)]}\n")
 
-    chain_rules = tuple("".join(rules.get(c, ())) for c in chains)
     return PortBlock(
         nat_services="".join(nat_services), nat_nodeports=nat_nodeports, filter_services=filter_services,
         filter_external=filter_external, filter_nodeports=filter_nodeports, filter_firewall=filter_firewall,
-        chains=tuple(chains), chain_rules=chain_rules, nat_rule_count=sum(len(rules.get(c, ())) for c in chains),
+        chains=tuple(chains), chain_rules=tuple(chain_rules), nat_rule_count=nat_rule_count,
     )
 
 
 def _dispatch(chain: str, name: str, port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...],
-              sep_names: dict[EndpointInfo, str], ctx: RenderContext) -> list[str]:
+              sep_names: dict[int, str], ep_strs: dict[int, str], ctx: RenderContext) -> list[str]:
     """kube-proxy's writeServiceToEndpointRules: affinity checks first, then a random pick
     with probabilities 1/n, 1/(n-1), ... so that every endpoint gets an equal share."""
     out: list[str] = []
     big = ctx.large_cluster
     if port.session_affinity_timeout:
         for ep in endpoints:
-            sep = sep_names[ep]
-            comment = "" if big else f' -m comment --comment "{name} -> {_endpoint(ep)}"'
+            sep = sep_names[id(ep)]
+            comment = "" if big else f' -m comment --comment "{name} -> {ep_strs[id(ep)]}"'
             out.append(f"-A {chain}{comment} -m recent --name {sep} --rcheck "
                        f"--seconds {port.session_affinity_timeout} --reap -j {sep}\n")
     count = len(endpoints)
     for i, ep in enumerate(endpoints):
-        comment = "" if big else f' -m comment --comment "{name} -> {_endpoint(ep)}"'
+        comment = "" if big else f' -m comment --comment "{name} -> {ep_strs[id(ep)]}"'
         stat = f" -m statistic --mode random --probability {probability(count - i)}" if i < count - 1 else ""
-        out.append(f"-A {chain}{comment}{stat} -j {sep_names[ep]}\n")
+        out.append(f"-A {chain}{comment}{stat} -j {sep_names[id(ep)]}\n")
     return out
 
 

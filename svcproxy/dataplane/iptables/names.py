@@ -7,7 +7,6 @@ carry over, and a node switched between kube-proxy and svcproxy sees the same ch
 from __future__ import annotations
 
 import hashlib
-from base64 import b32encode
 from functools import lru_cache
 
 # Top-level chains (fixed names).
@@ -27,8 +26,17 @@ SVC, SVL, FW, EXT, SEP = "KUBE-SVC-", "KUBE-SVL-", "KUBE-FW-", "KUBE-EXT-", "KUB
 SERVICE_CHAIN_PREFIXES = (SVC, SVL, FW, EXT, SEP)
 
 
+# base32 (RFC 4648 alphabet) two characters at a time: 16 characters = the digest's first 80 bits.
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_PAIRS = [a + b for a in _B32 for b in _B32]
+
+
 def _hash16(text: str) -> str:
-    return b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+    """First 16 characters of base32(sha256(text)); base64.b32encode is ten times slower."""
+    x = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    p = _PAIRS
+    return (p[x >> 70] + p[(x >> 60) & 1023] + p[(x >> 50) & 1023] + p[(x >> 40) & 1023]
+            + p[(x >> 30) & 1023] + p[(x >> 20) & 1023] + p[(x >> 10) & 1023] + p[x & 1023])
 
 
 @lru_cache(maxsize=65536)

@@ -97,12 +97,11 @@ class BlockCache:
     def __init__(self) -> None:
         self.ctx: RenderContext | None = None
         self.blocks: dict[tuple[ServicePortInfo, tuple[EndpointInfo, ...]], PortBlock] = {}
-        self.hits = self.misses = 0
+        self.misses = 0  # blocks rendered afresh by the last build
 
     def begin(self, ctx: RenderContext) -> dict:
         if ctx != self.ctx:
             self.ctx, self.blocks = ctx, {}
-        self.hits = self.misses = 0
         return {}
 
 
@@ -123,21 +122,22 @@ def build_ruleset(state: ProxyState, cfg: NodeConfig, cache: BlockCache | None =
     fresh = cache.begin(ctx)
     old = cache.blocks
     services: dict[str, tuple[PortBlock, ...]] = {}
+    misses = 0
     for key in sorted(state.services):
         svc = state.services[key]
         blocks = []
-        for port in sorted(svc.ports, key=lambda p: p.name):
+        ports = svc.ports if len(svc.ports) == 1 else sorted(svc.ports, key=lambda p: p.name)
+        for port in ports:
             eps = svc.endpoints.get(port.name, ())
             k = (port, eps)
-            block = old.get(k)
+            block = old.get(k) if old else None
             if block is None:
                 block = port_block(port, eps, ctx)
-                cache.misses += 1
-            else:
-                cache.hits += 1
+                misses += 1
             fresh[k] = block
             blocks.append(block)
         services[key] = tuple(blocks)
+    cache.misses = misses
     cache.blocks = fresh
     all_blocks = [b for blocks in services.values() for b in blocks]
     return Ruleset(cfg.ip_family, ctx.large_cluster, _filter_top(all_blocks, cfg), _nat_top(all_blocks, cfg),

@@ -1,0 +1,33 @@
+"""`svcproxy cleanup`: remove everything svcproxy programmed, and nothing else."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import NodeConfig
+from ..dataplane import MODES, ApplyError, dataplane
+
+
+@click.command()
+@click.option("--proxy-mode", type=click.Choice(MODES), default=None,
+              help="Clean up only this mode's rules (default: every mode).")
+def cleanup(proxy_mode: str | None) -> None:
+    """Remove svcproxy's chains, jumps and tables (both IP families); foreign rules stay."""
+    failed = False
+    for mode in [proxy_mode] if proxy_mode else list(MODES):
+        try:
+            dp = dataplane(mode, NodeConfig())
+        except ImportError as e:
+            click.echo(f"error: {mode} mode: its dataplane cannot be loaded ({e}); nothing of {mode} mode "
+                       "was removed. Update svcproxy, or clean up with `--proxy-mode` for the other mode.", err=True)
+            failed = True
+            continue
+        try:
+            dp.cleanup()
+        except ApplyError as e:
+            click.echo(f"error: {mode} mode: {e}", err=True)
+            failed = True
+            continue
+        click.echo(f"{mode}: removed svcproxy's rules")
+    if failed:
+        raise SystemExit(1)
