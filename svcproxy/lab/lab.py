@@ -15,7 +15,6 @@ The root namespace is never touched.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shutil
 import sys
@@ -24,15 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from ..model.load import iter_documents, load_paths, manifest_files
+from ..model.load import load_paths
 from ..model.objects import Service
-from . import checks, netns, proxies
+from . import checks, netns, proxies, wiring
 from .plan import (
-    EXTERNAL_CIDR,
-    LAN_CIDR,
-    LAN_GATEWAY,
     OUTSIDE_IP,
     LabError,
     LabPlan,
@@ -40,13 +34,12 @@ from .plan import (
     NodeSpec,
     PodSpec,
     make_plan,
-    nodes_manifest,
+    manifest_text,
 )
 from .store import LabState, Store
 from .targets import Target, resolve
 
 LAB_DIR = Path(__file__).parent
-SERVER = LAB_DIR / "server.py"
 CLIENT = LAB_DIR / "client.py"
 DEFAULT_PREFIX = "svl"
 Progress = Callable[[str], None]
@@ -74,22 +67,6 @@ class ApplyResult:
     removed: tuple[str, ...]
     follow_seconds: float  # manifest written -> every proxy programmed it
     warnings: tuple[str, ...] = ()
-
-
-def manifest_text(paths: Iterable[str | Path], nodes: Iterable[NodeSpec]) -> str:
-    """The proxies' manifest: the lab's nodes, then every non-Node document of paths (files that
-    do not parse are passed through unchanged so the proxies report them as they would)."""
-    parts = [nodes_manifest(nodes)]
-    for f in manifest_files(paths):
-        text = f.read_text()
-        try:
-            docs = [d for d in iter_documents(list(yaml.safe_load_all(text))) if d.get("kind") != "Node"]
-        except yaml.YAMLError:
-            parts.append(text)
-            continue
-        if docs:
-            parts.append(yaml.safe_dump_all(docs, sort_keys=False))
-    return "---\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
 class Lab:
@@ -241,10 +218,12 @@ class Lab:
         self.progress(f"creating the LAN and {len(plan.nodes)} node(s)")
         for ns in st.namespaces:
             netns.add_namespace(ns)
-        self._wire_lan(plan.nodes)
+        netns.ip_batch(n.lan_ns, wiring.lan(n, plan.nodes))
         for node in plan.nodes:
-            self._wire_node(node, plan.nodes)
-        self._wire_outside(plan.nodes[0])
+            netns.ip_batch(n.node_ns(node), wiring.node(n, node, plan.nodes))
+            netns.sysctls(n.node_ns(node), {**wiring.NODE_SYSCTLS, **(
+                wiring.BR_NETFILTER_SYSCTLS if checks.br_netfilter_available() else {})})
+        netns.ip_batch(n.outside_ns, wiring.outside(n, plan.nodes[0]))
         self.store.write_manifests(manifest_text(paths, plan.nodes))
         written = time.time()
         self.progress(f"starting {len(plan.pods)} pod(s)")
@@ -258,45 +237,10 @@ class Lab:
         st.up = True
         self.store.save(st)
 
-    def _wire_lan(self, nodes: Iterable[NodeSpec]) -> None:
-        n = self.names
-        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
-        cmds = [f"link add {n.lan_bridge} type bridge", f"addr add {LAN_GATEWAY}/{plen} dev {n.lan_bridge}",
-                f"link set {n.lan_bridge} up"]
-        for node in [*nodes, None]:
-            peer_ns = n.node_ns(node) if node else n.outside_ns
-            port = n.lan_port(node)
-            cmds += [f"link add {port} type veth peer name {n.uplink} netns {peer_ns}",
-                     f"link set {port} master {n.lan_bridge}", f"link set {port} up"]
-        netns.ip_batch(n.lan_ns, cmds)
-
-    def _wire_node(self, node: NodeSpec, nodes: Iterable[NodeSpec]) -> None:
-        n = self.names
-        ns = n.node_ns(node)
-        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
-        cmds = [f"addr add {node.ip}/{plen} dev {n.uplink}", f"link set {n.uplink} up",
-                f"link add {n.pod_bridge} type bridge",
-                f"addr add {node.gateway}/{node.pod_prefixlen} dev {n.pod_bridge}",
-                f"link set {n.pod_bridge} up", f"route add default via {LAN_GATEWAY}"]
-        cmds += [f"route add {other.pod_cidr} via {other.ip}" for other in nodes if other.name != node.name]
-        netns.ip_batch(ns, cmds)
-        values = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.route_localnet": "1",
-                  "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0"}
-        if checks.br_netfilter_available():
-            values["net.bridge.bridge-nf-call-iptables"] = "1"  # bridged pod traffic sees conntrack
-        netns.sysctls(ns, values)
-
-    def _wire_outside(self, via: NodeSpec) -> None:
-        n = self.names
-        plen = ipaddress.ip_network(LAN_CIDR).prefixlen
-        netns.ip_batch(n.outside_ns, [f"addr add {OUTSIDE_IP}/{plen} dev {n.uplink}", f"link set {n.uplink} up",
-                                      f"route add {EXTERNAL_CIDR} via {via.ip}",
-                                      f"route add default via {LAN_GATEWAY}"])
-
     def route_external_via(self, node: NodeSpec | str) -> None:
         """Send the outside client's LoadBalancer/external-IP traffic through this node."""
         n = self.node(node) if isinstance(node, str) else node
-        netns.ip_batch(self.names.outside_ns, [f"route replace {EXTERNAL_CIDR} via {n.ip}"])
+        netns.ip_batch(self.names.outside_ns, wiring.external_route(n))
         self.state.external_via = n.name
         self.store.save(self.state)
 
@@ -315,26 +259,15 @@ class Lab:
             netns.add_namespace(n.pod_ns(p))
         for node_name, node_pods in by_node.items():
             node = self.node(node_name)
-            cmds = []
+            netns.ip_batch(n.node_ns(node), wiring.pod_ports(n, node, node_pods))
             for p in node_pods:
-                port = n.pod_port(p, node)
-                cmds += [f"link add {port} type veth peer name {n.pod_eth} netns {n.pod_ns(p)}",
-                         f"link set {port} master {n.pod_bridge}",
-                         f"link set dev {port} type bridge_slave hairpin on",  # pod -> own service -> itself
-                         f"link set {port} up"]
-            netns.ip_batch(n.node_ns(node), cmds)
-            for p in node_pods:
-                netns.ip_batch(n.pod_ns(p), [f"addr add {p.ip}/{node.pod_prefixlen} dev {n.pod_eth}",
-                                             f"link set {n.pod_eth} up", f"route add default via {node.gateway}"])
+                netns.ip_batch(n.pod_ns(p), wiring.pod(n, node, p))
         ready = {}
         self.store.run_dir.mkdir(parents=True, exist_ok=True)
         for p in pods:
             ready_file = self.store.run_dir / f"pod-{p.ip}.ready"
             ready_file.unlink(missing_ok=True)
-            argv = [sys.executable, str(SERVER), "--name", p.name, "--ip", p.ip, "--ready-file", str(ready_file)]
-            argv += [a for port in p.tcp_ports for a in ("--tcp", str(port))]
-            argv += [a for port in p.udp_ports for a in ("--udp", str(port))]
-            proc = netns.spawn(n.pod_ns(p), argv, self.store.logs / f"pod-{p.ip}.log")
+            proc = netns.spawn(n.pod_ns(p), wiring.server_argv(p, ready_file), self.store.logs / f"pod-{p.ip}.log")
             st.pids[f"pod:{p.ip}"] = proc.pid
             ready[p.ip] = (ready_file, proc.pid)
         self.store.save(st)

@@ -247,3 +247,19 @@ def nodes_manifest(nodes: Iterable[NodeSpec]) -> str:
                       "spec": {"podCIDR": n.pod_cidr},
                       "status": {"addresses": [{"type": "InternalIP", "address": n.ip}]}})
     return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False)
+
+
+def manifest_text(paths: Iterable[str | Path], nodes: Iterable[NodeSpec]) -> str:
+    """The proxies' manifest: the lab's nodes, then every non-Node document of paths (files that
+    do not parse are passed through unchanged so the proxies report them as they would)."""
+    parts = [nodes_manifest(nodes)]
+    for f in manifest_files(paths):
+        text = f.read_text()
+        try:
+            docs = [d for d in iter_documents(list(yaml.safe_load_all(text))) if d.get("kind") != "Node"]
+        except yaml.YAMLError:
+            parts.append(text)
+            continue
+        if docs:
+            parts.append(yaml.safe_dump_all(docs, sort_keys=False))
+    return "---\n".join(p if p.endswith("\n") else p + "\n" for p in parts)

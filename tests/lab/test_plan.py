@@ -8,8 +8,7 @@ import pytest
 
 from svcproxy.lab import LabError, make_plan
 from svcproxy.lab.checks import preflight
-from svcproxy.lab.lab import manifest_text
-from svcproxy.lab.plan import Names
+from svcproxy.lab.plan import Names, manifest_text
 from svcproxy.lab.targets import resolve
 from svcproxy.model.load import load_text
 
@@ -119,3 +118,23 @@ def test_preflight_says_what_to_do():
     with pytest.raises(LabError, match="no network namespace support"):
         preflight("iptables", euid=0, which=found.get, netns_path=Path("/nonexistent"))
     preflight("nftables", euid=0, which=found.get)  # all there: no error
+
+
+def test_wiring_routes_pods_between_nodes_and_outside_through_a_node():
+    from svcproxy.lab import wiring
+
+    plan = make_plan([EXAMPLES])
+    names = Names("svl")
+    n1, n2 = plan.nodes
+    assert "route add 10.0.2.0/24 via 192.168.0.3" in wiring.node(names, n1, plan.nodes)
+    assert "route add 10.0.1.0/24 via 192.168.0.2" in wiring.node(names, n2, plan.nodes)
+    assert "addr add 10.0.1.1/24 dev svl-cbr" in wiring.node(names, n1, plan.nodes)
+    assert "route add 192.168.100.0/24 via 192.168.0.2" in wiring.outside(names, n1)
+    web = next(p for p in plan.pods if p.ip == "10.0.1.10")
+    assert "link set dev svl-v10 type bridge_slave hairpin on" in wiring.pod_ports(names, n1, [web])
+    assert wiring.pod(names, n1, web)[-1] == "route add default via 10.0.1.1"
+    lan = wiring.lan(names, plan.nodes)
+    assert "link add svl-n2 type veth peer name svl-up netns svl-n2" in lan
+    assert "link add svl-o type veth peer name svl-up netns svl-out" in lan
+    argv = wiring.server_argv(next(p for p in plan.pods if p.ip == "10.0.1.20"), Path("/r"))
+    assert argv[-4:] == ["--tcp", "5353", "--udp", "5353"]
