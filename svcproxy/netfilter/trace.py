@@ -13,7 +13,7 @@ from .walk import Walker
 
 SOURCE_PORT = 40000  # an ephemeral port; kube-proxy rules never look at it
 _NFT_TEXT = re.compile(r"^\s*table\s+(ip|ip6|inet|arp|bridge|netdev)\s+\S+\s*\{", re.M)
-_IPT = re.compile(r"^\*(raw|mangle|nat|filter|security)\s*$", re.M)
+_IPT = re.compile(r"^\*[\w-]+\s*$|^COMMIT\s*$|^-A\s", re.M)
 
 
 def detect_format(rules: str) -> str:

@@ -31,7 +31,7 @@ from .core import (
 )
 
 MAX_DEPTH = 200  # deeper than any sane ruleset; a loop is caught long before this
-MAX_BRANCHES = 100_000  # a guard against rulesets that branch exponentially
+MAX_BRANCHES = 20_000  # a guard against rulesets that branch exponentially
 RETURN = Verdict("return")
 FALLTHROUGH = Verdict("return", note="end of chain")
 NAT_MANIP = {"PREROUTING": "dst", "OUTPUT": "dst", "INPUT": "src", "POSTROUTING": "src", "FORWARD": "-"}
@@ -176,7 +176,7 @@ class Walker:
                 else:
                     results.append((p, pk, res))
             idx += 1
-            self.branches += len(cont)
+            self.branches += max(len(cont) - 1, 0)
             if self.branches > MAX_BRANCHES:
                 raise TraceError(f"the packet splits into more than {MAX_BRANCHES} branches here",
                                  where=rule.where, text=rule.text)
