@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import subprocess
@@ -10,6 +11,15 @@ from collections.abc import Iterator
 import pytest
 
 _ids = itertools.count()
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd: int) -> None:
+    """os.setns arrived in Python 3.12; call libc's directly."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 class Netns:
@@ -27,7 +37,7 @@ class Netns:
         """Move this (test) process into the namespace; the fixture moves it back."""
         fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
         try:
-            os.setns(fd, os.CLONE_NEWNET)
+            setns(fd)
         finally:
             os.close(fd)
 
@@ -55,5 +65,5 @@ def inside(netns: Netns) -> Iterator[Netns]:
         netns.enter()
         yield netns
     finally:
-        os.setns(home, os.CLONE_NEWNET)
+        setns(home)
         os.close(home)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Collection, Sequence
 
 from ...config import NodeConfig
@@ -25,6 +26,7 @@ from .transaction import Kernel, Tx, commit, desired_elements
 
 log = logging.getLogger(__name__)
 
+STALE_CHAIN_DELAY = 1.0  # seconds between flushing a chain no longer used and deleting it
 FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
 
 
@@ -41,6 +43,10 @@ class NftablesDataplane:
         self.need_full = True
         self.started = False
         self.transactions: list[str] = []  # the nft input of the last sync, for tests and debugging
+        # Chains no longer used, flushed at the given monotonic time. The kernel refuses to
+        # delete a chain that a just-removed (anonymous) map element still pins, so, as
+        # kube-proxy does, they are deleted by a later sync.
+        self.stale: dict[str, float] = {}
 
     # --- the Dataplane protocol ---------------------------------------------------------
 
@@ -50,6 +56,7 @@ class NftablesDataplane:
             self.started = True
         self.transactions = []
         try:
+            self._delete_stale_chains()
             if changed is None or self.need_full or self.kernel is None:
                 return self._full(state)
             return self._partial(state, changed)
@@ -67,7 +74,27 @@ class NftablesDataplane:
                     raise
         self.kernel = None
         self.applied = {}
+        self.stale = {}
         self.need_full = True
+
+    def _delete_stale_chains(self) -> None:
+        kernel = self.kernel
+        if kernel is None or not self.stale:
+            return
+        now = time.monotonic()
+        due = sorted(n for n, t in self.stale.items() if now - t >= STALE_CHAIN_DELAY and kernel.chains.get(n) == ())
+        if not due:
+            return
+        tx = Tx(self.cfg)
+        tx.delete_chains(due)
+        try:
+            self._run_tx(tx)
+        except ApplyError as e:  # not fatal: they are empty; try again next time
+            log.warning("could not delete stale chains yet: %s", e)
+            return
+        for name in due:
+            kernel.chains.pop(name, None)
+            self.stale.pop(name, None)
 
     # --- full sync ----------------------------------------------------------------------
 
@@ -122,7 +149,14 @@ class NftablesDataplane:
             if kernel.chains.get(c.name) != c.rules:
                 tx.fill_chain(c, flush=True)
         self._run_tx(tx)
-        kernel.chains = {name: c.rules for name, c in chains.items()}
+        now = time.monotonic()
+        for name in kernel.chains:
+            if name not in chains:
+                self.stale.setdefault(name, now)
+        kernel.chains = {name: () for name in self.stale if name in kernel.chains} | {
+            name: c.rules for name, c in chains.items()}
+        for name in chains:
+            self.stale.pop(name, None)
         kernel.sets = set(sets)
         kernel.elements = elements
         self.applied = {r.service.key: r for r in rules}
@@ -189,8 +223,7 @@ class NftablesDataplane:
         for container, els in adds.items():
             tx.add_elements(container, els)
         stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
-        for name in stale_chains:
-            tx.delete_chain(name)
+        tx.flush_chains(stale_chains)
         stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
         for name in stale_sets:
             tx.delete_set(name)
@@ -201,8 +234,12 @@ class NftablesDataplane:
         for name, c in new_chains.items():
             kernel.chains[name] = c.rules
         kernel.sets.update(new_sets)
+        now = time.monotonic()
         for name in stale_chains:
-            kernel.chains.pop(name, None)
+            kernel.chains[name] = ()
+            self.stale[name] = now
+        for name in new_chains:
+            self.stale.pop(name, None)
         kernel.sets.difference_update(stale_sets)
         for container, keys in deletes.items():
             for k in keys:

@@ -63,8 +63,11 @@ class Tx:
             self.lines.append(f"flush chain {self.prefix} {chain.name}")
         self.lines += [f"add rule {self.prefix} {chain.name} {rule}" for rule in chain.rules]
 
-    def delete_chain(self, name: str) -> None:
-        self.lines += [f"flush chain {self.prefix} {name}", f"delete chain {self.prefix} {name}"]
+    def flush_chains(self, chains: Iterable[str]) -> None:
+        self.lines += [f"flush chain {self.prefix} {name}" for name in chains]
+
+    def delete_chains(self, chains: Iterable[str]) -> None:
+        self.lines += [f"delete chain {self.prefix} {name}" for name in chains]
 
     def delete_set(self, name: str) -> None:
         self.lines.append(f"delete set {self.prefix} {name}")
@@ -83,7 +86,7 @@ class Tx:
 def commit(cfg: NodeConfig, chains: dict[str, Chain], sets: dict[str, Container],
            elements: dict[str, dict[str, Element]], kernel: Kernel, recreate_base: bool) -> Tx:
     """The atomic full-sync switch: table, fixed chains and containers rewritten, all elements
-    re-added, per-service chains and affinity sets no longer wanted deleted."""
+    re-added, per-service chains no longer wanted flushed, affinity sets no longer wanted deleted."""
     tx = Tx(cfg)
     tx.lines.append(f'add table {tx.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
     fixed = fixed_chains(cfg)
@@ -104,9 +107,8 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], sets: dict[str, Container]
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
         tx.add_elements(name, els.values())
-    for name in sorted(kernel.chains):
-        if name not in chains:
-            tx.delete_chain(name)
+    # chains no longer used are only flushed here; deleted a second later (see NftablesDataplane)
+    tx.flush_chains(name for name in sorted(kernel.chains) if name not in chains and kernel.chains[name] != ())
     for name in sorted(kernel.sets):
         if name not in sets:
             tx.delete_set(name)
