@@ -63,6 +63,15 @@ def expected_endpoints(manifests: Path, node: NodeSpec) -> set[str]:
     return out
 
 
+CHAIN_LINE = re.compile(r"^\s*(chain\s|:)")
+
+
+def rule_lines(rules: str) -> str:
+    """The ruleset without its chain declarations: a stale chain kept empty for a while (as
+    kube-proxy's nftables mode does before deleting it) still names its endpoint."""
+    return "\n".join(line for line in rules.splitlines() if not CHAIN_LINE.match(line))
+
+
 def mentions(rules: str, ip: str) -> bool:
     return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d])", rules) is not None
 
@@ -101,8 +110,8 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
                 continue
             if pid and not netns.alive(pid):
                 raise LabError(f"svcproxy run on {node.name} exited:\n{log_tail(log_dir, node.name)}")
-            rules = netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
-                                  else ["nft", "list", "ruleset"], check=False)
+            rules = rule_lines(netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
+                                             else ["nft", "list", "ruleset"], check=False))
             if (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
                     and not any(mentions(rules, ip) for ip in gone)):
                 seen.setdefault(node.name, time.monotonic() - start_t)

@@ -48,7 +48,7 @@ def show(console: Console, title: str, probes: Sequence[Probe], client_ip: str =
     table.add_column("share", justify="right")
     table.add_column("source seen by the pod")
     for r in rows:
-        kept = [f"{s} (client kept)" if s == client_ip else f"{s} (masqueraded)" if client_ip else s
+        kept = [f"{s} (client address)" if s == client_ip else f"{s} (masqueraded)" if client_ip else s
                 for s in r.sources]
         style = "" if r.pod_ip else "red"
         table.add_row(r.label, r.pod_ip or "-", str(r.count), f"{100 * r.count / total:.0f}%",

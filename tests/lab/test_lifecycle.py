@@ -85,10 +85,10 @@ def test_up_status_curl_apply_down(lab_dir: Path, tmp_path: Path, cleanup_prefix
 
     out = svcproxy("lab", "curl", "web", "--from", "dns-1-20", "-n", "30", "--prefix", "e2l").stdout
     assert {"web-1-10", "web-1-11", "web-2-10"} <= set(re.findall(r"web-\d-\d+", out))
-    assert "web-2-11" not in out and "10.0.1.20 (client kept)" in out
+    assert "web-2-11" not in out and "10.0.1.20 (client address)" in out
     out = svcproxy("lab", "curl", "web", "--from", "outside", "--via", "nodeport", "--node", "test-node-2",
                    "-n", "10", "--prefix", "e2l").stdout
-    assert "(masqueraded)" in out and "(client kept)" not in out
+    assert "(masqueraded)" in out and "(client address)" not in out
     out = svcproxy("lab", "curl", "empty", "-n", "2", "--prefix", "e2l").stdout
     assert "refused" in out
 

@@ -138,3 +138,16 @@ def test_wiring_routes_pods_between_nodes_and_outside_through_a_node():
     assert "link add svl-o type veth peer name svl-up netns svl-out" in lan
     argv = wiring.server_argv(next(p for p in plan.pods if p.ip == "10.0.1.20"), Path("/r"))
     assert argv[-4:] == ["--tcp", "5353", "--udp", "5353"]
+
+
+def test_programmed_check_ignores_chain_declarations():
+    from svcproxy.lab.proxies import mentions, rule_lines
+
+    nft = ("table ip kube-proxy {\n\tchain endpoint-3E3UL3FZ-default/web/tcp/http__10.0.1.11/8080 {\n\t}\n"
+           "\tchain endpoint-X-default/web/tcp/http__10.0.1.10/8080 {\n\t\tip saddr 10.0.1.10 jump mark\n"
+           "\t\tmeta l4proto tcp dnat to 10.0.1.10:8080\n\t}\n}\n")
+    assert not mentions(rule_lines(nft), "10.0.1.11")  # a stale, empty chain does not count
+    assert mentions(rule_lines(nft), "10.0.1.10")
+    assert not mentions(rule_lines(nft), "10.0.1.1")  # whole addresses only
+    ipt = ":KUBE-SEP-A - [0:0]\n-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.0.2.10:8080\n"
+    assert mentions(rule_lines(ipt), "10.0.2.10") and not mentions(rule_lines(":KUBE-SEP-10.0.2.10"), "10.0.2.10")
