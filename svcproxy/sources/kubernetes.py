@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,6 +126,7 @@ class Reflector:
     async def list(self) -> None:
         """Every object, page by page; then the store holds exactly these for this resource."""
         self.lists += 1
+        started = time.perf_counter()
         objects: list[Obj] = []
         keep: set[tuple[str, str]] = set()
         token = ""
@@ -147,7 +149,8 @@ class Reflector:
                 break
         self.store.replace(self.name, objects, keep)
         self.resource_version = rv
-        log.info("%s: listed %d object(s) at resourceVersion %s", self.res.kind, len(objects), rv)
+        log.info("%s: listed %d object(s) at resourceVersion %s in %.2fs", self.res.kind, len(objects), rv,
+                 time.perf_counter() - started)
 
     def _parse(self, raw: Mapping[str, Any], keep: set[tuple[str, str]]) -> Obj | None:
         if "kind" not in raw:

@@ -269,7 +269,10 @@ class StandInApiServer:
                                       "message": f"too old resource version: {since}"}, status=410)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionResetError:  # the client went away before the watch started
+            return resp
         if gone:
             status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
                       "message": f"too old resource version: {since} ({self.compacted})"}

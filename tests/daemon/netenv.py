@@ -150,7 +150,8 @@ class Daemon:
         return self
 
     def syncs(self) -> int:
-        return sum(" sync: " in line for line in self.log_path.read_text().splitlines())
+        return sum("svcproxy.runtime.syncer: " in line and " sync: " in line
+                   for line in self.log_path.read_text().splitlines())
 
     def log(self) -> str:
         return self.log_path.read_text()
