@@ -336,6 +336,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--services", type=int, default=0)
     ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--commands", action="store_true",
+                    help='read JSON lines from stdin: {"apply": [objects]} or {"delete": [kind, ns, name]}')
     args = ap.parse_args()
     server = StandInApiServer(args.host, args.port, bookmark_interval=30)
     objs = []
@@ -348,6 +350,18 @@ def main() -> None:
     server._apply(objs)
     server.start()
     print(f"serving {len(objs)} objects on {server.url}", flush=True)
+    if args.commands:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            if "apply" in cmd:
+                server.apply(*cmd["apply"])
+            elif "delete" in cmd:
+                server.delete(*cmd["delete"])
+            print("ok", flush=True)
+        server.stop()
+        return
     try:
         while True:
             time.sleep(3600)

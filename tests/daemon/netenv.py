@@ -136,13 +136,14 @@ class NetEnv:
 class Daemon:
     """`svcproxy run` in the node namespace, logging to a file the test can wait on."""
 
-    def __init__(self, env: NetEnv, manifests: Path, mode: str, log: Path, *extra: str) -> None:
+    def __init__(self, env: NetEnv, manifests: Path | None, mode: str, log: Path, *extra: str) -> None:
         self.env, self.manifests, self.mode, self.log_path, self.extra = env, manifests, mode, log, extra
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
-        argv = [str(Path(PYTHON).with_name("svcproxy")), "run", "-f", str(self.manifests), "--proxy-mode", self.mode,
+        source = ["-f", str(self.manifests)] if self.manifests else []
+        argv = [str(Path(PYTHON).with_name("svcproxy")), "run", *source, "--proxy-mode", self.mode,
                 "--hostname-override", "node-a", "--node-ip", NODE_IP, "--min-sync-period", "0",
                 "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                 *self.extra]
@@ -186,3 +187,27 @@ class Daemon:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+class ApiServer:
+    """The stand-in API server as a process in the node namespace, driven over its stdin."""
+
+    def __init__(self, env: NetEnv, port: int = 18080) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = env.spawn(env.node, [PYTHON, str(Path(__file__).with_name("apiserver.py")), "--port", str(port),
+                                         "--commands"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("serving"), line
+
+    def _send(self, cmd: dict) -> None:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def apply(self, *objs: dict) -> None:
+        self._send({"apply": list(objs)})
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self._send({"delete": [kind, namespace, name]})

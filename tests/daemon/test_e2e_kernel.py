@@ -204,3 +204,37 @@ def test_udp_clients_move_off_a_removed_endpoint(env: NetEnv, tmp_path: Path, mo
         daemon.stop()
     later = [e.get("ep") for e in events if e["t"] > t_removed + 0.2]
     assert later and set(later) == {other}, f"client still on {first}: {later[:5]}"
+
+
+@pytest.mark.parametrize("mode", MODES[:1])
+def test_api_source_end_to_end_with_restart(env: NetEnv, tmp_path: Path, mode: str) -> None:
+    """Fed by the stand-in API server: changes reach the kernel, and a restarted daemon programs
+    nothing before its lists are complete (the rules it inherits keep serving meanwhile)."""
+    from .netenv import ApiServer
+
+    api = ApiServer(env)
+    env.serve("tcp", ["10.0.1.25", "10.0.1.26", "10.0.1.27"], 8080)
+    api.apply(service("web", WEB_IP, 80, target=8080),
+              endpoint_slice("web-1", "web", [ready("10.0.1.25"), ready("10.0.1.26")]))
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, None, mode, log, "--master", api.url).start()
+    n = daemon.wait_sync(0)
+    client = env.client("tcp", WEB_IP, 80)
+    try:
+        time.sleep(0.3)
+        api.apply(endpoint_slice("web-1", "web", [ready("10.0.1.26"), ready("10.0.1.27")]))
+        n = settle(daemon, n)
+        t_changed = time.time()
+        env.stop_serving("10.0.1.25")
+        time.sleep(0.3)
+        daemon.kill9()
+        log.write_text("")
+        daemon = Daemon(env, None, mode, log, "--master", api.url).start()
+        daemon.wait_sync(0)
+        time.sleep(0.3)
+    finally:
+        events = client.stop()
+        daemon.stop()
+    assert client.failures() == [], f"{len(client.failures())} failed connection(s): {client.failures()[:3]}"
+    assert {e["ep"] for e in events if e["t"] > t_changed + 0.05} == {"10.0.1.26", "10.0.1.27"}
+    assert "listed" in log.read_text()
