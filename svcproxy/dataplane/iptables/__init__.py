@@ -135,7 +135,11 @@ class IptablesDataplane:
             if data:
                 self.ipt.restore(data)
             size = len(data)
-            self.existing = (self.existing or set()) | {c for b in rs.services.values() for x in b for c in x.chains}
+            existing = self.existing if self.existing is not None else set()
+            for key in set(changed) | (old.services.keys() - rs.services.keys()):
+                existing.difference_update(old.service_chains(key))
+                existing.update(rs.service_chains(key))
+            self.existing = existing
         self.applied = rs
         self.needs_full = False
         return SyncResult(full=full, input_bytes=size, rules=rs.rule_counts())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
-from ...state import EndpointInfo, ProxyState, ServicePortInfo
+from ...state import EndpointInfo, ProxyState, ServicePortInfo, ServiceState
 from . import names as n
 from .blocks import PortBlock, RenderContext, port_block
 
@@ -91,17 +91,20 @@ class BlockCache:
     """PortBlocks by (service port, endpoints) value for one RenderContext.
 
     Each build keeps only the entries it used, so memory follows the current state; a changed
-    context (node config, zone, large-cluster mode) starts afresh.
+    context (node config, zone, large-cluster mode) starts afresh. A service whose ServiceState is
+    the very object seen last time (the daemon rebuilds only changed services) is reused without
+    even hashing its endpoints.
     """
 
     def __init__(self) -> None:
         self.ctx: RenderContext | None = None
         self.blocks: dict[tuple[ServicePortInfo, tuple[EndpointInfo, ...]], PortBlock] = {}
+        self.by_service: dict[str, tuple[ServiceState, tuple[PortBlock, ...]]] = {}
         self.misses = 0  # blocks rendered afresh by the last build
 
     def begin(self, ctx: RenderContext) -> dict:
         if ctx != self.ctx:
-            self.ctx, self.blocks = ctx, {}
+            self.ctx, self.blocks, self.by_service = ctx, {}, {}
         return {}
 
 
@@ -121,10 +124,17 @@ def build_ruleset(state: ProxyState, cfg: NodeConfig, cache: BlockCache | None =
     ctx = render_context(state, cfg)
     fresh = cache.begin(ctx)
     old = cache.blocks
+    seen = cache.by_service
+    by_service: dict[str, tuple[ServiceState, tuple[PortBlock, ...]]] = {}
     services: dict[str, tuple[PortBlock, ...]] = {}
     misses = 0
     for key in sorted(state.services):
         svc = state.services[key]
+        prev = seen.get(key)
+        if prev is not None and prev[0] is svc:
+            services[key] = prev[1]
+            by_service[key] = prev
+            continue
         blocks = []
         ports = svc.ports if len(svc.ports) == 1 else sorted(svc.ports, key=lambda p: p.name)
         for port in ports:
