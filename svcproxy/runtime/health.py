@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -108,21 +108,26 @@ class ServiceHealth:
         self.health = health
         self.host = host
         self.counts: dict[str, int] = {}  # service key -> ready local endpoints
+        self.ports: dict[str, int] = {}  # service key -> its healthCheckNodePort
         self.servers: dict[int, tuple[str, web.AppRunner]] = {}  # port -> (service key, runner)
         self.wanted: dict[int, str] = {}
 
-    def update(self, state: ProxyState) -> None:
-        """Recompute ports and local endpoint counts from the programmed state (cheap; no I/O)."""
-        wanted: dict[int, str] = {}
-        counts: dict[str, int] = {}
-        for key, svc in state.services.items():
-            port = next((p.health_check_node_port for p in svc.ports if p.health_check_node_port), 0)
+    def update(self, state: ProxyState, changed: Collection[str] | None = None) -> None:
+        """Recompute ports and local endpoint counts of the changed services (all if None); no I/O."""
+        keys = state.services.keys() if changed is None else changed
+        if changed is None:
+            self.ports.clear()
+            self.counts.clear()
+        for key in keys:
+            self.ports.pop(key, None)
+            self.counts.pop(key, None)
+            svc = state.services.get(key)
+            port = next((p.health_check_node_port for p in svc.ports if p.health_check_node_port), 0) if svc else 0
             if not port:
                 continue
-            wanted[port] = key
-            ips = {e.ip for eps in svc.endpoints.values() for e in eps if e.is_local and e.ready}
-            counts[key] = len(ips)
-        self.wanted, self.counts = wanted, counts
+            self.ports[key] = port
+            self.counts[key] = len({e.ip for eps in svc.endpoints.values() for e in eps if e.is_local and e.ready})
+        self.wanted = {port: key for key, port in self.ports.items()}
 
     async def reconcile(self) -> None:
         """Open listeners for new health-check ports, close the ones no longer wanted."""

@@ -64,7 +64,8 @@ class Syncer:
         self.oldest_pending: float | None = None  # monotonic time of the oldest unprogrammed change
         self.syncs = 0
         self.last: SyncStats | None = None
-        self.listeners: list[Callable[[ProxyState], None]] = []  # called after each successful sync
+        # called after each successful sync with the state and the changed keys (None: all)
+        self.listeners: list[Callable[[ProxyState, set[str] | None], None]] = []
         self.synced_once = asyncio.Event()
 
     # -- the loop ----------------------------------------------------------
@@ -169,7 +170,7 @@ class Syncer:
         if self.clear_conntrack:
             await self._clear_conntrack(previous, state, None if full else changed)
         for listener in self.listeners:
-            listener(state)
+            listener(state, None if full else changed)
         self.synced_once.set()
         return True
 
