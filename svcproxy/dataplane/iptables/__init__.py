@@ -9,15 +9,17 @@ applied, so a partial sync writes only the chains that changed and never reads t
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from . import names as n
-from .render import BlockCache, Ruleset, build_ruleset, jumps
+from .cleanup import cleanup_family
+from .jumps import ALL_JUMPS
+from .kernel import Iptables
+from .render import BlockCache, Ruleset, build_ruleset
 from .restore import ENTRY_NAT, full_batches, partial_input
 
 log = logging.getLogger(__name__)
@@ -27,78 +29,6 @@ log = logging.getLogger(__name__)
 # that already exist costs a whole-table read per call, so fewer, larger batches win there.
 DEFAULT_BATCH_CHAINS = 1000
 WARM_BATCH_CHAINS = 5000
-
-
-class Iptables:
-    """The iptables commands of one family, optionally run inside a network namespace."""
-
-    def __init__(self, family: int, netns: str | None = None) -> None:
-        self.family = family
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        base = "ip6tables" if family == 6 else "iptables"
-        self.iptables = [*prefix, base, "-w"]
-        self.restore_cmd = [*prefix, f"{base}-restore", "-w", "--noflush"]
-        self.save_cmd = [*prefix, f"{base}-save"]
-        self.nft_cmd = [*prefix, "nft"]
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            p = subprocess.run([*self.iptables, *args], capture_output=True, text=True)
-        except FileNotFoundError:
-            raise ApplyError(f"{self.iptables[-2]} not found: install it (apt-get install iptables)") from None
-        if check and p.returncode:
-            raise ApplyError(f"{' '.join(self.iptables[-2:])} {' '.join(args)}: {p.stderr.strip()}")
-        return p
-
-    def restore(self, data: str) -> None:
-        """One atomic iptables-restore --noflush transaction; ApplyError names the failing line."""
-        try:
-            p = subprocess.run(self.restore_cmd, input=data, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise ApplyError(f"{self.restore_cmd[-3]} not found: install it (apt-get install iptables)") from None
-        if p.returncode:
-            raise ApplyError(_explain(p.stderr, data))
-
-    def save(self, table: str) -> str:
-        p = subprocess.run([*self.save_cmd, "-t", table], capture_output=True, text=True)
-        return p.stdout if p.returncode == 0 else ""
-
-    def chains(self, table: str) -> set[str]:
-        """Chain names in a table: from `nft list chains` when iptables runs on nf_tables (cheap:
-        no rules are read), else from iptables-save."""
-        if "nf_tables" in self.run("--version", check=False).stdout:
-            try:
-                p = subprocess.run([*self.nft_cmd, "list", "chains", "ip6" if self.family == 6 else "ip"],
-                                   capture_output=True, text=True)
-            except FileNotFoundError:
-                p = None
-            if p is not None and p.returncode == 0:
-                return _nft_chains(p.stdout, table)
-        return {line[1:].split()[0] for line in self.save(table).splitlines() if line.startswith(":")}
-
-
-def _nft_chains(listing: str, table: str) -> set[str]:
-    out: set[str] = set()
-    current = ""
-    for line in listing.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "table":
-            current = words[2]
-        elif len(words) >= 2 and words[0] == "chain" and current == table:
-            out.add(words[1])
-    return out
-
-
-def _explain(stderr: str, data: str) -> str:
-    """iptables-restore's message plus the input line it names ("line N failed")."""
-    msg = stderr.strip() or "iptables-restore failed"
-    lines = data.splitlines()
-    for word in msg.replace(":", " ").split():
-        if word.isdigit() and "line" in msg:
-            i = int(word)
-            if 0 < i <= len(lines):
-                return f"{msg} (input line {i}: {lines[i - 1]})"
-    return msg
 
 
 class IptablesDataplane:
@@ -185,7 +115,7 @@ class IptablesDataplane:
         """Make sure each built-in chain jumps into ours, prepending only what is missing."""
         self.ipt.run("-t", "filter", "-N", n.KUBELET_FIREWALL, check=False)  # already there: fine
         self.ipt.restore(f"*mangle\n:{n.PROXY_CANARY} - [0:0]\nCOMMIT\n")
-        for j in jumps(self.cfg):
+        for j in ALL_JUMPS:
             if self.ipt.run("-t", j.table, "-C", j.chain, *j.args, check=False).returncode != 0:
                 self.ipt.run("-t", j.table, "-I", j.chain, *j.args)
 
@@ -202,39 +132,6 @@ class IptablesDataplane:
         self.applied, self.existing, self.needs_full, self.cold = None, None, True, False
         if errors:
             raise ApplyError("; ".join(errors))
-
-
-def cleanup_family(ipt: Iptables) -> None:
-    """Delete our jumps from the built-in chains, then flush and delete our chains; foreign rules
-    and chains are not touched, and no table is flushed. kubelet's KUBE-FIREWALL stays when
-    kubelet manages this host (its KUBE-KUBELET-CANARY chain exists)."""
-    ipt.run("--version")  # a clear error when the tool is missing
-    filter_chains = ipt.chains("filter")
-    nat_chains = ipt.chains("nat")
-    kubelet_owned = n.KUBELET_CANARY in filter_chains
-    for j in jumps(NodeConfig(ip_family=ipt.family)):
-        if j.target == n.KUBELET_FIREWALL and kubelet_owned:
-            continue
-        if j.target not in (filter_chains if j.table == "filter" else nat_chains):
-            continue
-        while ipt.run("-t", j.table, "-D", j.chain, *j.args, check=False).returncode == 0:
-            pass  # delete every copy
-    ours_filter = [c for c in (n.NODEPORTS, n.SERVICES, n.EXTERNAL_SERVICES, n.FORWARD, n.PROXY_FIREWALL,
-                               n.PROXY_CANARY) if c in filter_chains]
-    if not kubelet_owned and n.KUBELET_FIREWALL in filter_chains:
-        ours_filter.append(n.KUBELET_FIREWALL)
-    ours_nat = [c for c in (n.NODEPORTS, n.SERVICES, n.MARK_MASQ, n.POSTROUTING, n.PROXY_CANARY) if c in nat_chains]
-    ours_nat += sorted(c for c in nat_chains if n.is_service_chain(c))
-    for table, chains in (("filter", ours_filter), ("nat", ours_nat)):
-        if chains:
-            ipt.restore(_drop_chains(table, chains))
-    if n.PROXY_CANARY in ipt.chains("mangle"):
-        ipt.restore(_drop_chains("mangle", [n.PROXY_CANARY]))
-
-
-def _drop_chains(table: str, chains: Sequence[str]) -> str:
-    return "".join([f"*{table}\n", *[f":{c} - [0:0]\n" for c in chains], *[f"-X {c}\n" for c in chains],
-                    "COMMIT\n"])
 
 
 def _cleanup_other_mode(cfg: NodeConfig) -> None:
