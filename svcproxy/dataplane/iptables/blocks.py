@@ -167,7 +167,7 @@ def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: 
 
     eps = sel.all_reachable
     ep_strs = {id(ep): _endpoint(ep) for ep in eps}
-    sep_names = {i: n.endpoint_chain(name, proto, e) for i, e in ep_strs.items()}
+    sep_names = dict(zip(ep_strs, n.endpoint_chains(name, proto, list(ep_strs.values())), strict=True))
     if uses_cluster_chain:
         chains.append(svc_chain)
         rules.setdefault(svc_chain, []).extend(_dispatch(svc_chain, name, port, sel.cluster, sep_names, ep_strs, ctx))

@@ -50,6 +50,18 @@ def endpoint_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
     return SEP + _hash16(service_port_name + protocol.lower() + endpoint)
 
 
+def endpoint_chains(service_port_name: str, protocol: str, endpoints: list[str]) -> list[str]:
+    """endpoint_chain for many endpoints of one port at once (the renderer's hot loop)."""
+    prefix = service_port_name + protocol.lower()
+    sha, from_bytes, p = hashlib.sha256, int.from_bytes, _PAIRS
+    out = []
+    for endpoint in endpoints:
+        x = from_bytes(sha((prefix + endpoint).encode()).digest()[:10], "big")
+        out.append(SEP + p[x >> 70] + p[(x >> 60) & 1023] + p[(x >> 50) & 1023] + p[(x >> 40) & 1023]
+                   + p[(x >> 30) & 1023] + p[(x >> 20) & 1023] + p[(x >> 10) & 1023] + p[x & 1023])
+    return out
+
+
 def service_chains(service_port_name: str, protocol: str) -> tuple[str, str, str, str]:
     """(KUBE-SVC-, KUBE-SVL-, KUBE-EXT-, KUBE-FW-) chain names of one service port."""
     h = port_proto_hash(service_port_name, protocol)
