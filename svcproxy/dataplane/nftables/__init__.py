@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import subprocess
 import time
 from collections.abc import Collection, Sequence
@@ -18,7 +19,7 @@ from collections.abc import Collection, Sequence
 from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
-from . import names
+from . import names, netlink
 from .layout import Chain, Container, fixed_chains
 from .render import BlockCache, ServiceRules
 from .service import Element
@@ -33,9 +34,16 @@ FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows
 class NftablesDataplane:
     mode = "nftables"
 
-    def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",)) -> None:
+    def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",), use_netlink: bool = True) -> None:
         self.cfg = cfg
         self.nft = tuple(nft)
+        # our own netlink session for per-service changes (netlink.py); nft for the rest
+        self.use_netlink = use_netlink
+        self._session: netlink.Session | None = None
+        self._anon_prefix = secrets.token_hex(4)
+        self._batch = 0
+        self.netlink_batches = 0  # how many transactions went through the session (for tests)
+        self.timings: list[tuple[str, int, float]] = []  # last sync: (path, commands, seconds) per transaction
         self.family = names.family_keyword(cfg.ip_family)
         self.cache = BlockCache(cfg)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
@@ -55,6 +63,7 @@ class NftablesDataplane:
             remove_iptables_leftovers(self.cfg)
             self.started = True
         self.transactions = []
+        self.timings = []
         try:
             self._delete_stale_chains()
             if changed is None or self.need_full or self.kernel is None:
@@ -274,8 +283,33 @@ class NftablesDataplane:
         return kernel
 
     def _run_tx(self, tx: Tx) -> None:
-        if tx:
-            self._run(tx.text())
+        if not tx:
+            return
+        start = time.perf_counter()
+        path = self._send(tx)
+        self.timings.append((path, len(tx.lines), time.perf_counter() - start))
+
+    def _send(self, tx: Tx) -> str:
+        if self.use_netlink:
+            try:
+                self._batch += 1  # anonymous map names: unique per process and batch
+                messages = netlink.compile_commands(self.family, names.TABLE, tx.lines,
+                                                    f"{self._batch:x}{self._anon_prefix}")
+            except netlink.Unsupported:
+                messages = None
+            if messages is not None:
+                self.transactions.append(tx.text())
+                try:
+                    if self._session is None:
+                        self._session = netlink.Session()
+                    self._session.send(self.family, messages)
+                except OSError as e:
+                    raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
+                                     "in place and the next sync is a full one") from e
+                self.netlink_batches += 1
+                return "netlink"
+        self._run(tx.text())
+        return "nft"
 
     def _run(self, text: str) -> None:
         self.transactions.append(text)

@@ -1,0 +1,456 @@
+"""A path below the nft command: our own transactions encoded as nf_tables netlink messages.
+
+Every `nft` run first re-reads the table (about 2 s at 10,000 services, even to add one
+element), because another program may have changed it. We know what we programmed, so for the
+commands our dataplane sends to per-service objects (chains, their rules, affinity sets, map
+elements) we encode the netlink batch ourselves and send it on one socket: a one-endpoint
+change costs milliseconds. Anything this encoder does not know (base chains, the table,
+anonymous sets other than the numgen vmap, ...) raises Unsupported and the caller uses nft.
+
+The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
+ruleset` prints rules programmed here exactly as if nft had added them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import socket
+import struct
+from collections.abc import Iterable
+from functools import lru_cache
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+NLMSG_ERROR = 2
+NLA_F_NESTED = 0x8000
+
+# message types
+NEWCHAIN, DELCHAIN, NEWRULE, DELRULE, NEWSET, DELSET, NEWSETELEM, DELSETELEM = 3, 5, 6, 8, 9, 11, 12, 14
+
+# verdicts
+NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_GOTO, NFT_RETURN = 0, 1, -3, -4, -5
+NFT_DATA_VERDICT = 0xFFFFFF00
+
+# set flags and nft's datatype ids (NFTA_SET_KEY_TYPE)
+SET_ANONYMOUS, SET_CONSTANT, SET_MAP, SET_TIMEOUT, SET_EVAL = 0x1, 0x2, 0x8, 0x10, 0x20
+TYPE_INTEGER, TYPE_IPADDR, TYPE_IP6ADDR = 4, 7, 8
+BYTEORDER_HOST, BYTEORDER_BIG = 1, 2
+
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
+FAMILIES = {"ip": socket.AF_INET, "ip6": socket.AF_INET6}
+REG_VERDICT, REG_1, REG_2 = 0, 1, 2
+RTN_LOCAL = 2
+
+
+class Unsupported(ValueError):
+    """A command outside what this encoder handles; use nft for the transaction."""
+
+
+# --- attributes ---------------------------------------------------------------------------
+
+
+_HEADER = struct.Struct("=HH")
+_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _HEADER.pack(length, kind) + payload + _PADS[length % 4]
+
+
+def nest(kind: int, *parts: bytes) -> bytes:
+    return attr(kind | NLA_F_NESTED, b"".join(parts))
+
+
+@lru_cache(maxsize=4096)
+def u32(kind: int, value: int) -> bytes:
+    return attr(kind, struct.pack("!I", value & 0xFFFFFFFF))
+
+
+def u64(kind: int, value: int) -> bytes:
+    return attr(kind, struct.pack("!Q", value))
+
+
+@lru_cache(maxsize=1 << 18)
+def string(kind: int, value: str) -> bytes:
+    return attr(kind, value.encode() + b"\0")
+
+
+def udata(kind: int, value: bytes) -> bytes:
+    """One TLV of libnftnl's userdata (comments, byte orders)."""
+    return struct.pack("BB", kind, len(value)) + value
+
+
+def comment_udata(text: str) -> bytes:
+    return udata(0, text.encode() + b"\0")
+
+
+# --- expressions ----------------------------------------------------------------------------
+
+
+def expr(name: str, *data: bytes) -> bytes:
+    return nest(1, string(1, name), nest(2, *data))
+
+
+def verdict_data(code: int, chain: str = "") -> bytes:
+    """NFTA_DATA_VERDICT nested inside a data attribute of type kind."""
+    return nest(2, u32(1, code), *([string(2, chain)] if chain else []))
+
+
+@lru_cache(maxsize=256)
+def payload(base: int, offset: int, length: int, reg: int = REG_1) -> bytes:
+    return expr("payload", u32(1, reg), u32(2, base), u32(3, offset), u32(4, length))
+
+
+@lru_cache(maxsize=1 << 16)
+def cmp(value: bytes, op: int = 0, reg: int = REG_1) -> bytes:
+    return expr("cmp", u32(1, reg), u32(2, op), nest(3, attr(1, value)))
+
+
+@lru_cache(maxsize=16)
+def meta_l4proto(reg: int = REG_1) -> bytes:
+    return expr("meta", u32(2, 16), u32(1, reg))  # NFT_META_L4PROTO
+
+
+@lru_cache(maxsize=1 << 16)
+def immediate_verdict(code: int, chain: str = "") -> bytes:
+    return expr("immediate", u32(1, REG_VERDICT), nest(2, verdict_data(code, chain)))
+
+
+def immediate_value(reg: int, value: bytes) -> bytes:
+    return expr("immediate", u32(1, reg), nest(2, attr(1, value)))
+
+
+def lookup(set_name: str, set_id: int | None = None, dreg: int | None = None) -> bytes:
+    parts = [string(1, set_name), u32(2, REG_1)]
+    if dreg is not None:
+        parts.append(u32(3, dreg))
+    if set_id is not None:
+        parts.append(u32(4, set_id))
+    return expr("lookup", *parts)
+
+
+# --- the rule compiler ----------------------------------------------------------------------
+
+TOKEN = re.compile(r'"[^"]*"|\{|\}|,|[^\s{},]+')
+
+
+class Compiler:
+    """Turns our nft commands into netlink messages for one table."""
+
+    def __init__(self, family: str, table: str, anon_prefix: str = "") -> None:
+        self.family = family
+        # Anonymous maps get a short name of our own ("__map%d" makes the kernel scan every set
+        # to pick a number). The kernel finds sets by walking the table's list comparing names,
+        # so names that differ early keep a cold load of 10,000 services fast.
+        self.anon_prefix = anon_prefix or secrets.token_hex(2)
+        self.nfproto = FAMILIES[family]
+        self.table = table
+        self.addr_len = 4 if family == "ip" else 16
+        self.saddr_off, self.daddr_off = (12, 16) if family == "ip" else (8, 24)
+        self.messages: list[tuple[int, int, bytes]] = []  # (type, flags, attributes)
+        self._set_id = 0
+
+    def next_set_id(self) -> int:
+        self._set_id += 1
+        return self._set_id
+
+    def add(self, msg: int, flags: int, *attrs: bytes) -> None:
+        self.messages.append((msg, flags, b"".join(attrs)))
+
+    # values
+
+    def address(self, text: str) -> bytes:
+        try:
+            return socket.inet_pton(self.nfproto, text)
+        except OSError:
+            raise Unsupported(f"{text} is not an address of this family") from None
+
+    def key(self, text: str) -> bytes:
+        """A set/map key: addresses, protocols and ports, concatenated with " . "."""
+        out = b""
+        for part in (p.strip() for p in text.split(" . ")):
+            if part in PROTOCOLS:
+                out += struct.pack("=B3x", PROTOCOLS[part])
+            elif part.isdigit():
+                out += struct.pack("!H2x", int(part))
+            else:
+                out += self.address(part)
+        return out
+
+    def verdict(self, words: list[str]) -> tuple[int, str]:
+        if words[0] in ("goto", "jump") and len(words) == 2:
+            return (NFT_GOTO if words[0] == "goto" else NFT_JUMP), words[1]
+        if words == ["drop"]:
+            return NF_DROP, ""
+        if words == ["accept"]:
+            return NF_ACCEPT, ""
+        if words == ["return"]:
+            return NFT_RETURN, ""
+        raise Unsupported(f"verdict {' '.join(words)}")
+
+    # commands
+
+    def command(self, line: str) -> None:
+        words = line.split(None, 4)
+        if len(words) < 4 or words[2] != self.family or words[3] != self.table:
+            raise Unsupported(line)
+        verb, kind = words[0], words[1]
+        rest = words[4] if len(words) > 4 else ""
+        name, _, body = rest.partition(" ")
+        table = string(1, self.table)
+        if kind == "chain" and not body:
+            if verb == "add":
+                self.add(NEWCHAIN, NLM_F_CREATE, table, string(3, name))
+            elif verb == "flush":
+                self.add(DELRULE, 0, table, string(2, name))
+            elif verb == "delete":
+                self.add(DELCHAIN, 0, table, string(3, name))
+            else:
+                raise Unsupported(line)
+        elif kind == "rule" and verb == "add":
+            self.rule(name, body)
+        elif kind == "element" and verb in ("add", "delete"):
+            self.elements(verb, name, body)
+        elif kind == "set" and verb == "add":
+            self.affinity_set(name, body)
+        elif kind == "set" and verb == "delete" and not body:
+            self.add(DELSET, 0, table, string(2, name))
+        else:
+            raise Unsupported(line)
+
+    def affinity_set(self, name: str, body: str) -> None:
+        m = re.fullmatch(r"\{ type (ipv4_addr|ipv6_addr); flags dynamic,timeout; timeout (\d+)s; \}", body)
+        if not m:
+            raise Unsupported(f"set {name} {body}")
+        v4 = m.group(1) == "ipv4_addr"
+        self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_TIMEOUT | SET_EVAL),
+                 u32(4, TYPE_IPADDR if v4 else TYPE_IP6ADDR), u32(5, 4 if v4 else 16), u32(10, self.next_set_id()),
+                 u64(11, int(m.group(2)) * 1000), attr(13, udata(0, struct.pack("=I", BYTEORDER_BIG))))
+
+    def elements(self, verb: str, set_name: str, body: str) -> None:
+        if not (body.startswith("{ ") and body.endswith(" }")):
+            raise Unsupported(body)
+        items = []
+        for item in split_top(body[2:-2]):
+            key_text, _, value = item.partition(" : ")
+            comment = ""
+            m = re.fullmatch(r'(.*?) comment "([^"]*)"', key_text)
+            if m:
+                key_text, comment = m.groups()
+            parts = [nest(1, attr(1, self.key(key_text)))]
+            if value and verb == "add":
+                code, chain = self.verdict(value.split())
+                parts.append(nest(2, verdict_data(code, chain)))
+            if comment and verb == "add":
+                parts.append(attr(6, comment_udata(comment)))
+            items.append(nest(1, *parts))
+        self.add(NEWSETELEM if verb == "add" else DELSETELEM, NLM_F_CREATE if verb == "add" else 0,
+                 string(1, self.table), string(2, set_name), nest(3, *items))
+
+    def rule(self, chain: str, text: str) -> None:
+        tokens = TOKEN.findall(text)
+        exprs: list[bytes] = []
+        user = b""
+        i = 0
+        ip = self.family
+
+        def take(n: int) -> list[str]:
+            nonlocal i
+            out = tokens[i:i + n]
+            if len(out) < n:
+                raise Unsupported(text)
+            i += n
+            return out
+
+        while i < len(tokens):
+            t = tokens[i]
+            if t == ip and tokens[i + 1] in ("saddr", "daddr"):
+                _, field = take(2)
+                offset = self.saddr_off if field == "saddr" else self.daddr_off
+                op = 0
+                if tokens[i] == "!=":
+                    op, i = 1, i + 1
+                (value,) = take(1)
+                if value.startswith("@"):
+                    if op:
+                        raise Unsupported(text)
+                    exprs += [payload(1, offset, self.addr_len), lookup(value[1:])]
+                elif value == "{":
+                    raise Unsupported(text)  # anonymous sets other than the numgen vmap: use nft
+                elif "/" in value:
+                    net = ipaddress.ip_network(value)
+                    if net.prefixlen % 8:
+                        raise Unsupported(text)
+                    n = net.prefixlen // 8
+                    exprs += [payload(1, offset, n), cmp(net.network_address.packed[:n], op)]
+                else:
+                    exprs += [payload(1, offset, self.addr_len), cmp(self.address(value), op)]
+            elif t in PROTOCOLS and tokens[i + 1] == "dport":
+                _, _, port = take(3)
+                exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[t])), payload(2, 2, 2),
+                          cmp(struct.pack("!H", int(port)))]
+            elif t == "meta" and tokens[i + 1] == "l4proto":
+                _, _, proto = take(3)
+                if proto not in PROTOCOLS:
+                    raise Unsupported(text)
+                exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[proto]))]
+            elif t == "fib":
+                if take(4) != ["fib", "saddr", "type", "local"]:
+                    raise Unsupported(text)
+                exprs += [expr("fib", u32(1, REG_1), u32(2, 3), u32(3, 1)),  # addrtype of saddr
+                          cmp(struct.pack("=I", RTN_LOCAL))]
+            elif t in ("jump", "goto"):
+                word, target = take(2)
+                exprs.append(immediate_verdict(*self.verdict([word, target])))
+            elif t in ("drop", "accept", "return"):
+                take(1)
+                exprs.append(immediate_verdict(*self.verdict([t])))
+            elif t == "numgen":
+                exprs += self.numgen_vmap(tokens, i, text)
+                i = len(tokens) if "comment" not in tokens else tokens.index("comment")
+            elif t == "update":
+                _, set_ref, brace, fam, field, close = take(6)
+                if (brace, fam, field, close) != ("{", ip, "saddr", "}") or not set_ref.startswith("@"):
+                    raise Unsupported(text)
+                exprs += [payload(1, self.saddr_off, self.addr_len),
+                          expr("dynset", string(1, set_ref[1:]), u32(3, 1), u32(4, REG_1))]
+            elif t == "dnat" and tokens[i + 1] == "to":
+                _, _, target = take(3)
+                m = re.fullmatch(r"\[?([0-9a-fA-F.:]+?)\]?:(\d+)", target)
+                if not m:
+                    raise Unsupported(text)
+                exprs += [immediate_value(REG_1, self.address(m.group(1))),
+                          immediate_value(REG_2, struct.pack("!H", int(m.group(2)))),
+                          expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, REG_2), u32(7, 0x2))]
+            elif t == "comment":
+                _, quoted = take(2)
+                user = comment_udata(quoted.strip('"'))
+            else:
+                raise Unsupported(text)
+        attrs = [string(1, self.table), string(2, chain), nest(4, *exprs)]
+        if user:
+            attrs.append(attr(7, user))
+        self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, *attrs)
+
+    def numgen_vmap(self, tokens: list[str], i: int, text: str) -> list[bytes]:
+        """`numgen random mod N vmap { 0 : goto a, 1 : goto b }`: an anonymous constant map,
+        its elements, then numgen + lookup, as nft sends them."""
+        end = tokens.index("}", i)
+        head, body = tokens[i:i + 6], tokens[i + 6:end]
+        if head[:3] != ["numgen", "random", "mod"] or head[4:] != ["vmap", "{"]:
+            raise Unsupported(text)
+        modulus = int(head[3])
+        items: list[bytes] = []
+        for chunk in " ".join(body).split(" , "):
+            words = chunk.split()
+            if len(words) != 4 or words[1] != ":":
+                raise Unsupported(text)
+            code, chain = self.verdict(words[2:])
+            items.append(nest(1, nest(1, attr(1, struct.pack("=I", int(words[0])))),
+                              nest(2, verdict_data(code, chain))))
+        set_id = self.next_set_id()
+        name = f"__map{set_id:x}_{self.anon_prefix}"
+        # nft's userdata for a "typeof numgen" key in host byte order
+        user = (udata(0, struct.pack("=I", BYTEORDER_HOST)) + udata(1, struct.pack("=I", 0))
+                + bytes.fromhex("040800040100000001000604") + b"\0" * 4)
+        self.add(NEWSET, NLM_F_CREATE | NLM_F_EXCL, string(1, self.table), string(2, name),
+                 u32(3, SET_ANONYMOUS | SET_CONSTANT | SET_MAP), u32(4, TYPE_INTEGER), u32(5, 4),
+                 u32(6, NFT_DATA_VERDICT), u32(7, 0), u32(10, set_id), nest(9, u32(1, len(items))), attr(13, user))
+        self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), string(2, name), u32(4, set_id),
+                 nest(3, *items))
+        return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
+                lookup(name, set_id, dreg=REG_VERDICT)]
+
+
+def split_top(text: str) -> list[str]:
+    """Split "a : b, c : d" at commas (our element items never contain commas)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def compile_commands(family: str, table: str, lines: Iterable[str],
+                     anon_prefix: str = "") -> list[tuple[int, int, bytes]]:
+    c = Compiler(family, table, anon_prefix)
+    for line in lines:
+        c.command(line)
+    return c.messages
+
+
+# --- the socket -----------------------------------------------------------------------------
+
+
+class NetlinkError(OSError):
+    pass
+
+
+class Session:
+    """One netfilter netlink socket, kept open: each send() is one atomic nf_tables batch."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        for force, plain in ((32, socket.SO_SNDBUF), (33, socket.SO_RCVBUF)):  # SO_*BUFFORCE need root
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, 1 << 26)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, plain, 1 << 26)
+        self.sock.bind((0, 0))
+        self.seq = int.from_bytes(os.urandom(2), "big") << 8
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _header(self, msg_type: int, flags: int, family: int, res_id: int, length: int) -> bytes:
+        self.seq += 1
+        return struct.pack("=IHHII", 16 + 4 + length, msg_type, flags, self.seq, 0) + struct.pack(
+            "=BBH", family, 0, socket.htons(res_id))
+
+    def send(self, family: str, messages: list[tuple[int, int, bytes]]) -> None:
+        """Send messages as one batch; raise NetlinkError (nothing applied) if the kernel refuses."""
+        fam = FAMILIES[family]
+        parts = [self._header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0)]
+        first = self.seq + 1
+        for msg_type, flags, attrs in messages:
+            parts.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_REQUEST | NLM_F_ACK | flags,
+                                      fam, 0, len(attrs)) + attrs)
+        last = self.seq
+        parts.append(self._header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0))
+        data = b"".join(parts)
+        if self.sock.send(data) != len(data):
+            raise NetlinkError("short send of a netlink batch")
+        self._wait_acks(first, last)
+
+    def _wait_acks(self, first: int, last: int) -> None:
+        pending = last - first + 1
+        errors: list[str] = []
+        while pending > 0:
+            buf = self.sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                length, msg_type, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
+                if msg_type == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", buf, off + 16)
+                    if first <= seq <= last:
+                        pending -= 1
+                        if code:
+                            errors.append(f"message {seq - first + 1}: {os.strerror(-code)}")
+                off += (length + 3) & ~3
+                if length == 0:
+                    break
+            if errors and pending > 0:
+                # the kernel aborted the batch; it acks only what it processed
+                self.sock.setblocking(False)
+                try:
+                    while self.sock.recv(1 << 20):
+                        pass
+                except BlockingIOError:
+                    pass
+                finally:
+                    self.sock.setblocking(True)
+                break
+        if errors:
+            raise NetlinkError(f"the kernel refused the batch ({len(errors)} error(s): {'; '.join(errors[:3])})")
