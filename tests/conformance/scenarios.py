@@ -14,8 +14,9 @@ known_findings.yaml lists the flows where svcproxy is known to disagree; they ru
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -101,16 +102,28 @@ def _flat(items: object) -> list[str]:
     return [str(items)]
 
 
-def _findings() -> dict[str, str]:
+@dataclass(frozen=True)
+class Finding:
+    """A known disagreement: which flows (an fnmatch pattern on scenario/case/flow) in which modes."""
+
+    pattern: str
+    modes: tuple[str, ...]
+    reason: str
+
+    def covers(self, flow: Flow) -> bool:
+        return flow.mode in self.modes and fnmatch.fnmatchcase(f"{flow.scenario}/{flow.case}/{flow.name}", self.pattern)
+
+
+def _findings() -> list[Finding]:
     if not FINDINGS.exists():
-        return {}
+        return []
     data = yaml.safe_load(FINDINGS.read_text()) or []
-    return {f"{d['flow']}/{mode}": d["finding"] for d in data for mode in d.get("modes", MODES)}
+    return [Finding(d["flow"], tuple(d.get("modes", MODES)), d["finding"]) for d in data]
 
 
 def _flows(scenario: str, case: dict, modes: tuple[str, ...], shared: list[dict],
-           findings: dict[str, str]) -> tuple[Flow, ...]:
-    raw = case.get("flows", shared)
+           findings: list[Finding]) -> tuple[Flow, ...]:
+    raw = [f for item in case.get("flows", shared) for f in (item if isinstance(item, list) else [item])]
     overrides = case.get("overrides") or {}
     unknown = set(overrides) - {f["name"] for f in raw}
     if unknown:
@@ -124,7 +137,8 @@ def _flows(scenario: str, case: dict, modes: tuple[str, ...], shared: list[dict]
             per_mode = {**f, **(f.get(mode) or {})}
             flow = Flow(scenario, case["name"], f["name"], mode, str(f["from"]), str(f["to"]), int(f["port"]),
                         str(f.get("protocol", "TCP")).upper(), str(per_mode["output"]), bool(per_mode.get("masq", False)))
-            out.append(Flow(**{**flow.__dict__, "finding": findings.get(flow.id)}))
+            reasons = [f.reason for f in findings if f.covers(flow)]
+            out.append(replace(flow, finding="; ".join(reasons) or None))
     return tuple(out)
 
 
@@ -144,10 +158,10 @@ def load_cases() -> list[Case]:
             flags = tuple(_flat([data.get("flags", []), case.get("flags", [])]))
             flows = _flows(name, case, modes, data.get("flows", []), findings)
             cases.append(Case(name, case["name"], modes, manifests, flags, flows, tuple(data.get("upstream", ()))))
-    known = {f.id for c in cases for f in c.flows}
-    stale = set(findings) - known
+    flows = [f for c in cases for f in c.flows]
+    stale = [f.pattern for f in findings if not any(f.covers(flow) for flow in flows)]
     if stale:
-        raise ValueError(f"known_findings.yaml names flows that do not exist: {sorted(stale)}")
+        raise ValueError(f"known_findings.yaml names flows that do not exist: {stale}")
     return cases
 
 
