@@ -7,8 +7,10 @@ destination address, so a trace reads only the rules that can match its packet.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import re
+import socket
 from collections.abc import Callable
 
 from .actions import Do, Log, Nat, Notrack, RecentSet, SetMark, xmark
@@ -29,104 +31,150 @@ def tokenize(text: str) -> list[str]:
 
 
 def parse_iptables(text: str, index: bool = True) -> Ruleset:
-    """iptables-save / iptables-restore text -> Ruleset (rules parsed lazily)."""
-    family = 6 if "ip6tables-save" in text[:300] else None
-    rs = Ruleset("iptables", family)
-    table: str | None = None
-    lines_of: dict[tuple[str, str], list[tuple[int, str]]] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):  # iptables-save -c: [packets:bytes] -A ...
-            line = line.split("]", 1)[-1].strip()
-        if line.startswith("*"):
-            table = line[1:].strip()
-            if table not in IPTABLES_TABLES:
-                raise TraceError(f"unknown table {table!r} (expected raw, mangle, nat, filter or security)", n, raw)
-            for hook, _ in IPTABLES_TABLES[table]:  # built-in chains exist without a ':' line
-                if (table, hook) not in rs.chains:
-                    _declare(rs, table, hook, "ACCEPT", n)
-                    lines_of.setdefault((table, hook), [])
-            continue
-        if line == "COMMIT":
-            table = None
-            continue
-        if table is None:
-            raise TraceError("rule outside a table: a '*nat' (or *filter, ...) line must come first", n, raw)
-        if line.startswith(":"):
+    """iptables-save / iptables-restore text -> Ruleset (chains built and rules parsed lazily)."""
+    enabled = gc.isenabled()
+    gc.disable()  # the scan allocates one small list per chain; collecting them midway only costs
+    try:
+        return _Scan(text, index).ruleset
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Scan:
+    """One pass over the lines: tables, chain declarations, and each chain's rule line numbers."""
+
+    def __init__(self, text: str, index: bool) -> None:
+        self.lines = text.split("\n")
+        self.index = index
+        family = 6 if "ip6tables-save" in text[:300] else None
+        rs = self.ruleset = Ruleset("iptables", family)
+        rs.factory = self.build
+        # per table: chain -> [policy, declaration line, rule line, rule line, ...]
+        self.tables: dict[str, dict[str, list]] = {}
+        current: dict[str, list] = {}
+        table: str | None = None
+        for n, line in enumerate(self.lines, 1):
+            if line.startswith("-A "):  # the common case first, kept cheap: iptables-save's single spaces
+                end = line.find(" ", 3)
+                lst = current.get(line[3:] if end < 0 else line[3:end])
+                if lst is not None:
+                    lst.append(n)
+                    continue
+            line = line.strip()
+            if not line or line[0] == "#":
+                continue
+            if line[0] == "[":  # iptables-save -c: [packets:bytes] -A ...
+                line = line.split("]", 1)[-1].strip()
+            if line[0] == "*":
+                table = self.open_table(line[1:].strip(), n)
+                current = self.tables[table]
+                continue
+            if line == "COMMIT":
+                table, current = None, {}
+                continue
+            if table is None:
+                raise TraceError("rule outside a table: a '*nat' (or *filter, ...) line must come first",
+                                 n, self.lines[n - 1])
+            self.line(table, current, line, n)
+        if table is not None:
+            raise TraceError(f"table {table} is not closed with COMMIT (truncated input?)")
+        rs.declared = {(t, name): v for t, chains in self.tables.items() for name, v in chains.items()}
+        for t in self.tables:
+            for hook, _ in IPTABLES_TABLES[t]:
+                rs.chain(t, hook)  # built-in chains are base chains: build them now
+
+    def open_table(self, table: str, n: int) -> str:
+        if table not in IPTABLES_TABLES:
+            raise TraceError(f"unknown table {table!r} (expected raw, mangle, nat, filter or security)",
+                             n, self.lines[n - 1])
+        chains = self.tables.setdefault(table, {})
+        for hook, _ in IPTABLES_TABLES[table]:  # built-in chains exist without a ':' line
+            chains.setdefault(hook, ["ACCEPT", n])
+        return table
+
+    def line(self, table: str, chains: dict[str, list], line: str, n: int) -> None:
+        if line[0] == ":":
             parts = line[1:].split()
             if len(parts) < 2:
-                raise TraceError("malformed chain line (expected ':NAME POLICY [packets:bytes]')", n, raw)
-            _declare(rs, table, parts[0], parts[1], n)
-            lines_of.setdefault((table, parts[0]), [])
-            continue
+                raise TraceError("malformed chain line (expected ':NAME POLICY [packets:bytes]')", n, line)
+            lst = chains.setdefault(parts[0], [parts[1], n])
+            lst[0], lst[1] = parts[1], n
+            return
         parts = line.split(None, 2)
         op = parts[0]
         if op in ("-N", "--new-chain") and len(parts) >= 2:
-            _declare(rs, table, parts[1], "-", n)
-            lines_of.setdefault((table, parts[1]), [])
-            continue
+            chains.setdefault(parts[1], ["-", n])
+            return
         if op not in ("-A", "--append", "-I", "--insert") or len(parts) < 2:
-            raise TraceError("cannot read this line (expected -A CHAIN ..., :CHAIN POLICY, *table or COMMIT)", n, raw)
-        name = parts[1]
-        if (table, name) not in rs.chains:
-            raise TraceError(f"rule for chain {name!r}, which table {table} does not declare", n, raw)
-        rest = parts[2] if len(parts) > 2 else ""
-        lst = lines_of[(table, name)]
+            raise TraceError("cannot read this line (expected -A CHAIN ..., :CHAIN POLICY, *table or COMMIT)",
+                             n, line)
+        lst = chains.get(parts[1])
+        if lst is None:
+            raise TraceError(f"rule for chain {parts[1]!r}, which table {table} does not declare", n, line)
         if op in ("-I", "--insert"):
-            pos, _, tail = rest.partition(" ")
-            if pos.isdigit():
-                lst.insert(int(pos) - 1, (n, tail))
-            else:
-                lst.insert(0, (n, rest))
+            pos = parts[2].split(" ", 1)[0] if len(parts) > 2 else ""
+            lst.insert(2 + (int(pos) - 1 if pos.isdigit() else 0), n)
         else:
-            lst.append((n, rest))
-    if table is not None:
-        raise TraceError(f"table {table} is not closed with COMMIT (truncated input?)")
-    for key, lines in lines_of.items():
-        chain = rs.chains[key]
-        chain.size = len(lines)
-        chain.parse = _parser(rs, chain, lines)
-        if index and len(lines) >= INDEX_MIN_RULES:
-            chain.index = _dst_index(lines)
-    return rs
+            lst.append(n)
+
+    def build(self, key: tuple[str, str], value: object) -> Chain:
+        table, name = key
+        policy, decl, *rule_lines = value  # type: ignore[misc]
+        hooks = dict(IPTABLES_TABLES[table])
+        hook = name if name in hooks else None
+        chain = Chain(table, name, self.ruleset.family, hook=hook, priority=hooks.get(name, 0),
+                      policy=policy.lower() if hook else "accept", kind="nat" if table == "nat" else "filter",
+                      where=f"line {decl}", size=len(rule_lines))
+        chain.parse = self.parser(chain, rule_lines)
+        if self.index and len(rule_lines) >= INDEX_MIN_RULES:
+            chain.index = _dst_index([self.rest(n)[1] for n in rule_lines])
+        return chain
+
+    def rest(self, n: int) -> tuple[str, str]:
+        """(the rule's line as written, its matches and target: what follows -A CHAIN / -I CHAIN [N])."""
+        raw = self.lines[n - 1]
+        line = raw.strip()
+        if line.startswith("["):
+            line = line.split("]", 1)[-1].strip()
+        parts = line.split(None, 2)
+        rest = parts[2] if len(parts) > 2 else ""
+        if parts[0] in ("-I", "--insert"):
+            pos, _, tail = rest.partition(" ")
+            rest = tail if pos.isdigit() else rest
+        return raw.strip(), rest
+
+    def parser(self, chain: Chain, rule_lines: list[int]) -> Callable[[int], Rule]:
+        def parse(i: int) -> Rule:
+            n = rule_lines[i]
+            text, rest = self.rest(n)
+            rule = Rule(f"line {n}", text, (), chain.table, chain.name, n)
+            rule.steps = tuple(RuleParser(self.ruleset, chain.table, rule).parse(tokenize(rest)))
+            return rule
+        return parse
 
 
-def _declare(rs: Ruleset, table: str, name: str, policy: str, line: int) -> None:
-    hooks = dict(IPTABLES_TABLES[table])
-    hook = name if name in hooks else None
-    rs.add(Chain(table, name, rs.family, hook=hook, priority=hooks.get(name, 0),
-                 policy=policy.lower() if hook else "accept", kind="nat" if table == "nat" else "filter",
-                 where=f"line {line}"))
+def _addr_int(text: str) -> int | None:
+    try:
+        if ":" in text:
+            return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        return None
 
 
-def _parser(rs: Ruleset, chain: Chain, lines: list[tuple[int, str]]) -> Callable[[int], Rule]:
-    def parse(i: int) -> Rule:
-        n, rest = lines[i]
-        text = f"-A {chain.name} {rest}"
-        rule = Rule(f"line {n}", text, (), chain.table, chain.name, n)
-        rule.steps = tuple(RuleParser(rs, chain.table, rule).parse(tokenize(rest)))
-        return rule
-    return parse
-
-
-def _dst_index(lines: list[tuple[int, str]]) -> Callable[[Packet], list[int]]:
+def _dst_index(rests: list[str]) -> Callable[[Packet], list[int]]:
     """Rule positions by exact destination; rules without one are candidates for every packet."""
     always: list[int] = []
     by_dst: dict[int, list[int]] = {}
-    for i, (_, rest) in enumerate(lines):
+    for i, rest in enumerate(rests):
         m = _DEST.search(rest)
         exact = m is not None and not m.group(1) and m.group(3) in (None, "/128" if ":" in m.group(2) else "/32")
-        if m is None or not exact:
+        addr = _addr_int(m.group(2)) if m is not None and exact else None
+        if addr is None:
             always.append(i)
-            continue
-        try:
-            addr = int(ipaddress.ip_address(m.group(2)))
-        except ValueError:
-            always.append(i)
-            continue
-        by_dst.setdefault(addr, []).append(i)
+        else:
+            by_dst.setdefault(addr, []).append(i)
     cache: dict[int, list[int]] = {}
 
     def candidates(pkt: Packet) -> list[int]:
@@ -326,7 +374,7 @@ class RuleParser:
     def target(self, name: str, goto: bool) -> Step:
         opts = self.options()
         if goto or name not in BUILTIN_TARGETS:
-            if (self.table, name) not in self.rs.chains:
+            if not self.rs.has_chain(self.table, name):
                 raise self.fail(f"unknown target or chain {name!r} in table {self.table}")
             return Do(Verdict("goto" if goto else "jump", name))
         if name in ("ACCEPT", "DROP", "REJECT", "RETURN"):
