@@ -7,14 +7,10 @@ the set of endpoints and the masquerade flag must be what kube-proxy's own tests
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from click.testing import CliRunner
 
-from svcproxy.cli import main
-
-from .scenarios import Case, Flow, load_cases, trace_args
+from .runner import mismatch, trace
+from .scenarios import Case, Expected, Flow, expectation, load_cases
 
 CASES = load_cases()
 
@@ -28,36 +24,35 @@ def _params() -> list:
     return out
 
 
-def trace(case: Case, flow: Flow) -> dict:
-    args = trace_args(case, flow)
-    r = CliRunner().invoke(main, args)
-    cmd = "svcproxy " + " ".join(args)
-    assert r.exit_code == 0, f"{cmd}\nexit {r.exit_code}: {r.stderr or r.output}"
-    assert "error:" not in r.stderr, f"{cmd}\nmanifest errors:\n{r.stderr}"
-    return json.loads(r.stdout)
-
-
 @pytest.mark.parametrize(("case", "flow"), _params())
 def test_flow(case: Case, flow: Flow) -> None:
-    want = flow.expected()
-    got = trace(case, flow)
-    verdicts = sorted({o["verdict"] for o in got["outcomes"]})
-    summary = (f"{flow.protocol} {flow.source} -> {flow.destination}:{flow.port} ({flow.mode}): kube-proxy expects "
-               f"{flow.output or '(unchanged)'!r} masq={flow.masq}; svcproxy says verdict={got['verdict']} "
-               f"outcomes={verdicts} endpoints={got['endpoints']} masquerade={got['masquerade']}\n"
-               + "\n".join(got["path"]))
-    assert verdicts == [want.verdict], summary
-    assert tuple(got["endpoints"]) == want.endpoints, summary
-    assert got["masquerade"] is want.masquerade, summary
+    problem = mismatch(flow, trace(case, flow))
+    assert problem is None, problem
 
 
 def test_every_scenario_has_flows_in_both_modes() -> None:
-    """The data files are read as meant: no scenario silently loses its flows or a mode."""
-    by_scenario: dict[str, set[str]] = {}
-    for case in CASES:
-        for flow in case.flows:
-            by_scenario.setdefault(case.scenario, set()).add(flow.mode)
-    assert by_scenario, "no scenario files found"
-    for name, modes in by_scenario.items():
-        assert modes, name
-    assert {m for ms in by_scenario.values() for m in ms} == {"iptables", "nftables"}
+    """The data files are read as meant: flows exist, and both proxy modes are exercised."""
+    modes = {flow.mode for case in CASES for flow in case.flows}
+    assert modes == {"iptables", "nftables"}
+    assert all(case.flows for case in CASES), [case.id for case in CASES if not case.flows]
+
+
+def test_expectation_mapping() -> None:
+    """kube-proxy's output strings map onto svcproxy's verdict / endpoints / masquerade."""
+    assert expectation("", "172.30.0.41", 80, False) == Expected("ACCEPT", ("172.30.0.41:80",), False, False)
+    assert expectation("ACCEPT", "192.168.0.2", 30000, False).endpoints == ("192.168.0.2:30000",)
+    assert expectation("REJECT", "172.30.0.41", 80, False) == Expected("REJECT", (), False, False)
+    two = expectation("10.180.2.1:80, 10.180.0.1:80", "172.30.0.41", 80, True)
+    assert two == Expected("ACCEPT", ("10.180.0.1:80", "10.180.2.1:80"), True, True)
+    assert expectation("[fd00::1]:80", "fd00:172:30::41", 80, False).endpoints == ("[fd00::1]:80",)
+    with pytest.raises(ValueError):
+        expectation("10.0.0.300:80", "172.30.0.41", 80, False)
+
+
+def test_a_wrong_answer_is_reported() -> None:
+    """The comparison can fail: a flow whose expectation is deliberately wrong is caught."""
+    case = next(c for c in CASES if c.id == "cluster_ip_general/general")
+    flow = next(f for f in case.flows if f.name == "simple clusterIP" and f.mode == "iptables")
+    assert mismatch(flow, trace(case, flow)) is None
+    wrong = Flow(**{**flow.__dict__, "output": "10.180.0.9:80"})
+    assert "kube-proxy expects '10.180.0.9:80'" in (mismatch(wrong, trace(case, wrong)) or "")
