@@ -8,6 +8,7 @@ text and the JSON input share one code path. Rules keep their line number and te
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 from .core import TraceError
@@ -32,10 +33,10 @@ VERDICTS = ("accept", "drop", "continue", "return")
 class Tokens:
     """The text as (token, line) pairs, newlines kept: they end rules."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, first_line: int = 1, lines: list[str] | None = None) -> None:
         self.items: list[tuple[str, int]] = []
-        self.lines = text.splitlines()
-        line = 1
+        self.lines = lines if lines is not None else text.splitlines()
+        line = first_line
         for m in _TOKEN.finditer(text):
             tok = m.group(0)
             if tok == "\n":
@@ -104,30 +105,130 @@ def unquote(tok: str) -> str:
     return tok[1:-1].replace('\\"', '"') if tok.startswith('"') else tok
 
 
-def parse_nft_document(text: str) -> dict[str, Any]:
-    """`nft list ruleset` text -> {"nftables": [table, set, map, chain, rule objects]}."""
-    t = Tokens(text)
+def parse_nft_document(text: str, lazy: bool = False) -> dict[str, Any]:
+    """`nft list ruleset` text -> {"nftables": [table, set, map, chain, rule objects]}.
+
+    lazy: a first pass only finds the tables and the chain/set/map blocks (by their braces,
+    line by line); a regular chain's rules and a set's elements are parsed when first needed
+    ("_rules" / "_thunk" callables in the document). Base chains are parsed at once.
+    """
+    lines = text.split("\n")
     out: list[dict[str, Any]] = []
-    while (tok := t.peek()) is not None:
-        line = t.line()
-        if tok in ("flush", "delete", "destroy"):
-            t.until_eol()
+    depth, i, n = 0, 0, len(lines)
+    family = table = ""
+    while i < n:
+        s = lines[i].strip()
+        if not s or s[0] == "#":
+            i += 1
             continue
-        if tok in ("add", "create"):
-            t.take()
-            tok = t.peek()
-        if tok != "table":
-            raise TraceError(f"expected 'table FAMILY NAME {{', found {tok!r}", line, t.text(line))
-        t.take()
-        family = t.take("a family")
-        if family not in FAMILIES:
-            name, family = family, "ip"
-        else:
-            name = unquote(t.take("a table name"))
-        out.append({"table": {"family": family, "name": name}})
-        if t.peek() == "{":
-            _table_body(t, family, name, out)
+        opens, closes = _braces(s)
+        if depth == 0:
+            words = s.split()
+            if words[0] in ("flush", "delete", "destroy"):
+                i += 1
+                continue
+            if words[0] in ("add", "create"):
+                words = words[1:]
+            if not words or words[0] != "table" or len(words) < 2:
+                raise TraceError(f"expected 'table FAMILY NAME {{', found {s!r}", i + 1, lines[i])
+            family, table = (words[1], words[2]) if words[1] in FAMILIES and len(words) > 2 else ("ip", words[1])
+            table = unquote(table.rstrip("{").strip())
+            out.append({"table": {"family": family, "name": table}})
+            if opens and opens == closes:  # a table on one line: the token parser does it all
+                t = Tokens(s, i + 1, lines)
+                for _ in range(3 if words[1] in FAMILIES else 2):  # table [FAMILY] NAME
+                    t.take()
+                _table_body(t, family, table, out)
+            depth = opens - closes
+            i += 1
+            continue
+        if depth == 1 and s == "}":
+            depth = 0
+            i += 1
+            continue
+        kind = s.split(None, 1)[0]
+        j, d = i, depth + opens - closes
+        while d > depth and j + 1 < n:  # the block's last line
+            j += 1
+            o, c = _braces(lines[j].strip())
+            d += o - c
+        if d > depth:
+            raise TraceError(f"{kind} block is not closed with '}}'", i + 1, lines[i])
+        if depth == 1 and kind in ("chain", "set", "map"):
+            _block(kind, family, table, lines, i, j, lazy, out)
+        elif depth == 1 and kind not in ("comment", "flags") and opens == 0:
+            raise TraceError(f"unexpected {kind!r} in table {family} {table}", i + 1, lines[i])
+        depth = d
+        i = j + 1
+    if depth > 0:
+        raise TraceError(f"table {family} {table} is not closed with '}}'")
     return {"nftables": out}
+
+
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _braces(line: str) -> tuple[int, int]:
+    """How many { and } a line opens and closes, outside strings and comments."""
+    if '"' in line:
+        line = _STRING.sub('""', line)
+    if "#" in line:
+        line = line.split("#", 1)[0]
+    return line.count("{"), line.count("}")
+
+
+def _tokens(lines: list[str], i: int, j: int) -> tuple[Tokens, str]:
+    """Tokens of the block on lines i..j, past its keyword and name; and the name."""
+    t = Tokens("\n".join(lines[i:j + 1]), i + 1, lines)
+    t.take()
+    return t, unquote(t.take("a name"))
+
+
+def _chain_rules(lines: list[str], family: str, table: str, i: int, j: int) -> list[dict[str, Any]]:
+    t, name = _tokens(lines, i, j)
+    found: list[dict[str, Any]] = []
+    _chain(t, family, table, name, i + 1, found)
+    return [o["rule"] for o in found if "rule" in o]
+
+
+def _set_body(lines: list[str], family: str, table: str, i: int, j: int, is_map: bool) -> dict[str, Any]:
+    fast = _fast_set(lines, i, j, is_map)
+    if fast is not None:
+        return fast
+    t, name = _tokens(lines, i, j)
+    return _set(t, family, table, name, is_map, i + 1)
+
+
+def _block(kind: str, family: str, table: str, lines: list[str], i: int, j: int, lazy: bool,
+           out: list[dict[str, Any]]) -> None:
+    """A chain/set/map block on lines i..j (0-based): parsed now, or described with a thunk."""
+    if not lazy:
+        t, name = _tokens(lines, i, j)
+        if kind == "chain":
+            _chain(t, family, table, name, i + 1, out)
+        else:
+            out.append({kind: _set(t, family, table, name, kind == "map", i + 1)})
+        return
+    first = lines[i].split(None, 2)
+    name = first[1] if len(first) > 1 and '"' not in first[1] else _tokens(lines, i, j)[1]
+    if kind == "chain":
+        for k in range(i, min(i + 4, j + 1)):
+            if "hook" in lines[k]:  # a base chain: read it now, its hook is needed up front
+                t, name = _tokens(lines, i, j)
+                _chain(t, family, table, name, i + 1, out)
+                return
+        out.append({"chain": {"family": family, "table": table, "name": name, "_line": i + 1,
+                              "_rules": partial(_chain_rules, lines, family, table, i, j)}})
+        return
+    flags: list[str] = []
+    for k in range(i, j + 1):  # flags decide whether the set is filled by packets (affinity)
+        w = lines[k].strip()
+        if w.startswith("flags "):
+            flags = [f.strip() for f in w[6:].rstrip(";").split(",")]
+        elif w.startswith("elements"):
+            break
+    out.append({kind: {"family": family, "table": table, "name": name, "_line": i + 1, "flags": flags,
+                       "_thunk": partial(_set_body, lines, family, table, i, j, kind == "map")}})
 
 
 def _table_body(t: Tokens, family: str, table: str, out: list[dict[str, Any]]) -> None:
@@ -509,9 +610,50 @@ def split_host_port(text: str) -> tuple[str, str]:
     return text, ""
 
 
+_SIMPLE_VERDICT = re.compile(r"(accept|drop|return|continue|reject)$|(jump|goto) (\S+)$")
+
+
+def _fast_set(lines: list[str], i: int, j: int, is_map: bool) -> dict[str, Any] | None:
+    """The elements of a plain set/map (no quotes, comments, timeouts) read without tokens:
+    kube-proxy's 10,000-entry service map in a blink. None: use the full parser."""
+    text = "\n".join(lines[i:j + 1])
+    head, sep, rest = text.partition("elements = {")
+    out: dict[str, Any] = {"elem": []}
+    for line in head.splitlines():
+        w = line.strip()
+        if w.startswith("timeout "):
+            out["timeout"] = w[8:].strip()
+    if not sep:
+        return None if '"' in text or "elements" in text else out
+    inner, close, _ = rest.partition("}")
+    if not close or '"' in inner or "{" in inner or "timeout" in inner or "expires" in inner or "counter" in inner:
+        return None
+    elems: list[Any] = []
+    for item in inner.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, colon, value = item.partition(" : ")
+        parts = [scalar(p) for p in key.split(" . ")]
+        k = parts[0] if len(parts) == 1 else {"concat": parts}
+        if not is_map:
+            elems.append(k)
+            continue
+        m = _SIMPLE_VERDICT.match(value.strip())
+        if not colon or m is None:
+            return None
+        elems.append([k, {m.group(1): None} if m.group(1) else {m.group(2): {"target": m.group(3)}}])
+    out["elem"] = elems
+    return out
+
+
 def scalar(tok: str) -> Any:
     """A value token as nft -j would print it: ints as ints, CIDRs as prefixes, a-b as ranges."""
+    if tok.isdigit():
+        return int(tok)
     tok = unquote(tok)
+    if tok[:1].isdigit() and "/" not in tok and "-" not in tok and not tok.startswith("0x"):
+        return tok  # an address, usually
     if re.fullmatch(r"-?\d+", tok):
         return int(tok)
     if re.fullmatch(r"0x[0-9a-fA-F]+", tok):

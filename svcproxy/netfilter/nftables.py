@@ -8,6 +8,7 @@ is a RecentCheck and an update records the client (the choice is sticky).
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import socket
@@ -45,12 +46,23 @@ def parse_nft_json(text: str) -> Ruleset:
     return build(doc, json_input=True)
 
 
-def parse_nft_text(text: str) -> Ruleset:
-    return build(parse_nft_document(text), json_input=False)
+def parse_nft_text(text: str, lazy: bool = True) -> Ruleset:
+    return build(parse_nft_document(text, lazy=lazy), json_input=False)
 
 
 def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
+    enabled = gc.isenabled()
+    gc.disable()  # many small objects, none of them garbage: collecting midway only costs
+    try:
+        return _build(doc)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(doc: dict[str, Any]) -> Ruleset:
     rs = Ruleset("nftables")
+    rs.factory = _lazy_chain(rs)
     rules: dict[tuple[str, str], list[tuple[str, str, list[Any]]]] = {}
     skipped: set[str] = set()
     for n, obj in enumerate(doc["nftables"], 1):
@@ -70,6 +82,8 @@ def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
             rs.sets[(table, body["name"])] = body
             if {"dynamic", "timeout"} & set(_as_list(body.get("flags"))):
                 rs.dynamic_sets.add((table, body["name"]))
+        elif kind == "chain" and "_rules" in body:  # a regular chain, its rules not read yet
+            rs.declared[(table, body["name"])] = body
         elif kind == "chain":
             hook = HOOKS.get(body.get("hook", ""))
             prio = body.get("prio", 0)
@@ -82,6 +96,8 @@ def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
         else:
             where = body.get("_where") or f"entry {n} (chain {body.get('chain')}, handle {body.get('handle', '?')})"
             text = body.get("_text") or _summary(body.get("expr", []))
+            if (table, body.get("chain")) not in rules and (table, body.get("chain")) in rs.declared:
+                continue  # the chain's lazy parse brings its rules
             if (table, body.get("chain")) not in rules:
                 raise TraceError(f"rule for chain {body.get('chain')!r}, which table {table} does not have",
                                  where=where, text=text)
@@ -91,8 +107,20 @@ def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
         chain.size = len(lst)
         chain.parse = _parser(rs, chain, lst)
     rs.family = None
-    rs.notes = [f"table {t}: not on the IP path, not traced" for t in sorted(skipped)]  # type: ignore[attr-defined]
+    rs.notes = [f"table {t}: not on the IP path, not traced" for t in sorted(skipped)]
     return rs
+
+
+def _lazy_chain(rs: Ruleset) -> Callable[[tuple[str, str], Any], Chain]:
+    """Build a regular chain from the text parser's thunk when the walk first enters it."""
+    def make(key: tuple[str, str], body: Any) -> Chain:
+        table, name = key
+        fam = table.split(" ", 1)[0]
+        lst = [(r["_where"], r["_text"], r.get("expr", [])) for r in body["_rules"]()]
+        chain = Chain(table, name, FAMILY[fam], where=f"line {body['_line']}", size=len(lst))
+        chain.parse = _parser(rs, chain, lst)
+        return chain
+    return make
 
 
 def _summary(expr: list[Any]) -> str:
@@ -153,6 +181,8 @@ class Compiler:
             elem = body.get("elem")
             timeout = elem.get("elem", {}).get("timeout", "") if isinstance(elem, dict) else ""
             decl = self.rs.sets.get((self.table, name), {})
+            if not timeout and "_thunk" in decl:
+                decl.update(decl.pop("_thunk")())
             return RecentSet(name, str(timeout or decl.get("timeout", "")))
         if kind == "limit":
             return Unevaluable("limit (rate) is taken as not exceeded", True)
@@ -169,7 +199,7 @@ class Compiler:
             mask = None
             if isinstance(p, dict) and "&" in p:
                 p, mask = p["&"]
-                mask = int(mask)
+                mask = int(mask, 0) if isinstance(mask, str) else int(mask)
             names.append(self.field(p))
             masks.append(mask)
         return tuple(names), tuple(masks)
@@ -203,7 +233,10 @@ class Compiler:
                 lo, hi = (self.convert(ftype, x) for x in v["range"])
                 return lo, hi
             if ftype in ("ipv4_addr", "ipv6_addr"):
-                return int(ipaddress.ip_address(v))
+                try:
+                    return int.from_bytes(socket.inet_pton(socket.AF_INET6 if ":" in v else socket.AF_INET, v), "big")
+                except (OSError, TypeError):
+                    return int(ipaddress.ip_address(v))
             if ftype == "inet_proto":
                 return v if isinstance(v, int) else PROTO_NUMBERS[str(v)]
             if ftype == "inet_service":
@@ -239,6 +272,8 @@ class Compiler:
                 raise self.fail(f"set {name!r} is not declared in table {self.table}")
 
             def resolve() -> SetData:
+                if "_thunk" in decl:  # a set the text parser has not read yet
+                    decl.update(decl.pop("_thunk")())
                 cached = decl.get("_data")
                 if cached is None:
                     cached = decl["_data"] = self.elements(types, _as_list(decl.get("elem")), is_map, name)

@@ -29,15 +29,21 @@ def detect_format(rules: str) -> str:
                      "`nft list ruleset` text (table ip NAME { ... }) or `nft -j list ruleset` JSON")
 
 
-def parse_rules(rules: str, index: bool = True) -> Ruleset:
+def parse_rules(rules: str, index: bool = True, lazy: bool = True) -> Ruleset:
+    """Any supported ruleset text -> Ruleset. index/lazy=False: the naive way (for benchmarks):
+    no destination index on long chains, and every rule parsed up front."""
     fmt = detect_format(rules)
     if fmt == "iptables":
         from .iptables import parse_iptables
 
-        return parse_iptables(rules, index=index)
-    from .nftables import parse_nft_json, parse_nft_text
+        rs = parse_iptables(rules, index=index)
+    else:
+        from .nftables import parse_nft_json, parse_nft_text
 
-    return parse_nft_json(rules) if fmt == "nft-json" else parse_nft_text(rules)
+        rs = parse_nft_json(rules) if fmt == "nft-json" else parse_nft_text(rules, lazy=lazy)
+    if not lazy:
+        rs.parse_all()
+    return rs
 
 
 def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
