@@ -53,24 +53,51 @@ def in_netns(name: str, argv: list[str]) -> dict:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak RSS of this process and of its largest child (nft, iptables-restore), in MB."""
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+    return own / 1024, kids / 1024
+
+
+def phases(dp: object) -> str:
+    """Where an nftables sync spent its time, from NftablesDataplane.timings."""
+    timings = getattr(dp, "timings", None)
+    if not timings:
+        return ""
+    by: dict[str, list[float]] = {}
+    for path, _commands, seconds in timings:
+        by.setdefault(path, []).append(seconds)
+    return ", ".join(f"{path}: {len(v)} transaction(s) {sum(v):.2f} s" for path, v in by.items())
+
+
+NFT_RSS_LOG = "/tmp/svcproxy-bench-nft-rss.log"
 
 
 def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
     from svcproxy.dataplane import dataplane
+    from svcproxy.dataplane.nftables import NftablesDataplane
 
-    dp = dataplane(mode, CFG)
+    if mode == "nftables":
+        # run nft under /usr/bin/time to learn each nft process's own peak RSS (a forked child's
+        # ru_maxrss otherwise includes the parent's pages)
+        if os.path.exists(NFT_RSS_LOG):
+            os.unlink(NFT_RSS_LOG)
+        dp = NftablesDataplane(CFG, nft=("/usr/bin/time", "-a", "-o", NFT_RSS_LOG, "-f", "%M", "nft"))
+    else:
+        dp = dataplane(mode, CFG)
     state = synthetic_state(services, endpoints)
     t0 = time.perf_counter()
     dp.sync(state, None)
     full = time.perf_counter() - t0
-    rss = peak_rss_mb()
-    times = []
+    own, child_rss = peak_rss_mb()
+    if mode == "nftables" and os.path.exists(NFT_RSS_LOG):
+        with open(NFT_RSS_LOG) as f:
+            child_rss = max(int(x) for x in f.read().split()) / 1024
+    full_phases = phases(dp)
+    times, kernel = [], []
     for g in range(1, changes + 1):
         svc = synthetic_service(g * 7 % services, endpoints, generation=g)
         state = ProxyState(services=dict(state.services))
@@ -78,8 +105,13 @@ def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
         t0 = time.perf_counter()
         dp.sync(state, {svc.key})
         times.append(time.perf_counter() - t0)
+        kernel.append(sum(t for _, _, t in getattr(dp, "timings", [])))
+        time.sleep(0.2)
     times.sort()
-    return {"mode": mode, "full_s": full, "peak_rss_mb": rss,
+    kernel.sort()
+    return {"mode": mode, "full_s": full, "peak_rss_mb": own, "own_rss_mb": own,
+            "child_rss_mb": child_rss, "full_phases": full_phases,
+            "change_tx_median_ms": 1000 * kernel[len(kernel) // 2] if kernel else None,
             "change_median_ms": 1000 * times[len(times) // 2] if times else None,
             "change_p90_ms": 1000 * times[int(len(times) * 0.9)] if times else None}
 
@@ -96,7 +128,7 @@ def main() -> None:
         print(json.dumps(child(a.child, a.services, a.endpoints, a.changes)))
         return
     print(f"{a.services} services x {a.endpoints} endpoints; {a.changes} one-endpoint changes")
-    print(f"{'mode':10} {'cold full sync':>15} {'peak RSS':>10} {'change median':>14} {'change p90':>11}")
+    print(f"{'mode':10} {'cold full sync':>15} {'svcproxy RSS':>12} {'change median':>14} {'change p90':>11}")
     for mode in a.modes.split(","):
         try:
             r = in_netns(f"nft-bench-{os.getpid()}", ["--child", mode, "--services", str(a.services),
@@ -104,8 +136,14 @@ def main() -> None:
         except subprocess.CalledProcessError as e:
             print(f"{mode:10} failed: {e.stderr.strip().splitlines()[-1:]}")
             continue
-        print(f"{mode:10} {r['full_s']:>13.2f} s {r['peak_rss_mb']:>7.0f} MB "
+        print(f"{mode:10} {r['full_s']:>13.2f} s {r['peak_rss_mb']:>9.0f} MB "
               f"{r['change_median_ms']:>11.1f} ms {r['change_p90_ms']:>8.1f} ms")
+        child_note = "largest nft run" if mode == "nftables" else "largest child (includes svcproxy's pages at fork)"
+        print(f"{'':10} peak RSS: svcproxy {r['own_rss_mb']:.0f} MB; {child_note} {r['child_rss_mb']:.0f} MB")
+        if r["full_phases"]:
+            print(f"{'':10} cold sync transactions: {r['full_phases']}")
+        if r["change_tx_median_ms"] is not None:
+            print(f"{'':10} change: median {r['change_tx_median_ms']:.1f} ms in the kernel transaction(s)")
 
 
 if __name__ == "__main__":

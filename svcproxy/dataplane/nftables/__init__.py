@@ -28,7 +28,8 @@ from .transaction import Kernel, Tx, commit, desired_elements
 log = logging.getLogger(__name__)
 
 STALE_CHAIN_DELAY = 1.0  # seconds between flushing a chain no longer used and deleting it
-FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
+FILL_BATCH_CHAINS = 4000
+RECORD_MAX_COMMANDS = 5000  # chains per fill transaction: the kernel's cost grows with batch size squared
 
 
 class NftablesDataplane:
@@ -120,16 +121,19 @@ class NftablesDataplane:
                 chains.setdefault(name, c)
             sets.update(r.sets)
 
-        # 1. declare chains and affinity sets that do not exist yet
+        # 1. declare the table, its fixed regular chains (targets of the fill batches' jumps; base
+        #    chains come with the commit), then the new per-service chains and affinity sets
         declare = Tx(self.cfg)
         declare.lines.append(f'add table {declare.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
+        for c in fixed_chains(self.cfg):
+            if not c.hook:
+                declare.add_chain(Chain(c.name, comment=c.comment))
+        self._run_tx(declare)
         fresh = [c for name, c in chains.items() if name not in kernel.chains]
         new_sets = [s for name, s in sets.items() if name not in kernel.sets]
+        declare = Tx(self.cfg)
         for s in new_sets:
             declare.add_container(s)
-        for c in fixed_chains(self.cfg):
-            if not c.hook:  # the targets of jumps in the fill batches; base chains come in the commit
-                declare.add_chain(Chain(c.name, comment=c.comment))
         for c in fresh:
             declare.add_chain(Chain(c.name))
         self._run_tx(declare)
@@ -298,7 +302,7 @@ class NftablesDataplane:
             except netlink.Unsupported:
                 messages = None
             if messages is not None:
-                self.transactions.append(tx.text())
+                self._record(tx)
                 try:
                     if self._session is None:
                         self._session = netlink.Session()
@@ -308,11 +312,21 @@ class NftablesDataplane:
                                      "in place and the next sync is a full one") from e
                 self.netlink_batches += 1
                 return "netlink"
-        self._run(tx.text())
+        self._run(tx.text(), tx)
         return "nft"
 
-    def _run(self, text: str) -> None:
-        self.transactions.append(text)
+    def _record(self, tx: Tx) -> None:
+        """Keep the input of small transactions for tests and debugging (not 40 MB of a cold load)."""
+        if len(tx.lines) <= RECORD_MAX_COMMANDS:
+            self.transactions.append(tx.text())
+        else:
+            self.transactions.append(f"# {len(tx.lines)} commands, starting with:\n" + "\n".join(tx.lines[:20]) + "\n")
+
+    def _run(self, text: str, tx: Tx | None = None) -> None:
+        if tx is not None:
+            self._record(tx)
+        else:
+            self.transactions.append(text)
         proc = subprocess.run([*self.nft, "-f", "-"], input=text, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ApplyError(f"nft refused the transaction ({text.count(chr(10))} commands): "

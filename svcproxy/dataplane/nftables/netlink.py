@@ -76,7 +76,7 @@ def u64(kind: int, value: int) -> bytes:
     return attr(kind, struct.pack("!Q", value))
 
 
-@lru_cache(maxsize=1 << 18)
+@lru_cache(maxsize=4096)
 def string(kind: int, value: str) -> bytes:
     return attr(kind, value.encode() + b"\0")
 
@@ -138,6 +138,9 @@ def lookup(set_name: str, set_id: int | None = None, dreg: int | None = None) ->
 # --- the rule compiler ----------------------------------------------------------------------
 
 TOKEN = re.compile(r'"[^"]*"|\{|\}|,|[^\s{},]+')
+SADDR_JUMP = re.compile(r"(ip6?) saddr ([0-9a-fA-F.:]+) jump (\S+)")
+DNAT = re.compile(r"meta l4proto (tcp|udp|sctp) dnat to \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
+PROTO_BYTES = {name: bytes([num]) for name, num in PROTOCOLS.items()}
 
 
 class Compiler:
@@ -254,6 +257,10 @@ class Compiler:
                  string(1, self.table), string(2, set_name), nest(3, *items))
 
     def rule(self, chain: str, text: str) -> None:
+        exprs = self.common_rule(text)
+        if exprs is not None:  # the endpoint chains' two rules, 9 in 10 of all rules: no tokenizing
+            self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, string(1, self.table), string(2, chain), nest(4, *exprs))
+            return
         tokens = TOKEN.findall(text)
         exprs: list[bytes] = []
         user = b""
@@ -326,8 +333,7 @@ class Compiler:
                 if not m:
                     raise Unsupported(text)
                 exprs += [immediate_value(REG_1, self.address(m.group(1))),
-                          immediate_value(REG_2, struct.pack("!H", int(m.group(2)))),
-                          expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, REG_2), u32(7, 0x2))]
+                          immediate_value(REG_2, struct.pack("!H", int(m.group(2)))), self.nat]
             elif t == "comment":
                 _, quoted = take(2)
                 user = comment_udata(quoted.strip('"'))
@@ -337,6 +343,21 @@ class Compiler:
         if user:
             attrs.append(attr(7, user))
         self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, *attrs)
+
+    def common_rule(self, text: str) -> list[bytes] | None:
+        m = SADDR_JUMP.fullmatch(text)
+        if m and m.group(1) == self.family:
+            return [payload(1, self.saddr_off, self.addr_len), cmp(self.address(m.group(2))),
+                    immediate_verdict(NFT_JUMP, m.group(3))]
+        m = DNAT.fullmatch(text)
+        if m:
+            return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]), immediate_value(REG_1, self.address(m.group(2))),
+                    immediate_value(REG_2, struct.pack("!H", int(m.group(3)))), self.nat]
+        return None
+
+    @property
+    def nat(self) -> bytes:
+        return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, REG_2), u32(7, 0x2))
 
     def numgen_vmap(self, tokens: list[str], i: int, text: str) -> list[bytes]:
         """`numgen random mod N vmap { 0 : goto a, 1 : goto b }`: an anonymous constant map,

@@ -27,8 +27,27 @@ class ServiceRules:
     chains: dict[str, Chain]  # per-service chains by name, in order
     sets: dict[str, Container]  # affinity sets by name
     elements: list[Element]
-    chains_text: str
-    sets_text: str
+    _text: tuple[str, str] | None = None
+
+    @property
+    def chains_text(self) -> str:
+        return self.text()[0]
+
+    @property
+    def sets_text(self) -> str:
+        return self.text()[1]
+
+    def text(self) -> tuple[str, str]:
+        """The chains and sets in `nft list` form, rendered once on first use (render only)."""
+        if self._text is None:
+            lines: list[str] = []
+            for c in self.chains.values():
+                lines += chain_text(c)
+            set_lines: list[str] = []
+            for c in self.sets.values():
+                set_lines += container_text(c, ())
+            self._text = ("\n".join(lines), "\n".join(set_lines))
+        return self._text
 
 
 class BlockCache:
@@ -46,14 +65,7 @@ class BlockCache:
         blocks = [service_block(p, svc.endpoints.get(p.name, ()), self.cfg, zone) for p in ports]
         chains = {c.name: c for b in blocks for c in b.chains}
         sets = {s.name: s for b in blocks for s in b.sets}
-        lines: list[str] = []
-        for c in chains.values():
-            lines += chain_text(c)
-        set_lines: list[str] = []
-        for c in sets.values():
-            set_lines += container_text(c, ())
-        rules = ServiceRules(svc, zone, blocks, chains, sets, [e for b in blocks for e in b.elements],
-                             "\n".join(lines), "\n".join(set_lines))
+        rules = ServiceRules(svc, zone, blocks, chains, sets, [e for b in blocks for e in b.elements])
         self._rules[svc.key] = rules
         return rules
 
