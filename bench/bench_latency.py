@@ -119,26 +119,30 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--modes", default="nftables,iptables")
+    ap.add_argument("--rounds", type=int, default=2, help="repeat the whole sweep (evens out machine noise)")
     a = ap.parse_args()
     server = None
-    rows = []
+    samples: dict[tuple[str, int], list[float]] = {}
     try:
         server = setup()
         time.sleep(0.3)
-        for size in (int(s) for s in a.sizes.split(",")):
-            for mode in a.modes.split(","):
-                took = program(mode, size)
-                lat = measure(a.samples)
-                clear(mode)
-                med, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
-                rows.append((mode, size, med, p99, took))
-                print(f"{mode:9} {size:>6} services: median {med:7.1f} us  p99 {p99:7.1f} us  "
-                      f"(programmed in {took:.1f} s)", flush=True)
+        measure(2000)  # warm up: caches, CPU frequency, the server
+        for rnd in range(a.rounds):
+            modes = a.modes.split(",")
+            for size in (int(s) for s in a.sizes.split(",")):
+                for mode in modes if rnd % 2 == 0 else reversed(modes):
+                    took = program(mode, size)
+                    lat = measure(a.samples)
+                    clear(mode)
+                    samples.setdefault((mode, size), []).extend(lat)
+                    print(f"round {rnd + 1} {mode:9} {size:>6} services: median {lat[len(lat) // 2]:7.1f} us  "
+                          f"p99 {lat[int(len(lat) * 0.99)]:7.1f} us  (programmed in {took:.1f} s)", flush=True)
     finally:
         teardown(server)
-    print("\n| services | mode | median (us) | p99 (us) |\n|---:|---|---:|---:|")
-    for mode, size, med, p99, _ in sorted(rows, key=lambda r: (r[1], r[0])):
-        print(f"| {size} | {mode} | {med:.1f} | {p99:.1f} |")
+    print("\n| services | mode | median (us) | p99 (us) | samples |\n|---:|---|---:|---:|---:|")
+    for (mode, size), lat in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lat.sort()
+        print(f"| {size} | {mode} | {lat[len(lat) // 2]:.1f} | {lat[int(len(lat) * 0.99)]:.1f} | {len(lat)} |")
 
 
 if __name__ == "__main__":
