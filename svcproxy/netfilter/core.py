@@ -9,8 +9,10 @@ branch. Chains parse their rules lazily, so a trace only pays for the rules it l
 
 from __future__ import annotations
 
+import gc
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
@@ -27,6 +29,19 @@ IPTABLES_TABLES: dict[str, tuple[tuple[str, int], ...]] = {
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                  "dccp": 33, "udplite": 136, "esp": 50, "ah": 51, "gre": 47}
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6", 33: "dccp", 136: "udplite"}
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Parsing and walking make many small objects and no garbage cycles; with a 100k-rule
+    ruleset alive, the collector's passes would cost more than the work itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class TraceError(ValueError):

@@ -7,14 +7,24 @@ destination address, so a trace reads only the rules that can match its packet.
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import re
 import socket
 from collections.abc import Callable
 
 from .actions import Do, Log, Nat, Notrack, RecentSet, SetMark, xmark
-from .core import IPTABLES_TABLES, PROTO_NUMBERS, Chain, Packet, Rule, Ruleset, Step, TraceError, Verdict
+from .core import (
+    IPTABLES_TABLES,
+    PROTO_NUMBERS,
+    Chain,
+    Packet,
+    Rule,
+    Ruleset,
+    Step,
+    TraceError,
+    Verdict,
+    no_gc,
+)
 from .matches import Cmp, Random, RecentCheck, SetData, Unevaluable, single
 
 BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG",
@@ -32,13 +42,8 @@ def tokenize(text: str) -> list[str]:
 
 def parse_iptables(text: str, index: bool = True) -> Ruleset:
     """iptables-save / iptables-restore text -> Ruleset (chains built and rules parsed lazily)."""
-    enabled = gc.isenabled()
-    gc.disable()  # the scan allocates one small list per chain; collecting them midway only costs
-    try:
+    with no_gc():
         return _Scan(text, index).ruleset
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class _Scan:

@@ -8,7 +8,6 @@ is a RecentCheck and an update records the client (the choice is sticky).
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import json
 import socket
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .actions import Do, Log, Nat, Nop, Notrack, NumgenVMap, RecentSet, SetMark, VMap
-from .core import PROTO_NUMBERS, Chain, Rule, Ruleset, Step, TraceError, Verdict
+from .core import PROTO_NUMBERS, Chain, Rule, Ruleset, Step, TraceError, Verdict, no_gc
 from .matches import INTERFACE_FIELDS, Cmp, InterfaceCmp, RecentCheck, SetData, Unevaluable
 from .nft_text import PRIORITIES, parse_nft_document
 
@@ -51,13 +50,8 @@ def parse_nft_text(text: str, lazy: bool = True) -> Ruleset:
 
 
 def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
-    enabled = gc.isenabled()
-    gc.disable()  # many small objects, none of them garbage: collecting midway only costs
-    try:
+    with no_gc():
         return _build(doc)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _build(doc: dict[str, Any]) -> Ruleset:
@@ -95,7 +89,7 @@ def _build(doc: dict[str, Any]) -> Ruleset:
             rules.setdefault((table, body["name"]), [])
         else:
             where = body.get("_where") or f"entry {n} (chain {body.get('chain')}, handle {body.get('handle', '?')})"
-            text = body.get("_text") or _summary(body.get("expr", []))
+            text = body.get("_text", "")  # JSON input: a summary of the expressions, made when needed
             if (table, body.get("chain")) not in rules and (table, body.get("chain")) in rs.declared:
                 continue  # the chain's lazy parse brings its rules
             if (table, body.get("chain")) not in rules:
@@ -134,7 +128,7 @@ def _as_list(v: Any) -> list[Any]:
 def _parser(rs: Ruleset, chain: Chain, lst: list[tuple[str, str, list[Any]]]) -> Callable[[int], Rule]:
     def parse(i: int) -> Rule:
         where, text, exprs = lst[i]
-        rule = Rule(where, text, (), chain.table, chain.name)
+        rule = Rule(where, text or _summary(exprs), (), chain.table, chain.name)
         rule.steps = tuple(Compiler(rs, chain.table, rule).steps(exprs))
         return rule
     return parse

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .core import PROTO_NUMBERS, Context, Packet, Ruleset, TraceError
+from .core import PROTO_NUMBERS, Context, Packet, Ruleset, TraceError, ip_text, no_gc
 from .result import Affinity, TraceResult, outcomes_of
 from .walk import Walker
 
@@ -79,6 +79,11 @@ def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, pr
     local_origin = ctx.is_local(fam, int(src))
     pkt = Packet(fam, int(src), int(dst), source_port, port, proto, orig_dst=int(dst), orig_dport=port,
                  local_origin=local_origin)
+    with no_gc():
+        return _trace(ruleset, ctx, pkt, protocol)
+
+
+def _trace(ruleset: Ruleset, ctx: Context, pkt: Packet, protocol: str) -> TraceResult:
     walker = Walker(ruleset, ctx)
     finals = walker.trace(pkt)
     outcomes = outcomes_of(finals)
@@ -92,5 +97,7 @@ def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, pr
         affinity.append(Affinity(name, share, tuple(o.endpoint for o in again if o.verdict == "ACCEPT")))
     warnings = [f"{where}: {reason}: {text}" if where else f"{reason}: {text}"
                 for (where, reason), text in ctx.warnings.items()]
-    return TraceResult(str(src), str(dst), port, protocol.upper(), "OUTPUT" if local_origin else "PREROUTING",
-                       ruleset.format, outcomes, warnings, affinity)
+    warnings += ruleset.notes
+    fam = pkt.family
+    return TraceResult(ip_text(fam, pkt.src), ip_text(fam, pkt.dst), pkt.dport, protocol.upper(),
+                       "OUTPUT" if pkt.local_origin else "PREROUTING", ruleset.format, outcomes, warnings, affinity)
