@@ -214,3 +214,15 @@ def test_traffic_follows_full_and_partial_syncs(inside: Netns, backends: dict) -
     with pytest.raises(ConnectionRefusedError):  # unknown port of a ClusterIP: rejected
         fetch("172.30.0.1", 81)
 
+
+
+def test_switching_modes_leaves_nothing_of_the_old_mode(inside: Netns) -> None:
+    st = state_of(A, B)
+    dataplane("iptables", CFG).sync(st)
+    assert "KUBE-SERVICES" in inside.run("iptables-save", "-t", "nat").stdout
+    NftablesDataplane(CFG).sync(st)  # first sync removes iptables mode's chains
+    assert "KUBE-" not in inside.run("iptables-save").stdout
+    assert f"goto service-{base('b')}" in table(inside)
+    dataplane("iptables", CFG).sync(st)  # and back: iptables mode removes our table
+    assert "kube-proxy" not in inside.nft("list", "tables").stdout
+    assert "KUBE-SERVICES" in inside.run("iptables-save", "-t", "nat").stdout
