@@ -81,7 +81,7 @@ class PathStep:
         if self.kind == "hook":
             return self.hook
         if self.kind == "chain":
-            return f"{self.table}/{self.chain}"
+            return f"{self.table}/{self.chain}" + (" (back)" if self.note == "back" else "")
         if self.kind == "route":
             return f"routing: {self.note}"
         return f"{self.table}/{self.chain}{' ' + self.where if self.where else ''}: {self.note}"

@@ -125,9 +125,14 @@ def _lanes(result: TraceResult) -> tuple[list[str], list[Lane]]:
                             if it[0] == item[0]:
                                 it[2] += o.probability
                                 break
-                        else:
-                            items.append([item[0], item[1], o.probability])
+                        else:  # [text, color, share, line number, order seen]
+                            items.append([item[0], item[1], o.probability, _line_no(step.where), len(items)])
     return order, lanes
+
+
+def _line_no(where: str) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in where).split()
+    return int(digits[0]) if digits else 0
 
 
 def _item(step: PathStep) -> tuple[str, str] | None:
@@ -170,6 +175,7 @@ def render_svg(result: TraceResult) -> str:
         body.append(_t(x + 10, top + 18, f"{i + 1}. {hook}", 13, "bold", "#ffffff"))
         y = top + 36
         for name, items in chains:
+            items = sorted(items, key=lambda it: (it[3], it[4]))  # in rule order
             shown = items[:MAX_ITEMS]
             h = 22 + LINE_H * (len(shown) + (len(items) > MAX_ITEMS))
             table, chain = name
@@ -177,7 +183,7 @@ def render_svg(result: TraceResult) -> str:
             body.append(_t(x + 8, y + 15, _fit(chain, 34), 12, "bold", mono=True))
             body.append(_t(x + LANE_W - 8, y + 15, _fit(table, 12), 10, fill="#6b7280", anchor="end"))
             ly = y + 15
-            for text, color, share in shown:
+            for text, color, share, _, _ in shown:
                 ly += LINE_H
                 if share < 0.99995:
                     body.append(_t(x + LANE_W - 8, ly, f"{share * 100:.0f}%", 11, "bold", "#b45309", "end"))

@@ -21,7 +21,8 @@ def _line(step: PathStep, indent: int) -> Text:
     if step.kind == "route":
         return Text(f"{pad}  ⤷ routing: {step.note}", style="magenta")
     if step.kind == "chain":
-        return Text(f"{pad}  {step.table} / ", style="dim") + Text(step.chain, style="bold")
+        back = Text(" (back)", style="dim") if step.note == "back" else Text("")
+        return Text(f"{pad}  {step.table} / ", style="dim") + Text(step.chain, style="bold") + back
     t = Text(f"{pad}    {step.where:>9}  ", style="dim")
     style = "yellow" if step.probability < 1.0 else ""
     for word, st in VERDICT_STYLE.items():

@@ -167,8 +167,9 @@ class Walker:
                         assert isinstance(r2, Verdict)
                         if r2.kind != "return":
                             results.append((p2, pk2, r2))
-                        elif kind == "jump":
-                            cont.append((p2, pk2))
+                        elif kind == "jump":  # back in this chain, after the rule that jumped
+                            back = PathStep("chain", pk2.hook, chain.table, chain.name, chain.where, note="back")
+                            cont.append((p2, pk2.with_step(back)))
                         else:  # a goto's chain returns straight to our caller
                             results.append((p2, pk2, RETURN))
                 elif kind == "return":
