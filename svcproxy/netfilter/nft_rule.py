@@ -96,6 +96,10 @@ class RuleText:
                 key = self.take()
                 opts[key] = unquote(self.take("a value"))
             return {"log": opts or None}
+        if tok == "xt" and self.peek(1) in ("match", "target"):  # iptables-nft's extensions
+            self.take()
+            kind = self.take()
+            return {"xt": {"type": kind, "name": unquote(self.take("an extension name"))}}
         if tok == "notrack":
             self.take()
             return {"notrack": None}

@@ -228,3 +228,17 @@ table ip t {
 def test_base_chain_policy(policy: str, verdict: str) -> None:
     rules = f"table ip t {{\n chain fwd {{\n  type filter hook forward priority 0; policy {policy};\n }}\n}}\n"
     assert trace(rules, "10.0.0.1", "10.0.0.2", 80).verdict == verdict
+
+
+def test_iptables_nft_extensions_are_warned() -> None:
+    rules = """
+table ip filter {
+	chain FORWARD {
+		type filter hook forward priority filter; policy accept;
+		ip daddr 10.0.0.9 xt match "statistic" counter packets 0 bytes 0 drop
+	}
+}
+"""
+    r = trace(rules, "10.0.0.1", "10.0.0.9", 80)
+    assert r.verdict == "DROP"
+    assert any(w.startswith("line 5") and "statistic" in w and "xt" in w for w in r.warnings)
