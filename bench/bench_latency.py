@@ -34,7 +34,7 @@ import socket, sys, time, json
 n = int(sys.argv[1]); warm = 100; out = []
 for i in range(n + warm):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    t = time.perf_counter_ns(); s.connect((sys.argv[2], 80)); d = time.perf_counter_ns() - t
+    t = time.perf_counter_ns(); s.connect((sys.argv[2], int(sys.argv[3]))); d = time.perf_counter_ns() - t
     s.close()
     if i >= warm: out.append(d / 1000)
 print(json.dumps(out))
@@ -109,8 +109,9 @@ def clear(mode: str) -> None:
                    cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True)
 
 
-def measure(samples: int) -> list[float]:
-    out = sh(sys.executable, "-c", CLIENT, str(samples), TARGET_IP, ns=POD).stdout
+def measure(samples: int, target: str = TARGET_IP) -> list[float]:
+    port = "8080" if target == SERVER_IP else "80"
+    out = sh(sys.executable, "-c", CLIENT, str(samples), target, port, ns=POD).stdout
     return sorted(json.loads(out))
 
 
@@ -126,7 +127,7 @@ def main() -> None:
     try:
         server = setup()
         time.sleep(0.3)
-        measure(2000)  # warm up: caches, CPU frequency, the server
+        measure(2000, SERVER_IP)  # warm up (straight to the server): caches, CPU frequency, the server
         for rnd in range(a.rounds):
             modes = a.modes.split(",")
             for size in (int(s) for s in a.sizes.split(",")):

@@ -13,8 +13,10 @@ import json
 import logging
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ...config import NodeConfig
 from ...state import ProxyState
@@ -43,6 +45,7 @@ class NftablesDataplane:
         self._session: netlink.Session | None = None
         self._anon_prefix = secrets.token_hex(4)
         self._batch = 0
+        self._lock = threading.Lock()
         self.netlink_batches = 0  # how many transactions went through the session (for tests)
         self.timings: list[tuple[str, int, float]] = []  # last sync: (path, commands, seconds) per transaction
         self.family = names.family_keyword(cfg.ip_family)
@@ -146,14 +149,24 @@ class NftablesDataplane:
         #    each chain is flushed and refilled within one transaction, so it is never half-built
         fresh_names = {c.name for c in fresh}
         to_fill = [c for c in chains.values() if c.name in fresh_names or kernel.chains.get(c.name) is None]
-        for i in range(0, len(to_fill), FILL_BATCH_CHAINS):
-            batch = to_fill[i:i + FILL_BATCH_CHAINS]
+        batches = [to_fill[i:i + FILL_BATCH_CHAINS] for i in range(0, len(to_fill), FILL_BATCH_CHAINS)]
+
+        def fill(batch: list[Chain]) -> tuple[Tx, list | None]:
             tx = Tx(self.cfg)
             for c in batch:
                 tx.fill_chain(c, flush=c.name not in fresh_names)
-            self._run_tx(tx)
-            for c in batch:
-                kernel.chains[c.name] = c.rules
+            return tx, self._compile(tx)
+
+        # encode batch k+1 while the kernel digests batch k (the socket call releases the GIL)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(fill, batches[0]) if batches else None
+            for k, batch in enumerate(batches):
+                assert pending is not None
+                tx, messages = pending.result()
+                pending = pool.submit(fill, batches[k + 1]) if k + 1 < len(batches) else None
+                self._run_tx(tx, messages)
+                for c in batch:
+                    kernel.chains[c.name] = c.rules
 
         # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
         elements = desired_elements(self.cfg, (r.elements for r in rules))
@@ -286,32 +299,39 @@ class NftablesDataplane:
                     kernel.sets.add(name)
         return kernel
 
-    def _run_tx(self, tx: Tx) -> None:
+    def _run_tx(self, tx: Tx, messages: list | None = None) -> None:
         if not tx:
             return
         start = time.perf_counter()
-        path = self._send(tx)
+        path = self._send(tx, messages)
         self.timings.append((path, len(tx.lines), time.perf_counter() - start))
 
-    def _send(self, tx: Tx) -> str:
-        if self.use_netlink:
+    def _compile(self, tx: Tx) -> list | None:
+        """The transaction as netlink messages, or None where nft must do it."""
+        if not self.use_netlink:
+            return None
+        with self._lock:
+            self._batch += 1  # anonymous map names: unique per process and batch
+            batch = self._batch
+        try:
+            return netlink.compile_commands(self.family, names.TABLE, tx.lines, f"{batch:x}{self._anon_prefix}")
+        except netlink.Unsupported:
+            return None
+
+    def _send(self, tx: Tx, messages: list | None = None) -> str:
+        if messages is None:
+            messages = self._compile(tx)
+        if messages is not None:
+            self._record(tx)
             try:
-                self._batch += 1  # anonymous map names: unique per process and batch
-                messages = netlink.compile_commands(self.family, names.TABLE, tx.lines,
-                                                    f"{self._batch:x}{self._anon_prefix}")
-            except netlink.Unsupported:
-                messages = None
-            if messages is not None:
-                self._record(tx)
-                try:
-                    if self._session is None:
-                        self._session = netlink.Session()
-                    self._session.send(self.family, messages)
-                except OSError as e:
-                    raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
-                                     "in place and the next sync is a full one") from e
-                self.netlink_batches += 1
-                return "netlink"
+                if self._session is None:
+                    self._session = netlink.Session()
+                self._session.send(self.family, messages)
+            except OSError as e:
+                raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
+                                 "in place and the next sync is a full one") from e
+            self.netlink_batches += 1
+            return "netlink"
         self._run(tx.text(), tx)
         return "nft"
 
