@@ -378,6 +378,8 @@ def test_render_is_deterministic_and_cache_reuses_unchanged_services() -> None:
     assert cache.misses == 6
     assert format_ruleset(build_ruleset(state, NODE, cache), NODE) == first
     assert cache.misses == 0
+    # Unchanged ServiceState objects are recognised by identity (no hashing of their endpoints).
+    assert all(cache.by_service[key][0] is svc for key, svc in state.services.items())
     assert render_ruleset(state, NODE) == first
 
 

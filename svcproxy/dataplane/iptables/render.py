@@ -115,8 +115,9 @@ def _build(state: ProxyState, cfg: NodeConfig, cache: BlockCache | None) -> Rule
             fresh[k] = block
             blocks.append(block)
         services[key] = tuple(blocks)
+        by_service[key] = (svc, services[key])
     cache.misses = misses
-    cache.blocks = fresh
+    cache.blocks, cache.by_service = fresh, by_service
     all_blocks = [b for blocks in services.values() for b in blocks]
     return Ruleset(cfg.ip_family, ctx.large_cluster, filter_top(all_blocks, cfg), nat_top(all_blocks, cfg),
                    services)
