@@ -40,7 +40,7 @@ def _rules_from_manifests(paths: tuple[str, ...], proxy_mode: str, params: dict[
 def _to_png(svg: str) -> bytes:
     try:
         import cairosvg
-    except OSError as e:  # cairocffi could not load libcairo
+    except (OSError, ImportError) as e:  # cairocffi could not load libcairo
         raise click.ClickException(f"PNG output needs the system cairo library ({e}): "
                                    "apt-get install libcairo2, or use --output svg") from None
     return cairosvg.svg2png(bytestring=svg.encode())

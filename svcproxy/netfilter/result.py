@@ -18,7 +18,7 @@ class Outcome:
     verdict: str  # ACCEPT | DROP | REJECT
     endpoint: str  # ip:port the packet is headed to at its end (the original destination if not rewritten)
     masquerade: bool
-    path: tuple[PathStep, ...]  # the way of the most likely packet that ended here
+    path: tuple[PathStep, ...] = field(repr=False)  # the way of the most likely packet that ended here
     sticky: tuple[str, ...] = ()  # affinity lists/sets that remember this choice
 
     def to_dict(self) -> dict[str, object]:
@@ -81,6 +81,11 @@ class TraceResult:
             seen.setdefault(f"affinity: a returning client on {a.name} goes to {', '.join(a.endpoints)} "
                             "(the choice is sticky)", None)
         return list(seen)
+
+    def __str__(self) -> str:
+        ends = ", ".join(f"{o.verdict} {o.endpoint}{' masq' if o.masquerade else ''} p={o.probability:.3g}"
+                         for o in self.outcomes)
+        return f"trace {self.protocol} {self.source} -> {self.destination}:{self.port}: {ends}"
 
     def to_dict(self) -> dict[str, object]:
         return {"verdict": self.verdict, "endpoints": self.endpoints, "masquerade": self.masquerade,
