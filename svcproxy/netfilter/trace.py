@@ -60,7 +60,12 @@ def trace_packet(rules: str, source: str, destination: str, port: int, protocol:
     local_addresses are the node's own addresses (loopback is always local); a packet whose
     source is one of them starts at OUTPUT, any other at PREROUTING.
     """
-    return trace_ruleset(parse_rules(rules), source, destination, port, protocol, local_addresses, source_port)
+    with no_gc():
+        ruleset = parse_rules(rules)
+        try:
+            return trace_ruleset(ruleset, source, destination, port, protocol, local_addresses, source_port)
+        finally:
+            ruleset.dispose()
 
 
 def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, protocol: str = "TCP",
