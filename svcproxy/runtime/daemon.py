@@ -8,7 +8,6 @@ flowing while it is down, and the next daemon adopts the rules with an atomic fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ class Daemon:
         tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
         tasks.append(asyncio.create_task(self.syncer.run(), name="syncer"))
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
+        done: set[asyncio.Task] = set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -72,9 +72,12 @@ class Daemon:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+            stopped, stuck = await asyncio.wait(tasks, timeout=10)
+            for t in stopped:
+                if not t.cancelled() and t.exception() is not None and t not in done:
+                    log.error("task %s failed while stopping: %s", t.get_name(), t.exception())
+            for t in stuck:
+                log.error("task %s did not stop within 10s", t.get_name())
             await self.service_health.close()
             for r in runners:
                 await r.cleanup()

@@ -78,8 +78,10 @@ class Syncer:
             now = time.monotonic()
             due = self.last_full + self.sync_period if self.retry_at is None else self.retry_at
             if not self.store.changed.is_set() and due > now:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.store.changed.wait(), timeout=due - now)
+                    async with asyncio.timeout(due - now):
+                        await self.store.changed.wait()
             earliest = self.last_start + self.min_sync_period
             if self.retry_at is not None:
                 earliest = max(earliest, self.retry_at)

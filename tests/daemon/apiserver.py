@@ -289,7 +289,8 @@ class StandInApiServer:
         try:
             while (left := deadline - loop.time()) > 0:
                 try:
-                    typ, obj = await asyncio.wait_for(w.queue.get(), min(left, self.bookmark_interval))
+                    async with asyncio.timeout(min(left, self.bookmark_interval)):  # never loses an item
+                        typ, obj = await w.queue.get()
                 except TimeoutError:
                     if bookmarks:
                         mark = {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(self.rv)}}

@@ -17,6 +17,7 @@ from .fakes import RecordingDataplane
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_sync_loop import until
 
+pytestmark = pytest.mark.timeout(60)
 CFG = NodeConfig(hostname="node-a", node_ips=("192.168.0.2",))
 
 

@@ -18,7 +18,7 @@ import pytest
 from .manifests_util import endpoint, endpoint_slice, service
 from .netenv import Daemon, NetEnv
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 
 def _available(mode: str) -> bool:

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from svcproxy.config import NodeConfig
 from svcproxy.runtime.daemon import Daemon, DaemonOptions
@@ -17,6 +18,7 @@ from .fakes import RecordingDataplane
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_sync_loop import until, write
 
+pytestmark = pytest.mark.timeout(60)
 CFG = NodeConfig(hostname="node-a", node_ips=("192.168.0.2",))
 
 

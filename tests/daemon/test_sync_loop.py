@@ -16,6 +16,7 @@ from svcproxy.sources.manifests import ManifestSource
 from .fakes import RecordingDataplane
 from .manifests_util import endpoint, endpoint_slice, service
 
+pytestmark = pytest.mark.timeout(60)
 CFG = NodeConfig(hostname="node-a", node_ips=("192.168.0.2",))
 
 
