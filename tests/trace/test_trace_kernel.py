@@ -5,9 +5,9 @@
 2. Traces agree with real TCP/UDP traffic through a node namespace: same endpoints, same
    masquerading, same verdict (refused / timed out).
 
-Topology: trc-c (client 10.0.1.5) -- trc-n (node: 10.0.1.1 | 10.0.2.1, 192.168.0.2 on lo-ish dummy)
--- trc-s (pods 10.0.2.10, 10.0.2.11; servers answer with the address they were reached on and
-the peer they saw, so masquerading shows).
+Topology: trc-c (client 10.0.1.5 and 192.168.0.1) -- trc-n (the node: 10.0.1.1 and 192.168.0.2
+towards the client, 10.0.2.1 towards the pods) -- trc-s (pods 10.0.2.10, 10.0.2.11; the servers
+answer with the address they were reached on and the peer they saw, so masquerading shows).
 """
 
 from __future__ import annotations
@@ -208,11 +208,11 @@ def topology() -> Iterator[dict[str, str]]:
         for ns in (c, n, s):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", f"trc{SUFFIX}a", "netns", c, "type", "veth", "peer", "name", "eth-c", "netns", n)
-        sh("ip", "link", "add", f"trc{SUFFIX}b", "netns", s, "type", "veth", "peer", "name", "eth-s", "netns", n)
+        sh("ip", "link", "add", f"trc{SUFFIX}a", "netns", c, "type", "veth", "peer", "name", "trc-nc", "netns", n)
+        sh("ip", "link", "add", f"trc{SUFFIX}b", "netns", s, "type", "veth", "peer", "name", "trc-ns", "netns", n)
         for ns, dev, addrs in ((c, f"trc{SUFFIX}a", ["10.0.1.5/24", "192.168.0.1/24"]),
-                               (n, "eth-c", ["10.0.1.1/24", "192.168.0.2/24"]),
-                               (n, "eth-s", ["10.0.2.1/24"]),
+                               (n, "trc-nc", ["10.0.1.1/24", "192.168.0.2/24"]),
+                               (n, "trc-ns", ["10.0.2.1/24"]),
                                (s, f"trc{SUFFIX}b", ["10.0.2.10/24", "10.0.2.11/24"])):
             for a in addrs:
                 sh("ip", "-n", ns, "addr", "add", a, "dev", dev)
