@@ -2,9 +2,14 @@
 
 A full sync declares new chains, fills them in batches (they are unreferenced until the
 commit, so traffic never sees them half-built) and then commits the fixed chains and every map
-element in one transaction, deleting chains no longer used. A partial sync is one transaction
-with only the changed services' chains, sets and elements. What the kernel holds is tracked in
-a Kernel record, updated only after a transaction succeeded.
+element in one transaction, flushing chains no longer used. A partial sync is one transaction
+with only the changed services' chains, sets and elements. Unused chains are deleted by a later
+sync, a second after their flush. What the kernel holds is tracked in a Kernel record, updated
+only after a transaction succeeded.
+
+Per-service transactions go through our own netlink encoder on a kept-open socket (netlink.py):
+nft re-reads the whole table on every run, seconds at 10,000 services. The table, its fixed
+chains and the map elements of a full sync go through `nft -f`.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from .transaction import Kernel, Tx, commit, desired_elements
 log = logging.getLogger(__name__)
 
 STALE_CHAIN_DELAY = 1.0  # seconds between flushing a chain no longer used and deleting it
-FILL_BATCH_CHAINS = 4000
-RECORD_MAX_COMMANDS = 5000  # chains per fill transaction: the kernel's cost grows with batch size squared
+FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
+RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in .transactions
 
 
 class NftablesDataplane:
