@@ -58,61 +58,74 @@ def build(doc: dict[str, Any], json_input: bool) -> Ruleset:
 def _build(doc: dict[str, Any]) -> Ruleset:
     rs = Ruleset("nftables")
     rs.factory = _lazy_chain(rs)
-    rules: dict[tuple[str, str], list[tuple[str, str, list[Any]]]] = {}
+    rules: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}  # chain -> (entry, rule body)
     skipped: set[str] = set()
     for n, obj in enumerate(doc["nftables"], 1):
         if not isinstance(obj, dict) or len(obj) != 1:
             raise TraceError("each entry of the nftables list must be one object", where=f"entry {n}")
         (kind, body), = obj.items()
-        if kind in ("metainfo", "table"):
-            continue
         if kind not in ("chain", "rule", "set", "map"):
-            continue  # flowtables, counters, quotas, elements: nothing a packet walk needs
+            continue  # metainfo, tables, flowtables, counters, quotas: nothing a packet walk needs
         fam = body.get("family", "ip")
         table = f"{fam} {body.get('table')}"
         if fam not in FAMILY:
             skipped.add(table)
             continue
-        if kind in ("set", "map"):
+        if kind == "rule":
+            lst = rules.get((table, body.get("chain")))
+            if lst is None:
+                if (table, body.get("chain")) in rs.declared:
+                    continue  # a text chain read lazily brings its own rules
+                raise TraceError(f"rule for chain {body.get('chain')!r}, which table {table} does not have",
+                                 where=_where(n, body), text=_text(body))
+            lst.append((n, body))
+        elif kind in ("set", "map"):
             rs.sets[(table, body["name"])] = body
             if {"dynamic", "timeout"} & set(_as_list(body.get("flags"))):
                 rs.dynamic_sets.add((table, body["name"]))
-        elif kind == "chain" and "_rules" in body:  # a regular chain, its rules not read yet
-            rs.declared[(table, body["name"])] = body
-        elif kind == "chain":
-            hook = HOOKS.get(body.get("hook", ""))
+        elif "hook" not in body:  # a regular chain: built when the walk first enters it
+            key = (table, body["name"])
+            rs.declared[key] = body if "_rules" in body else (n, body, rules.setdefault(key, []))
+        else:
             prio = body.get("prio", 0)
             prio = PRIORITIES.get(prio, 0) if isinstance(prio, str) else int(prio)
-            where = f"line {body['_line']}" if "_line" in body else f"entry {n} (chain {body['name']})"
-            rs.add(Chain(table, body["name"], FAMILY[fam], hook=hook, priority=prio,
-                         policy=str(body.get("policy", "accept")).lower(),
-                         kind="nat" if body.get("type") == "nat" else "filter", where=where))
-            rules.setdefault((table, body["name"]), [])
-        else:
-            where = body.get("_where") or f"entry {n} (chain {body.get('chain')}, handle {body.get('handle', '?')})"
-            text = body.get("_text", "")  # JSON input: a summary of the expressions, made when needed
-            if (table, body.get("chain")) not in rules and (table, body.get("chain")) in rs.declared:
-                continue  # the chain's lazy parse brings its rules
-            if (table, body.get("chain")) not in rules:
-                raise TraceError(f"rule for chain {body.get('chain')!r}, which table {table} does not have",
-                                 where=where, text=text)
-            rules[(table, body["chain"])].append((where, text, body.get("expr", [])))
+            chain = Chain(table, body["name"], FAMILY[fam], hook=HOOKS.get(body["hook"]), priority=prio,
+                          policy=str(body.get("policy", "accept")).lower(),
+                          kind="nat" if body.get("type") == "nat" else "filter", where=_chain_where(n, body))
+            rs.add(chain)
+            rules[(table, body["name"])] = []
     for key, lst in rules.items():
-        chain = rs.chains[key]
-        chain.size = len(lst)
-        chain.parse = _parser(rs, chain, lst)
-    rs.family = None
+        chain = rs.chains.get(key)
+        if chain is not None:
+            chain.size = len(lst)
+            chain.parse = _parser(rs, chain, lst)
     rs.notes = [f"table {t}: not on the IP path, not traced" for t in sorted(skipped)]
     return rs
 
 
+def _chain_where(n: int, body: dict[str, Any]) -> str:
+    return f"line {body['_line']}" if "_line" in body else f"entry {n} (chain {body['name']})"
+
+
+def _where(n: int, body: dict[str, Any]) -> str:
+    return body.get("_where") or f"entry {n} (chain {body.get('chain')}, handle {body.get('handle', '?')})"
+
+
+def _text(body: dict[str, Any]) -> str:
+    """The rule as written (text input) or a summary of its expressions (JSON input)."""
+    return body.get("_text") or _summary(body.get("expr", []))
+
+
 def _lazy_chain(rs: Ruleset) -> Callable[[tuple[str, str], Any], Chain]:
-    """Build a regular chain from the text parser's thunk when the walk first enters it."""
-    def make(key: tuple[str, str], body: Any) -> Chain:
+    """Build a regular chain when the walk first enters it (text: parse its block now)."""
+    def make(key: tuple[str, str], declared: Any) -> Chain:
         table, name = key
-        fam = table.split(" ", 1)[0]
-        lst = [(r["_where"], r["_text"], r.get("expr", [])) for r in body["_rules"]()]
-        chain = Chain(table, name, FAMILY[fam], where=f"line {body['_line']}", size=len(lst))
+        if isinstance(declared, tuple):  # JSON: (entry, chain body, its rules)
+            n, body, lst = declared
+        else:  # text: the chain body carries a parser for its block
+            n, body = 0, declared
+            lst = [(0, r) for r in body["_rules"]()]
+        chain = Chain(table, name, FAMILY[table.split(" ", 1)[0]], where=_chain_where(n, body), size=len(lst))
         chain.parse = _parser(rs, chain, lst)
         return chain
     return make
@@ -126,11 +139,11 @@ def _as_list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else [] if v is None else [v]
 
 
-def _parser(rs: Ruleset, chain: Chain, lst: list[tuple[str, str, list[Any]]]) -> Callable[[int], Rule]:
+def _parser(rs: Ruleset, chain: Chain, lst: list[tuple[int, dict[str, Any]]]) -> Callable[[int], Rule]:
     def parse(i: int) -> Rule:
-        where, text, exprs = lst[i]
-        rule = Rule(where, text or _summary(exprs), (), chain.table, chain.name)
-        rule.steps = tuple(Compiler(rs, chain.table, rule).steps(exprs))
+        n, body = lst[i]
+        rule = Rule(_where(n, body), _text(body), (), chain.table, chain.name)
+        rule.steps = tuple(Compiler(rs, chain.table, rule).steps(body.get("expr", [])))
         return rule
     return parse
 
