@@ -29,8 +29,7 @@ from .. import ApplyError, SyncResult
 from . import names, netlink
 from .layout import Chain, Container, fixed_chains
 from .render import BlockCache, ServiceRules
-from .service import Element
-from .transaction import Kernel, Tx, commit, desired_elements
+from .transaction import Kernel, Tx, commit, desired_elements, plan_partial
 
 log = logging.getLogger(__name__)
 
@@ -200,82 +199,28 @@ class NftablesDataplane:
         kernel = self.kernel
         assert kernel is not None
         new_rules: dict[str, ServiceRules | None] = {}
-        old_chains: dict[str, None] = {}
-        new_chains: dict[str, Chain] = {}
-        old_sets: set[str] = set()
-        new_sets: dict[str, Container] = {}
-        old_elements: dict[tuple[str, str], Element] = {}
-        new_elements: dict[tuple[str, str], Element] = {}
         for key in sorted(changed):
-            old = self.applied.get(key)
             svc = state.services.get(key)
-            new = self.cache.service(svc, state.zone) if svc is not None else None
-            new_rules[key] = new
-            if old is not None:
-                old_chains.update(dict.fromkeys(old.chains))
-                old_sets.update(old.sets)
-                for el in old.elements:
-                    old_elements.setdefault((el.container, el.key), el)
-            if new is not None:
-                for name, c in new.chains.items():
-                    new_chains.setdefault(name, c)
-                new_sets.update(new.sets)
-                for el in new.elements:
-                    new_elements.setdefault((el.container, el.key), el)
-
-        tx = Tx(self.cfg)
-        for name, s in new_sets.items():
-            if name not in kernel.sets:
-                tx.add_container(s)
-        for name in new_chains:
-            if name not in kernel.chains:
-                tx.add_chain(Chain(name))
-        for name, c in new_chains.items():
-            if kernel.chains.get(name) != c.rules:
-                tx.fill_chain(c, flush=name in kernel.chains)
-        deletes: dict[str, list[str]] = {}
-        adds: dict[str, list[Element]] = {}
-        for (container, key), el in old_elements.items():
-            if (container, key) not in new_elements and kernel.elements.get(container, {}).get(key) == el:
-                deletes.setdefault(container, []).append(key)
-        for (container, key), el in new_elements.items():
-            current = kernel.elements.get(container, {}).get(key)
-            if current == el:
-                continue
-            if current is not None:
-                if old_elements.get((container, key)) != current:
-                    log.warning("%s %s is already used by another service; not programmed for %s",
-                                container, key, el.comment or "this service")
-                    continue
-                deletes.setdefault(container, []).append(key)
-            adds.setdefault(container, []).append(el)
-        for container, keys in deletes.items():
-            tx.delete_elements(container, keys)
-        for container, els in adds.items():
-            tx.add_elements(container, els)
-        stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
-        tx.flush_chains(stale_chains)
-        stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
-        for name in stale_sets:
-            tx.delete_set(name)
-
+            new_rules[key] = self.cache.service(svc, state.zone) if svc is not None else None
+        plan = plan_partial(self.cfg, kernel, [(self.applied.get(k), new) for k, new in new_rules.items()])
+        tx = plan.tx
         if tx:
             self._run_tx(tx)
         # the transaction went through: record it
-        for name, c in new_chains.items():
+        for name, c in plan.chains.items():
             kernel.chains[name] = c.rules
-        kernel.sets.update(new_sets)
+        kernel.sets.update(plan.sets)
         now = time.monotonic()
-        for name in stale_chains:
+        for name in plan.stale_chains:
             kernel.chains[name] = ()
             self.stale[name] = now
-        for name in new_chains:
+        for name in plan.chains:
             self.stale.pop(name, None)
-        kernel.sets.difference_update(stale_sets)
-        for container, keys in deletes.items():
+        kernel.sets.difference_update(plan.stale_sets)
+        for container, keys in plan.deletes.items():
             for k in keys:
                 kernel.elements.get(container, {}).pop(k, None)
-        for container, els in adds.items():
+        for container, els in plan.adds.items():
             for el in els:
                 kernel.elements.setdefault(container, {})[el.key] = el
         for key, new in new_rules.items():

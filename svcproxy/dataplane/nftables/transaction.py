@@ -6,21 +6,24 @@ Three shapes, all plain nft commands (readable, and what `nft monitor` shows):
   chains created in the same transaction by a linear walk of that transaction.
 - fill(): give chains their rules (flush first if they exist), in moderate batches.
 - commit(): the atomic switch: fixed chains, every map and set element, stale chains removed.
-A partial sync is one transaction holding the diff of the changed services only.
+A partial sync is one transaction holding the diff of the changed services only (plan_partial).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from . import names
 from .layout import Chain, Container, containers, fixed_chains, nodeport_set_ips
-from .render import element_text, static_elements
+from .render import ServiceRules, element_text, static_elements
 from .service import Element
 
 ELEMENTS_PER_COMMAND = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,3 +127,77 @@ def desired_elements(cfg: NodeConfig, per_service: Iterable[Iterable[Element]]) 
     for el in static_elements(cfg):
         out.setdefault(el.container, {})[el.key] = el
     return out
+
+
+@dataclass
+class PartialPlan:
+    """One transaction for a partial sync, and what it changes (to record once it succeeded)."""
+
+    tx: Tx
+    chains: dict[str, Chain]  # the changed services' chains, as they will be
+    sets: dict[str, Container]
+    stale_chains: list[str]  # flushed now, deleted by a later sync
+    stale_sets: list[str]
+    deletes: dict[str, list[str]]  # container -> keys
+    adds: dict[str, list[Element]]
+
+
+def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRules | None, ServiceRules | None]]
+                 ) -> PartialPlan:
+    """The diff of the changed services (old rules in the kernel, new rules; None = absent)
+    against what the kernel holds: only their chains, affinity sets and map elements."""
+    old_chains: dict[str, None] = {}
+    new_chains: dict[str, Chain] = {}
+    old_sets: set[str] = set()
+    new_sets: dict[str, Container] = {}
+    old_elements: dict[tuple[str, str], Element] = {}
+    new_elements: dict[tuple[str, str], Element] = {}
+    for old, new in changes:
+        if old is not None:
+            old_chains.update(dict.fromkeys(old.chains))
+            old_sets.update(old.sets)
+            for el in old.elements:
+                old_elements.setdefault((el.container, el.key), el)
+        if new is not None:
+            for name, c in new.chains.items():
+                new_chains.setdefault(name, c)
+            new_sets.update(new.sets)
+            for el in new.elements:
+                new_elements.setdefault((el.container, el.key), el)
+
+    tx = Tx(cfg)
+    for name, s in new_sets.items():
+        if name not in kernel.sets:
+            tx.add_container(s)
+    for name in new_chains:
+        if name not in kernel.chains:
+            tx.add_chain(Chain(name))
+    for name, c in new_chains.items():
+        if kernel.chains.get(name) != c.rules:
+            tx.fill_chain(c, flush=name in kernel.chains)
+    deletes: dict[str, list[str]] = {}
+    adds: dict[str, list[Element]] = {}
+    for (container, key), el in old_elements.items():
+        if (container, key) not in new_elements and kernel.elements.get(container, {}).get(key) == el:
+            deletes.setdefault(container, []).append(key)
+    for (container, key), el in new_elements.items():
+        current = kernel.elements.get(container, {}).get(key)
+        if current == el:
+            continue
+        if current is not None:
+            if old_elements.get((container, key)) != current:
+                log.warning("%s %s is already used by another service; not programmed for %s",
+                            container, key, el.comment or "this service")
+                continue
+            deletes.setdefault(container, []).append(key)
+        adds.setdefault(container, []).append(el)
+    for container, keys in deletes.items():
+        tx.delete_elements(container, keys)
+    for container, els in adds.items():
+        tx.add_elements(container, els)
+    stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
+    tx.flush_chains(stale_chains)  # before deleting the affinity sets their rules use
+    stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
+    for name in stale_sets:
+        tx.delete_set(name)
+    return PartialPlan(tx, new_chains, new_sets, stale_chains, stale_sets, deletes, adds)
