@@ -40,8 +40,11 @@ class Nat(Step):
     family: int = 0
     addr: int | None = None
     port: int | None = None
+    caveat: str = ""  # e.g. an address range, of which the trace takes the first address
 
     def run(self, pkt: Packet, ctx: Context, rule: Rule) -> list[Branch]:
+        if self.caveat:
+            ctx.warn(rule, self.caveat)
         if pkt.hook not in NAT_HOOKS[self.kind]:
             ctx.warn(rule, f"{self.kind} is not valid at {pkt.hook} (the kernel would refuse the rule); ignored")
             return [(1.0, pkt, NOMATCH)]

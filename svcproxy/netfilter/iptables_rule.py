@@ -211,7 +211,9 @@ class RuleParser:
             if not to:
                 raise self.fail(f"{name} needs --to-{'destination' if name == 'DNAT' else 'source'}")
             addr, port = self.nat_to(to)
-            return Nat(name.lower(), 0, addr, port)
+            ranged = "-" in to or "," in to
+            return Nat(name.lower(), 0, addr, port,
+                       f"{name} to a range ({to}): the trace follows its first address and port" if ranged else "")
         if name == "MASQUERADE":
             return Nat("masquerade")
         if name == "MARK":

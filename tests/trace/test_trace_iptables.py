@@ -310,3 +310,10 @@ def test_unevaluable_rules_are_named_in_warnings() -> None:
     assert any(w.startswith("line ") and "limit" in w for w in r.warnings)
     assert any("ipset" in w for w in r.warnings)
     assert "warning:" in r.to_text()
+
+
+def test_dnat_to_a_range_is_named_in_the_warnings() -> None:
+    rules = ipt(nat="-A PREROUTING -d 1.2.3.4 -j DNAT --to-destination 10.0.0.1-10.0.0.3:80-90")
+    r = trace(rules, "8.8.8.8", "1.2.3.4", 443)
+    assert r.endpoints == ["10.0.0.1:80"]
+    assert any("line 3" in w and "first address" in w for w in r.warnings)
