@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
-from . import names, netlink
+from . import names, netlink, session
 from .layout import Chain, Container, fixed_chains
 from .render import BlockCache, ServiceRules
 from .transaction import Kernel, Tx, commit, desired_elements, plan_partial
@@ -46,7 +46,7 @@ class NftablesDataplane:
         self.nft = tuple(nft)
         # our own netlink session for per-service changes (netlink.py); nft for the rest
         self.use_netlink = use_netlink
-        self._session: netlink.Session | None = None
+        self._session: session.Session | None = None
         self._anon_prefix = secrets.token_hex(4)
         self._batch = 0
         self._lock = threading.Lock()
@@ -275,7 +275,7 @@ class NftablesDataplane:
             self._record(tx)
             try:
                 if self._session is None:
-                    self._session = netlink.Session()
+                    self._session = session.Session()
                 self._session.send(self.family, messages)
             except OSError as e:
                 raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "

@@ -3,9 +3,10 @@
 Every `nft` run first re-reads the table (about 2 s at 10,000 services, even to add one
 element), because another program may have changed it. We know what we programmed, so for the
 commands our dataplane sends to per-service objects (chains, their rules, affinity sets, map
-elements) we encode the netlink batch ourselves and send it on one socket: a one-endpoint
-change costs milliseconds. Anything this encoder does not know (base chains, the table,
-anonymous sets other than the numgen vmap, ...) raises Unsupported and the caller uses nft.
+elements) we encode the netlink batch ourselves and session.py sends it on one kept-open
+socket: a one-endpoint change then costs the kernel's commit (see docs/performance.md), not an
+nft run. Anything this encoder does not know (base chains, the table, anonymous sets other than
+the numgen vmap, ...) raises Unsupported and the caller uses nft.
 
 The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
 ruleset` prints rules programmed here exactly as if nft had added them.
@@ -14,7 +15,6 @@ ruleset` prints rules programmed here exactly as if nft had added them.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import secrets
 import socket
@@ -22,11 +22,8 @@ import struct
 from collections.abc import Iterable
 from functools import lru_cache
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
-NLMSG_ERROR = 2
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 
 # message types
@@ -400,78 +397,3 @@ def compile_commands(family: str, table: str, lines: Iterable[str],
     for line in lines:
         c.command(line)
     return c.messages
-
-
-# --- the socket -----------------------------------------------------------------------------
-
-
-class NetlinkError(OSError):
-    pass
-
-
-class Session:
-    """One netfilter netlink socket, kept open: each send() is one atomic nf_tables batch."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        for force, plain in ((32, socket.SO_SNDBUF), (33, socket.SO_RCVBUF)):  # SO_*BUFFORCE need root
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, 1 << 26)
-            except PermissionError:
-                self.sock.setsockopt(socket.SOL_SOCKET, plain, 1 << 26)
-        self.sock.bind((0, 0))
-        self.seq = int.from_bytes(os.urandom(2), "big") << 8
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _header(self, msg_type: int, flags: int, family: int, res_id: int, length: int) -> bytes:
-        self.seq += 1
-        return struct.pack("=IHHII", 16 + 4 + length, msg_type, flags, self.seq, 0) + struct.pack(
-            "=BBH", family, 0, socket.htons(res_id))
-
-    def send(self, family: str, messages: list[tuple[int, int, bytes]]) -> None:
-        """Send messages as one batch; raise NetlinkError (nothing applied) if the kernel refuses."""
-        fam = FAMILIES[family]
-        parts = [self._header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0)]
-        first = self.seq + 1
-        for msg_type, flags, attrs in messages:
-            parts.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_REQUEST | NLM_F_ACK | flags,
-                                      fam, 0, len(attrs)) + attrs)
-        last = self.seq
-        parts.append(self._header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0))
-        data = b"".join(parts)
-        if self.sock.send(data) != len(data):
-            raise NetlinkError("short send of a netlink batch")
-        self._wait_acks(first, last)
-
-    def _wait_acks(self, first: int, last: int) -> None:
-        pending = last - first + 1
-        errors: list[str] = []
-        while pending > 0:
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                length, msg_type, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
-                if msg_type == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", buf, off + 16)
-                    if first <= seq <= last:
-                        pending -= 1
-                        if code:
-                            errors.append(f"message {seq - first + 1}: {os.strerror(-code)}")
-                off += (length + 3) & ~3
-                if length == 0:
-                    break
-            if errors and pending > 0:
-                # the kernel aborted the batch; it acks only what it processed
-                self.sock.setblocking(False)
-                try:
-                    while self.sock.recv(1 << 20):
-                        pass
-                except BlockingIOError:
-                    pass
-                finally:
-                    self.sock.setblocking(True)
-                break
-        if errors:
-            raise NetlinkError(f"the kernel refused the batch ({len(errors)} error(s): {'; '.join(errors[:3])})")
