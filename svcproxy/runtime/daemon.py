@@ -48,7 +48,7 @@ class Daemon:
         self.syncer = Syncer(self.store, self.dp, opts.cfg, min_sync_period=opts.min_sync_period,
                              sync_period=opts.sync_period, metrics=self.metrics,
                              clear_conntrack=opts.clear_conntrack)
-        self.health = ProxierHealth(timeout=2 * self.syncer.sync_period,
+        self.health = ProxierHealth(timeout=lambda: 2 * self.syncer.full_sync_interval,
                                     last_updated=lambda: self.syncer.last_success,
                                     pending_since=self.syncer.pending_since)
         self.service_health = ServiceHealth(self.health)

@@ -47,14 +47,14 @@ def split_host_port(address: str, default_port: int) -> tuple[str, int]:
 class ProxierHealth:
     """kube-proxy's ProxierHealthServer semantics, fed by the syncer."""
 
-    timeout: float  # 2 x sync period
+    timeout: Callable[[], float]  # 2 x the (possibly stretched) full sync interval
     last_updated: Callable[[], float | None]  # wall time of the last successful sync
     pending_since: Callable[[], float | None]  # monotonic time of the oldest unprogrammed change
     node_eligible: Callable[[], bool] = lambda: True
 
     def healthy(self) -> bool:
         since = self.pending_since()
-        return since is None or time.monotonic() - since < self.timeout
+        return since is None or time.monotonic() - since < self.timeout()
 
 
 async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:

@@ -57,6 +57,7 @@ class Syncer:
         self.programmed: ProxyState | None = None  # the state last applied successfully
         self.last_start = float("-inf")  # monotonic start of the last sync attempt
         self.last_full = float("-inf")  # monotonic end of the last successful full sync
+        self.last_full_seconds = 0.0  # how long the last full sync took
         self.last_success: float | None = None  # wall time of the last successful sync
         self.need_full = True
         self.failures = 0  # consecutive failures (backoff)
@@ -76,7 +77,7 @@ class Syncer:
         log.info("all sources synced; programming rules")
         while True:
             now = time.monotonic()
-            due = self.last_full + self.sync_period if self.retry_at is None else self.retry_at
+            due = self.last_full + self.full_sync_interval if self.retry_at is None else self.retry_at
             if not self.store.changed.is_set() and due > now:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
@@ -89,8 +90,15 @@ class Syncer:
             if wait > 0:
                 self._note_pending()
                 await asyncio.sleep(wait)
-            periodic = time.monotonic() >= self.last_full + self.sync_period
+            periodic = time.monotonic() >= self.last_full + self.full_sync_interval
             await self.sync_once(full=periodic)
+
+    @property
+    def full_sync_interval(self) -> float:
+        """--sync-period, stretched to 4x the last full sync's duration: a full sync blocks
+        partial ones while it runs, so at a scale where it takes a minute (10k services in
+        iptables mode) the daemon still spends most of its time answering changes quickly."""
+        return max(self.sync_period, 4 * self.last_full_seconds)
 
     def _note_pending(self) -> None:
         pend = self.store.pending
@@ -162,6 +170,7 @@ class Syncer:
         self.last_success = time.time()
         if full:
             self.last_full = time.monotonic()
+            self.last_full_seconds = apply_s
         n_changed = len(state.services) if full else len(changed or ())
         self.last = SyncStats(full, len(state.services), n_changed, build_s, apply_s, result)
         log.info("%s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",

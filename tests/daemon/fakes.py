@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Collection
 
 from svcproxy.dataplane import ApplyError, SyncResult
@@ -16,11 +17,14 @@ class RecordingDataplane:
         self.calls: list[tuple[ProxyState, list[str] | None]] = []
         self.fail_next = 0  # how many of the next syncs raise ApplyError
         self.synced = threading.Event()
+        self.full_delay = 0.0  # seconds a full sync takes (a large cluster)
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
         if self.fail_next:
             self.fail_next -= 1
             raise ApplyError("fake restore failure")
+        if changed is None and self.full_delay:
+            time.sleep(self.full_delay)
         self.calls.append((state, None if changed is None else sorted(changed)))
         self.synced.set()
         return SyncResult(full=changed is None, input_bytes=0, rules={"nat": len(state.ports)})

@@ -179,3 +179,26 @@ def test_no_rules_before_every_source_synced(manifests: Path) -> None:
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         ManifestSource([tmp_path / "nope.yaml"])
+
+
+def test_slow_full_syncs_stretch_the_period_and_partial_syncs_go_between(manifests: Path) -> None:
+    async def main() -> None:
+        dp = RecordingDataplane()
+        dp.full_delay = 0.25
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.1)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            assert daemon.syncer.full_sync_interval >= 1.0, "4 x the last full sync"
+            await asyncio.sleep(0.2)
+            daemon.store.put("manifests", _slice(3))
+            took = await until(lambda: dp.endpoints("default/web") == ["10.0.9.3:8080"])
+            assert took < 0.2 and dp.calls[-1][1] == ["default/web"], "a partial sync, not queued behind a full one"
+            await asyncio.sleep(1.5)
+            fulls = sum(changed is None for _, changed in dp.calls)
+            assert 2 <= fulls <= 3, fulls
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
