@@ -88,8 +88,42 @@ def _frame(order: list[str], edges: set[tuple[str, str]]) -> list[str]:
     return out
 
 
-Item = list  # [text, color, share of traffic through it]
-Lane = tuple[str, list[tuple[tuple[str, str], list[Item]]]]
+Item = list  # [text, color, share of traffic through it, rule line, order seen]
+ChainBox = tuple[tuple[str, str], list[Item], object]  # (table, chain), its lines, the chain it came from
+Lane = tuple[str, list[ChainBox]]
+
+
+def _place(lane: list[ChainBox], name: tuple[str, str], parent: object) -> None:
+    """Add a chain box after its parent's other callees (and theirs), so a lane reads as a walk."""
+    parents = {c: p for c, _, p in lane}
+
+    def under(c: object) -> bool:
+        while c is not None:
+            c = parents.get(c)  # type: ignore[arg-type]
+            if c == parent:
+                return True
+        return False
+
+    names = [c for c, _, _ in lane]
+    if parent not in names:
+        lane.append((name, [], parent))
+        return
+    pos = names.index(parent) + 1
+    while pos < len(lane) and under(lane[pos][0]):
+        pos += 1
+    lane.insert(pos, (name, [], parent))
+
+
+def _short(note: str) -> str:
+    """A branch, briefly: 'p=0.25', '1 in 4', 'numgen 0/4'."""
+    if note.startswith("statistic random p="):
+        return note.split(":")[0].split(" ")[-1]
+    if note.startswith("statistic nth every"):
+        return "1 in " + note.split()[3]
+    if note.startswith("numgen "):
+        words = note.split()
+        return f"numgen {words[1]}/{words[4]}" if len(words) > 4 else note
+    return note
 
 
 def _lanes(result: TraceResult) -> tuple[list[str], list[Lane]]:
@@ -100,8 +134,12 @@ def _lanes(result: TraceResult) -> tuple[list[str], list[Lane]]:
     for o in sorted(result.outcomes, key=lambda o: -o.probability):
         visit = 0
         seen: set[tuple[int, str]] = set()
-        lane: list[tuple[tuple[str, str], list[Item]]] = []
-        for step in o.path:
+        lane: list[ChainBox] = []
+        skip = -1
+        current: tuple[str, str] | None = None
+        for k, step in enumerate(o.path):
+            if k == skip:
+                continue
             if step.kind == "hook":
                 key = f"{step.hook}#{visit}"
                 visit += 1
@@ -110,22 +148,34 @@ def _lanes(result: TraceResult) -> tuple[list[str], list[Lane]]:
                     lanes.append((step.hook, []))
                     order.append(step.hook)
                 lane = lanes[index[key]][1]
+                current = None
             elif step.kind == "chain":
+                if step.note == "base":
+                    current = None
                 name = (step.table, step.chain)
-                if all(c != name for c, _ in lane):
-                    lane.append((name, []))
+                if step.note != "back" and all(c != name for c, _, _ in lane):
+                    _place(lane, name, current)
+                current = name
             elif step.kind in ("rule", "policy"):
                 item = _item(step)
-                if item is None or (visit, item[0]) in seen:
+                if item is None:
+                    continue
+                nxt = o.path[k + 1] if k + 1 < len(o.path) else None
+                if item[0].startswith("◆") and nxt is not None and nxt.kind == "rule" and \
+                        nxt.where == step.where and nxt.note.startswith(("jump", "goto")):
+                    target = nxt.note.split(" ", 1)[-1]  # the branch and where it leads, on one line
+                    item = (f"◆ {_short(step.note)} → {target}", item[1])
+                    skip = k + 1
+                if (visit, item[0]) in seen:
                     continue
                 seen.add((visit, item[0]))
-                for c, items in lane:
+                for c, items, _ in lane:
                     if c == (step.table, step.chain):
                         for it in items:
                             if it[0] == item[0]:
                                 it[2] += o.probability
                                 break
-                        else:  # [text, color, share, line number, order seen]
+                        else:
                             items.append([item[0], item[1], o.probability, _line_no(step.where), len(items)])
     return order, lanes
 
@@ -174,7 +224,7 @@ def render_svg(result: TraceResult) -> str:
         body.append(f'<rect x="{x}" y="{top}" width="{LANE_W}" height="26" rx="4" fill="#1e3a8a"/>')
         body.append(_t(x + 10, top + 18, f"{i + 1}. {hook}", 13, "bold", "#ffffff"))
         y = top + 36
-        for name, items in chains:
+        for name, items, _ in chains:
             items = sorted(items, key=lambda it: (it[3], it[4]))  # in rule order
             shown = items[:MAX_ITEMS]
             h = 22 + LINE_H * (len(shown) + (len(items) > MAX_ITEMS))
@@ -198,18 +248,18 @@ def render_svg(result: TraceResult) -> str:
     # outcomes
     body.append(_t(20, y, "Outcomes", 15, "bold"))
     y += 10
-    bar_w = 260
+    bar_w = 220
     for o in result.outcomes:
         y += 26
         color = COLORS[o.verdict]
-        body.append(f'<rect x="20" y="{y - 14}" width="{bar_w}" height="18" rx="3" fill="#f3f4f6"/>')
-        body.append(f'<rect x="20" y="{y - 14}" width="{max(bar_w * o.probability, 2):.1f}" height="18" rx="3" '
+        body.append(_t(66, y, f"{o.probability * 100:.1f}%", 12, "bold", anchor="end"))
+        body.append(f'<rect x="74" y="{y - 14}" width="{bar_w}" height="18" rx="3" fill="#f3f4f6"/>')
+        body.append(f'<rect x="74" y="{y - 14}" width="{max(bar_w * o.probability, 2):.1f}" height="18" rx="3" '
                     f'fill="{color}" opacity="0.85"/>')
-        body.append(_t(26, y, f"{o.probability * 100:.1f}%", 12, "bold", "#ffffff" if o.probability > 0.2 else "#111827"))
         label = f"{o.verdict}  {o.endpoint}" + ("  · masqueraded" if o.masquerade else "")
         if o.sticky:
             label += "  · sticky (session affinity)"
-        body.append(_t(20 + bar_w + 12, y, label, 13, "bold", color, mono=True))
+        body.append(_t(74 + bar_w + 12, y, label, 13, "bold", color, mono=True))
     if result.warnings:
         y += 30
         body.append(_t(20, y, f"{len(result.warnings)} rule(s) could not be fully evaluated (see the text output)",

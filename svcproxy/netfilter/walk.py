@@ -123,7 +123,8 @@ class Walker:
 
     # -- chains ------------------------------------------------------------------------
     def run_chain(self, chain: Chain, pkt: Packet, prob: float, stack: tuple[str, ...]) -> list[Branch]:
-        pkt = pkt.with_step(PathStep("chain", pkt.hook, chain.table, chain.name, chain.where))
+        note = "" if stack else "base"  # a base chain, entered from its hook
+        pkt = pkt.with_step(PathStep("chain", pkt.hook, chain.table, chain.name, chain.where, note=note))
         return self._run_from(chain, 0, pkt, prob, (*stack, chain.key))
 
     def _enter(self, rule: Rule, table: str, target: str, stack: tuple[str, ...]) -> Chain:

@@ -22,7 +22,7 @@ def test_frame_lanes_branches_and_outcomes() -> None:
         assert hook in words  # the fixed frame
     assert "1. PREROUTING" in words and "2. FORWARD" in words and "3. POSTROUTING" in words
     assert "KUBE-SVC-4SW47YFZTEDKD3PK" in words
-    assert any("statistic random p=0.5: taken" in w for w in words)
+    assert any("p=0.5 → KUBE-SEP-UKSFD7AGPMPPLUHC" in w for w in words)  # the branch and where it goes
     assert words.count("50%") >= 4  # each branch's share of the traffic
     assert any(w.startswith("ACCEPT") and "10.180.0.4:80" in w for w in words)
     assert "50.0%" in words
