@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from svcproxy.config import NodeConfig
 from svcproxy.dataplane import ApplyError, dataplane
 from svcproxy.dataplane.nftables import NftablesDataplane, names
 from svcproxy.state import ServicePortName
@@ -159,17 +160,22 @@ def test_restart_adopts_the_running_table_without_a_gap(inside: Netns) -> None:
     assert f"goto service-{base('b')}" in table(inside)
 
 
+BACKENDS = ("10.0.1.10", "10.0.1.11", "fd00:10::10", "fd00:10::11")
+
+
 @pytest.fixture
-def backends(inside: Netns) -> Iterator[dict[str, int]]:
-    """TCP servers on 10.0.1.10:8080 and 10.0.1.11:8080 (on a veth) that answer with their address."""
+def backends(inside: Netns) -> Iterator[None]:
+    """TCP servers on BACKENDS port 8080 (on a veth) that answer with their address."""
     inside.run("ip", "link", "add", "nftd0", "type", "veth", "peer", "name", "nftd1")
     for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "nftd0", "up"], ["ip", "link", "set", "nftd1", "up"],
-                ["ip", "addr", "add", "10.0.1.10/24", "dev", "nftd0"], ["ip", "addr", "add", "10.0.1.11/24", "dev", "nftd0"],
                 ["ip", "route", "add", "172.30.0.0/16", "dev", "nftd0"]):
         inside.run(*cmd)
+    for ip in BACKENDS:
+        inside.run("ip", "addr", "add", f"{ip}/{24 if '.' in ip else 64}", "dev", "nftd0", "nodad")
+    inside.run("ip", "-6", "route", "add", "fd00:30::/64", "dev", "nftd0")
     socks, stop = [], threading.Event()
-    for ip in ("10.0.1.10", "10.0.1.11"):
-        s = socket.create_server((ip, 8080))
+    for ip in BACKENDS:
+        s = socket.create_server((ip, 8080), family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
         s.settimeout(0.2)
         socks.append(s)
 
@@ -186,7 +192,7 @@ def backends(inside: Netns) -> Iterator[dict[str, int]]:
     for t in threads:
         t.start()
     try:
-        yield {}
+        yield
     finally:
         stop.set()
         for t in threads:
@@ -200,7 +206,17 @@ def fetch(ip: str, port: int = 80) -> str:
         return c.recv(100).decode()
 
 
-def test_traffic_follows_full_and_partial_syncs(inside: Netns, backends: dict) -> None:
+def test_ipv6_traffic(inside: Netns, backends: None) -> None:
+    cfg = NodeConfig(hostname="test-node", ip_family=6, node_ips=("fd00::2",), cluster_cidrs=("fd00:10::/64",))
+    dp = NftablesDataplane(cfg)
+    dp.sync(state_of(service("a", "fd00:30::1", ["fd00:10::10"])))
+    assert {fetch("fd00:30::1") for _ in range(5)} == {"fd00:10::10"}
+    dp.sync(state_of(service("a", "fd00:30::1", ["fd00:10::10", "fd00:10::11"])), {"ns1/a"})  # via netlink
+    assert {fetch("fd00:30::1") for _ in range(40)} == {"fd00:10::10", "fd00:10::11"}
+    assert "table ip6 kube-proxy" in inside.nft("list", "tables").stdout
+
+
+def test_traffic_follows_full_and_partial_syncs(inside: Netns, backends: None) -> None:
     dp = NftablesDataplane(CFG)
     dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10"])))
     assert {fetch("172.30.0.1") for _ in range(5)} == {"10.0.1.10"}
