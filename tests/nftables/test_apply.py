@@ -242,3 +242,21 @@ def test_switching_modes_leaves_nothing_of_the_old_mode(inside: Netns) -> None:
     dataplane("iptables", CFG).sync(st)  # and back: iptables mode removes our table
     assert "kube-proxy" not in inside.nft("list", "tables").stdout
     assert "KUBE-SERVICES" in inside.run("iptables-save", "-t", "nat").stdout
+
+
+@pytest.mark.parametrize("partial", [True, False], ids=["partial", "full-after-restart"])
+def test_changed_affinity_timeout_recreates_the_sets(inside: Netns, partial: bool) -> None:
+    sticky = service("s", "172.30.0.5", ["10.0.1.10", "10.0.1.11"], session_affinity_timeout=600)
+    dp = NftablesDataplane(CFG)
+    dp.sync(state_of(sticky))
+    assert "timeout 10m" in table(inside)
+    shorter = service("s", "172.30.0.5", ["10.0.1.10", "10.0.1.11"], session_affinity_timeout=300)
+    if partial:
+        dp.sync(state_of(shorter), {"ns1/s"})
+    else:
+        NftablesDataplane(CFG).sync(state_of(shorter))
+    text = table(inside)
+    assert "timeout 10m" not in text and text.count("timeout 5m") == 2
+    svc = f"service-{names.port_base(ServicePortName('ns1', 's', 'p', 'TCP'))}"
+    assert text.split(f"chain {svc} {{")[1].split("}")[0].count("ip saddr @affinity-") == 2
+    assert text.count("update @affinity-") == 2

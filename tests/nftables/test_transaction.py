@@ -14,7 +14,7 @@ def kernel_with(cache: BlockCache, *services) -> Kernel:
     k = Kernel(exists=True)
     for r in rules:
         k.chains.update({name: c.rules for name, c in r.chains.items()})
-        k.sets.update(r.sets)
+        k.sets.update(r.sets)  # name -> declaration
     k.elements = desired_elements(CFG, (r.elements for r in rules))
     return k
 

@@ -29,7 +29,7 @@ from .. import ApplyError, SyncResult
 from . import names, netlink, session
 from .layout import Chain, Container, fixed_chains
 from .render import BlockCache, ServiceRules
-from .transaction import Kernel, Tx, commit, desired_elements, plan_partial
+from .transaction import Kernel, Tx, commit, desired_elements, plan_partial, respecified, uses_sets
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class NftablesDataplane:
             declare.add_chain(Chain(c.name))
         self._run_tx(declare)
         kernel.exists = True
-        kernel.sets.update(s.name for s in new_sets)
+        kernel.sets.update((s.name, s) for s in new_sets)
         for c in fresh:
             kernel.chains[c.name] = ()
 
@@ -175,9 +175,15 @@ class NftablesDataplane:
         # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
         elements = desired_elements(self.cfg, (r.elements for r in rules))
         tx = commit(self.cfg, chains, sets, elements, kernel, recreate_base)
+        respec = respecified(kernel, sets)  # an affinity timeout changed: re-create the set
+        forced = uses_sets(chains, respec, kernel)
+        tx.flush_chains(forced)
+        for name in respec:
+            tx.delete_set(name)
+            tx.add_container(sets[name])
         for c in chains.values():
-            if kernel.chains.get(c.name) != c.rules:
-                tx.fill_chain(c, flush=True)
+            if c.name in forced or kernel.chains.get(c.name) != c.rules:
+                tx.fill_chain(c, flush=c.name not in forced)
         self._run_tx(tx)
         now = time.monotonic()
         for name in kernel.chains:
@@ -187,7 +193,7 @@ class NftablesDataplane:
             name: c.rules for name, c in chains.items()}
         for name in chains:
             self.stale.pop(name, None)
-        kernel.sets = set(sets)
+        kernel.sets = dict(sets)
         kernel.elements = elements
         self.applied = {r.service.key: r for r in rules}
         self.need_full = False
@@ -209,14 +215,15 @@ class NftablesDataplane:
         # the transaction went through: record it
         for name, c in plan.chains.items():
             kernel.chains[name] = c.rules
-        kernel.sets.update(plan.sets)
+        kernel.sets.update(plan.sets)  # name -> declaration
         now = time.monotonic()
         for name in plan.stale_chains:
             kernel.chains[name] = ()
             self.stale[name] = now
         for name in plan.chains:
             self.stale.pop(name, None)
-        kernel.sets.difference_update(plan.stale_sets)
+        for name in plan.stale_sets:
+            kernel.sets.pop(name, None)
         for container, keys in plan.deletes.items():
             for k in keys:
                 kernel.elements.get(container, {}).pop(k, None)
@@ -246,7 +253,8 @@ class NftablesDataplane:
                 if kind == "chains" and names.is_service_chain(name):
                     kernel.chains[name] = None  # content unknown: rewrite it
                 elif kind == "sets" and names.is_affinity_set(name):
-                    kernel.sets.add(name)
+                    kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
+                                                  flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
         return kernel
 
     def _run_tx(self, tx: Tx, messages: list | None = None) -> None:

@@ -35,7 +35,7 @@ class Kernel:
 
     exists: bool = False
     chains: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
-    sets: set[str] = field(default_factory=set)  # affinity sets
+    sets: dict[str, Container] = field(default_factory=dict)  # affinity sets, as declared
     elements: dict[str, dict[str, Element]] = field(default_factory=dict)  # container -> key -> element
 
 
@@ -142,6 +142,20 @@ class PartialPlan:
     adds: dict[str, list[Element]]
 
 
+def respecified(kernel: Kernel, sets: dict[str, Container]) -> list[str]:
+    """Affinity sets in the kernel whose declaration (timeout) differs from the wanted one."""
+    return [name for name, s in sets.items() if name in kernel.sets and kernel.sets[name] != s]
+
+
+def uses_sets(chains: dict[str, Chain], set_names: list[str], kernel: Kernel) -> list[str]:
+    """Chains (existing in the kernel) with a rule that refers to one of the sets."""
+    if not set_names:
+        return []
+    refs = tuple(f"@{n} " for n in set_names)
+    return [name for name, c in chains.items()
+            if name in kernel.chains and any(ref in r + " " for r in c.rules for ref in refs)]
+
+
 def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRules | None, ServiceRules | None]]
                  ) -> PartialPlan:
     """The diff of the changed services (old rules in the kernel, new rules; None = absent)
@@ -166,14 +180,22 @@ def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRul
                 new_elements.setdefault((el.container, el.key), el)
 
     tx = Tx(cfg)
+    # an affinity timeout changed: the set is re-created, its rules flushed first and re-added
+    respec = respecified(kernel, new_sets)
+    forced = uses_sets(new_chains, respec, kernel)
+    tx.flush_chains(forced)
+    for name in respec:
+        tx.delete_set(name)
     for name, s in new_sets.items():
-        if name not in kernel.sets:
+        if name not in kernel.sets or name in respec:
             tx.add_container(s)
     for name in new_chains:
         if name not in kernel.chains:
             tx.add_chain(Chain(name))
     for name, c in new_chains.items():
-        if kernel.chains.get(name) != c.rules:
+        if name in forced:
+            tx.fill_chain(c, flush=False)
+        elif kernel.chains.get(name) != c.rules:
             tx.fill_chain(c, flush=name in kernel.chains)
     deletes: dict[str, list[str]] = {}
     adds: dict[str, list[Element]] = {}
