@@ -47,7 +47,8 @@ def from_configuration(c) -> ApiConfig:  # c: kubernetes.client.Configuration
             ctx.load_cert_chain(c.cert_file, c.key_file)
 
     def auth() -> dict[str, str]:
-        token = c.get_api_key_with_prefix("authorization")  # runs the refresh hook (token files rotate)
+        # runs the refresh hook (token files rotate); newer clients store it as "BearerToken"
+        token = c.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             return {"Authorization": token}
         if c.username or c.password:

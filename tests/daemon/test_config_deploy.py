@@ -75,3 +75,25 @@ def test_daemonset_runs_a_command_the_cli_accepts() -> None:
     assert ctx.params["hostname_override"] == "n1"
     assert c["livenessProbe"]["httpGet"]["port"] == 10256
     assert any(v["hostPath"]["path"] == "/run/xtables.lock" for v in spec["volumes"] if "hostPath" in v)
+
+
+def test_kubeconfig_gives_url_tls_and_auth(tmp_path: Path) -> None:
+    from svcproxy.sources.apiclient import ApiConfigError, load_api_config
+
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://10.9.8.7:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "s3cret"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    api = load_api_config(str(kc))
+    assert api.host == "https://10.9.8.7:6443"
+    assert api.ssl_context is False, "insecure-skip-tls-verify turns verification off"
+    assert api.headers()["Authorization"] == "Bearer s3cret"
+    assert load_api_config(str(kc), "http://127.0.0.1:18080").host == "http://127.0.0.1:18080", "--master wins"
+    try:
+        load_api_config(str(tmp_path / "missing"))
+    except ApiConfigError as e:
+        assert "no such file" in str(e)
+    else:
+        raise AssertionError("a missing kubeconfig is an error")
