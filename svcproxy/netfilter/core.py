@@ -97,8 +97,6 @@ class Packet:
     sport: int
     dport: int
     proto: int  # protocol number: 6 tcp, 17 udp, 132 sctp
-    orig_dst: int = 0
-    orig_dport: int = 0
     mark: int = 0
     iif: str | None = None
     oif: str | None = None

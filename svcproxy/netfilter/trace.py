@@ -82,8 +82,7 @@ def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, pr
     local = frozenset(int(a) for a in (_address(x, "local address") for x in local_addresses) if a.version == fam)
     ctx = Context(fam, local)
     local_origin = ctx.is_local(fam, int(src))
-    pkt = Packet(fam, int(src), int(dst), source_port, port, proto, orig_dst=int(dst), orig_dport=port,
-                 local_origin=local_origin)
+    pkt = Packet(fam, int(src), int(dst), source_port, port, proto, local_origin=local_origin)
     with no_gc():
         return _trace(ruleset, ctx, pkt, protocol)
 
