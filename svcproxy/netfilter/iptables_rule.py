@@ -8,6 +8,8 @@ from .actions import Do, Log, Nat, Notrack, RecentSet, SetMark, xmark
 from .core import PROTO_NUMBERS, Packet, Rule, Ruleset, Step, TraceError, Verdict
 from .matches import Cmp, Random, RecentCheck, SetData, Unevaluable, single
 
+TCP_FLAGS = ("SYN", "ACK", "FIN", "RST", "URG", "PSH", "ECE", "CWR")
+TCP_FLAGS_SYN = ({"SYN", "RST", "ACK", "FIN"}, {"SYN"})  # --syn is --tcp-flags SYN,RST,ACK,FIN SYN
 BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG",
                    "NOTRACK", "CT", "CONNMARK", "TRACE", "NFLOG", "CHECKSUM", "TCPMSS", "REDIRECT"}
 
@@ -110,13 +112,17 @@ class RuleParser:
                 return Unevaluable("multiport --ports (either port) is not modelled", True) if negate else _Either(a, b)
             field = "th dport" if "d" in tok[2:4] else "th sport"
             return Cmp((field,), (None,), _set(ports), negate=negate)
-        if module in ("tcp",) and tok in ("--syn", "--tcp-flags", "--tcp-option"):
-            if tok == "--tcp-flags":
-                self.next("a flag mask")
-                self.next("flags")
-            elif tok == "--tcp-option":
-                self.next("an option number")
-            return None if not negate or tok != "--syn" else single(("l4proto",), (-1,))
+        if module == "tcp" and tok in ("--syn", "--tcp-flags"):
+            # a new connection's first packet carries SYN alone: decide the match now
+            if tok == "--syn":
+                mask, comp = TCP_FLAGS_SYN
+            else:
+                mask, comp = self.flags(self.next("a flag mask")), self.flags(self.next("flags"))
+            hit = (mask & {"SYN"}) == comp
+            return single(("l4proto",), (6 if hit != negate else -1,))
+        if module == "tcp" and tok == "--tcp-option":
+            self.next("an option number")
+            return Unevaluable("tcp --tcp-option (TCP options) is not modelled", True)
         if module == "addrtype" and tok in ("--dst-type", "--src-type"):
             types = [t.lower() for t in self.next("an address type").split(",")]
             field = "fib daddr type" if tok == "--dst-type" else "fib saddr type"
@@ -155,6 +161,16 @@ class RuleParser:
             return single(("l4proto",), (-1,))  # traced packets are TCP/UDP/SCTP
         raise self.fail(f"unknown option {tok}" + (f" for -m {module}" if module else "")
                         + ": the tracer cannot evaluate it")
+
+    def flags(self, text: str) -> set[str]:
+        names = {f.upper() for f in text.split(",")}
+        if "ALL" in names:
+            return set(TCP_FLAGS)
+        if names <= {"NONE"}:
+            return set()
+        if not names <= set(TCP_FLAGS):
+            raise self.fail(f"{text!r} is not a TCP flag list (SYN,ACK,FIN,RST,URG,PSH,ALL,NONE)")
+        return names
 
     def port(self, text: str) -> object:
         lo, colon, hi = text.partition(":")

@@ -317,3 +317,15 @@ def test_dnat_to_a_range_is_named_in_the_warnings() -> None:
     r = trace(rules, "8.8.8.8", "1.2.3.4", 443)
     assert r.endpoints == ["10.0.0.1:80"]
     assert any("line 3" in w and "first address" in w for w in r.warnings)
+
+
+def test_tcp_flags_of_a_new_connection() -> None:
+    rules = ipt(filter="""
+        -A FORWARD -p tcp -m tcp --dport 1 --tcp-flags SYN,ACK SYN,ACK -j DROP
+        -A FORWARD -p tcp -m tcp --dport 2 ! --syn -j DROP
+        -A FORWARD -p tcp -m tcp --dport 3 --syn -j REJECT
+        -A FORWARD -p tcp -m tcp --dport 4 --tcp-flags ALL SYN -j REJECT
+        -A FORWARD -p tcp -m tcp --dport 5 --tcp-flags FIN,SYN,RST,ACK RST -j REJECT
+    """)
+    assert [trace(rules, "10.0.0.1", "10.0.0.2", p).verdict for p in (1, 2, 3, 4, 5)] == \
+        ["ACCEPT", "ACCEPT", "REJECT", "REJECT", "ACCEPT"]
