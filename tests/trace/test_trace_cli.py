@@ -85,3 +85,11 @@ def test_errors_are_clear(tmp_path: Path) -> None:
     code, _, err = run("--rules", str(tmp_path / "missing"), "--source", "1.1.1.1", "--destination", "2.2.2.2",
                        "--port", "80")
     assert code == 2 and "cannot read --rules" in err
+
+
+def test_rules_from_stdin() -> None:
+    text = (DATA / "kube-proxy.iptables").read_text()
+    r = CliRunner().invoke(main, ["trace", "--rules", "-", "--source", "10.0.0.2", "--destination", "172.30.0.41",
+                                  "--port", "80", "--output", "json"], input=text)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["endpoints"] == ["10.180.0.1:80"]

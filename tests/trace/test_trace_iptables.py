@@ -329,3 +329,14 @@ def test_tcp_flags_of_a_new_connection() -> None:
     """)
     assert [trace(rules, "10.0.0.1", "10.0.0.2", p).verdict for p in (1, 2, 3, 4, 5)] == \
         ["ACCEPT", "ACCEPT", "REJECT", "REJECT", "ACCEPT"]
+
+
+def test_counters_and_insert_lines() -> None:
+    rules = """*filter
+:FORWARD ACCEPT [10:600]
+[3:180] -A FORWARD -d 10.0.0.2/32 -j DROP
+-I FORWARD 1 -d 10.0.0.2/32 -p tcp --dport 80 -j ACCEPT
+COMMIT
+"""
+    assert trace(rules, "10.0.0.1", "10.0.0.2", 80).verdict == "ACCEPT"  # -I 1 put it first
+    assert trace(rules, "10.0.0.1", "10.0.0.2", 81).verdict == "DROP"
