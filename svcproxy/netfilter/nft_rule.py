@@ -16,6 +16,7 @@ SELECTOR_FIELDS = {
     "ip6": ("saddr", "daddr", "nexthdr", "hoplimit", "length"),
     "tcp": ("sport", "dport", "flags"), "udp": ("sport", "dport"), "sctp": ("sport", "dport"),
     "th": ("sport", "dport"), "udplite": ("sport", "dport"), "dccp": ("sport", "dport"),
+    "icmp": ("type", "code"), "icmpv6": ("type", "code"),
 }
 META_KEYS = ("l4proto", "mark", "iifname", "oifname", "iif", "oif", "nfproto", "protocol", "pkttype",
              "skuid", "skgid", "iiftype", "oiftype", "length", "priority")

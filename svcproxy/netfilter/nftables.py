@@ -31,7 +31,8 @@ FIELD_TYPE = {
     "sctp sport": "inet_service", "sctp dport": "inet_service", "mark": "mark",
     "iifname": "ifname", "oifname": "ifname", "iif": "ifname", "oif": "ifname",
     "fib daddr type": "fib_addrtype", "fib saddr type": "fib_addrtype", "ct state": "ct_state",
-    "nfproto": "nf_proto",
+    "nfproto": "nf_proto", "tcp flags": "tcp_flag", "icmp type": "icmp_type", "icmp code": "icmp_code",
+    "icmpv6 type": "icmpv6_type", "icmpv6 code": "icmpv6_code",
 }
 
 

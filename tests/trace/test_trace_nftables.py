@@ -242,3 +242,20 @@ table ip filter {
     r = trace(rules, "10.0.0.1", "10.0.0.9", 80)
     assert r.verdict == "DROP"
     assert any(w.startswith("line 5") and "statistic" in w and "xt" in w for w in r.warnings)
+
+
+def test_icmp_and_tcp_flags_rules_do_not_stop_the_walk() -> None:
+    rules = """
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		icmp type echo-request accept
+		icmpv6 type { echo-request, nd-neighbor-solicit } accept
+		tcp dport 22 tcp flags syn accept
+		tcp dport 23 tcp flags != syn reject
+	}
+}
+"""
+    assert trace(rules, "10.0.0.1", NODE, 22).verdict == "ACCEPT"
+    assert trace(rules, "10.0.0.1", NODE, 23).verdict == "DROP"
+    assert trace(rules, "10.0.0.1", NODE, 53, "UDP").verdict == "DROP"
