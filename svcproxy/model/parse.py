@@ -83,7 +83,7 @@ class _Reader:
         if not isinstance(value, str):
             raise self.fail(path, f"must be a CIDR string, got {value!r}")
         try:
-            return str(ipaddress.ip_network(value.strip(), strict=False))
+            return str(_parse_cidr(value.strip()))
         except ValueError:
             raise self.fail(path, f"{value!r} is not a valid CIDR") from None
 
@@ -113,6 +113,14 @@ def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
             return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
         raise
+
+
+def _parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Like kube-proxy's ParseCIDRSloppy: leading zeros in the address and prefix are accepted."""
+    addr, sep, prefix = value.partition("/")
+    if not sep or not prefix.isdigit():
+        return ipaddress.ip_network(value, strict=False)
+    return ipaddress.ip_network(f"{_parse_ip(addr)}/{int(prefix)}", strict=False)
 
 
 def _metadata(r: _Reader, obj: Mapping[str, Any], namespaced: bool = True) -> tuple[str, str, dict]:

@@ -148,3 +148,10 @@ def test_invalid_yaml_is_an_error_not_a_crash() -> None:
 def test_missing_path_is_reported(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_paths([tmp_path / "nope.yaml"])
+
+
+def test_leading_zeros_accepted_like_kube_proxy() -> None:
+    s = parse_service(svc(type="LoadBalancer", clusterIP="172.30.0.041", externalIPs=["192.168.099.022"],
+                          loadBalancerSourceRanges=["203.0.113.000/025"]))
+    assert s.cluster_ips == ("172.30.0.41",) and s.external_ips == ("192.168.99.22",)
+    assert s.load_balancer_source_ranges == ("203.0.113.0/25",)
