@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,3000,10000")
     ap.add_argument("--naive-max", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=1000, help="chains per restore call, cold full sync")
-    ap.add_argument("--warm-batch", type=int, default=5000, help="chains per restore call over existing rules")
+    ap.add_argument("--warm-batch", type=int, default=2500, help="chains per restore call over existing rules")
     ap.add_argument("--partial-runs", type=int, default=5)
     args = ap.parse_args()
     if os.geteuid() != 0:
