@@ -46,7 +46,7 @@ def test_full_sync_programs_the_table(inside: Netns) -> None:
     assert f"172.30.0.2 . tcp . 80 : goto service-{base('b')}" in text
     assert f"tcp . 30002 : goto external-{base('b')}" in text
     assert "numgen random mod 2 vmap" in text
-    assert "type filter hook forward priority -110; policy accept;" in text
+    assert "type filter hook forward priority filter; policy accept;" in text
 
 
 def test_partial_sync_touches_only_the_changed_service(inside: Netns) -> None:

@@ -95,13 +95,7 @@ def test_both_modes_agree(state) -> None:
             if port.node_port:
                 scenarios.append((src, NODE, port.node_port, port.protocol))
     assert len(scenarios) > 20
-    # Known renderer finding (F1 in tests/conformance/known_findings.yaml): from the node itself to
-    # an external IP of an eTP=Local service with no local endpoints, nftables mode drops
-    # (filter-output checks @no-endpoint-services before DNAT) where kube-proxy short-circuits.
-    known = {(NODE, "192.168.100.20", 80, "TCP")}
     for s in scenarios:
-        if s in known:
-            continue
         a = trace_packet(ipt, *s, local_addresses=[NODE])
         b = trace_packet(nft, *s, local_addresses=[NODE])
         assert (a.verdict, a.endpoints, a.masquerade) == (b.verdict, b.endpoints, b.masquerade), s

@@ -15,11 +15,11 @@ from .names import family_keyword
 TABLE_COMMENT = "rules for kube-proxy"
 
 # chain names
-FILTER_PREROUTING = "filter-prerouting"
+FILTER_PREROUTING_PRE_DNAT = "filter-prerouting-pre-dnat"
 FILTER_INPUT = "filter-input"
 FILTER_FORWARD = "filter-forward"
 FILTER_OUTPUT = "filter-output"
-FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
+FILTER_OUTPUT_PRE_DNAT = "filter-output-pre-dnat"
 NAT_PREROUTING = "nat-prerouting"
 NAT_OUTPUT = "nat-output"
 NAT_POSTROUTING = "nat-postrouting"
@@ -138,14 +138,17 @@ def fixed_chains(cfg: NodeConfig) -> tuple[Chain, ...]:
         nodeport_dispatch = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
     triple = f"{ip} daddr . meta l4proto . th dport"
     return (
-        Chain(FILTER_PREROUTING, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "prerouting", "-110")),
+        # The firewall must see the service address, so it runs before DNAT; the endpoint and
+        # ClusterIP checks run after it (priority 0), so traffic that a service chain already
+        # rewrote (e.g. short-circuited local traffic) is not dropped as "no endpoints".
+        Chain(FILTER_PREROUTING_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "prerouting", "-110")),
+        Chain(FILTER_OUTPUT_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "output", "-110")),
         Chain(FILTER_INPUT, (f"{new} jump {NODEPORT_ENDPOINTS_CHECK}", f"{new} jump {SERVICE_ENDPOINTS_CHECK}"),
-              base("filter", "input", "-110")),
+              base("filter", "input", "0")),
         Chain(FILTER_FORWARD, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}"),
-              base("filter", "forward", "-110")),
-        Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {FIREWALL_CHECK}"),
-              base("filter", "output", "-110")),
-        Chain(FILTER_OUTPUT_POST_DNAT, (f"{new} jump {CLUSTER_IPS_CHECK}",), base("filter", "output", "-90")),
+              base("filter", "forward", "0")),
+        Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}"),
+              base("filter", "output", "0")),
         Chain(NAT_PREROUTING, (f"jump {SERVICES}",), base("nat", "prerouting", "-100")),
         Chain(NAT_OUTPUT, (f"jump {SERVICES}",), base("nat", "output", "-100")),
         Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), base("nat", "postrouting", "100")),
