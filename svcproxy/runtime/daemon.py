@@ -51,6 +51,9 @@ class Daemon:
         self.health = ProxierHealth(timeout=lambda: 2 * self.syncer.full_sync_interval,
                                     last_updated=lambda: self.syncer.last_success,
                                     pending_since=self.syncer.pending_since)
+        # pending changes are read from the store at scrape time
+        self.metrics.endpoint_changes_pending.set_function(lambda: self.store.pending.endpoint_events)
+        self.metrics.service_changes_pending.set_function(lambda: self.store.pending.service_events)
         self.service_health = ServiceHealth(self.health)
         self.syncer.listeners.append(self.service_health.update)
 

@@ -105,8 +105,6 @@ class Syncer:
         if pend.oldest is not None and self.oldest_pending is None:
             self.oldest_pending = pend.oldest
         if self.metrics:
-            self.metrics.endpoint_changes_pending.set(pend.endpoint_events)
-            self.metrics.service_changes_pending.set(pend.service_events)
             self.metrics.last_queued_timestamp.set(time.time())
 
     # -- one sync ----------------------------------------------------------
@@ -152,8 +150,6 @@ class Syncer:
         if m:
             m.endpoint_changes_total.inc(changes.endpoint_events)
             m.service_changes_total.inc(changes.service_events)
-            m.endpoint_changes_pending.set(0)
-            m.service_changes_pending.set(0)
         previous = self.programmed
         self.state = state
         t1 = time.perf_counter()
