@@ -50,7 +50,8 @@ class Daemon:
                              clear_conntrack=opts.clear_conntrack)
         self.health = ProxierHealth(timeout=lambda: 2 * self.syncer.full_sync_interval,
                                     last_updated=lambda: self.syncer.last_success,
-                                    pending_since=self.syncer.pending_since)
+                                    pending_since=self.syncer.pending_since,
+                                    node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
         # pending changes are read from the store at scrape time
         self.metrics.endpoint_changes_pending.set_function(lambda: self.store.pending.endpoint_events)
         self.metrics.service_changes_pending.set_function(lambda: self.store.pending.service_events)

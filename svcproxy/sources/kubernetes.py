@@ -36,6 +36,7 @@ log = logging.getLogger("svcproxy.sources.kubernetes")
 
 LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+TAINT_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"
 
 
 class Gone(Exception):
@@ -77,6 +78,15 @@ def _trigger_time(raw: Mapping[str, Any]) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _node_eligible(raw: Mapping[str, Any]) -> bool:
+    """kube-proxy's /healthz says nodeEligible=false (503) for a node being deleted or drained by
+    the cluster autoscaler, so load balancers stop sending it new connections."""
+    if (raw.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    taints = (raw.get("spec") or {}).get("taints") or ()
+    return not any(isinstance(t, dict) and t.get("key") == TAINT_TO_BE_DELETED for t in taints)
 
 
 class Reflector:
@@ -153,6 +163,8 @@ class Reflector:
                  time.perf_counter() - started)
 
     def _parse(self, raw: Mapping[str, Any], keep: set[tuple[str, str]]) -> Obj | None:
+        if self.res.kind == "Node":
+            self.store.node_eligible[_meta_key("Node", raw)] = _node_eligible(raw)
         if "kind" not in raw:
             raw = {**raw, "kind": self.res.kind}  # list items carry no kind
         try:
@@ -200,6 +212,8 @@ class Reflector:
             if obj is not None:
                 self.store.put(self.name, obj, _trigger_time(raw) if self.res.kind == "EndpointSlice" else None)
         elif kind == "DELETED":
+            if self.res.kind == "Node":
+                self.store.node_eligible.pop(_meta_key("Node", raw), None)
             self.store.delete(self.name, self.res.kind, _meta_key(self.res.kind, raw))
         elif kind != "BOOKMARK":
             log.warning("%s: unknown watch event type %r ignored", self.res.kind, kind)

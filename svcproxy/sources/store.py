@@ -52,7 +52,7 @@ class ObjectStore:
         self._pending = set(sources)  # sources that have not delivered a complete state yet
         self._changes = Changes(all=True)
         self.changed = asyncio.Event()  # set whenever something changed; the sync loop waits on it
-        self.errors: dict[tuple[str, str], str] = {}  # (source, origin) -> bad-object messages, for logs
+        self.node_eligible: dict[str, bool] = {}  # node name -> not being deleted (for /healthz)
 
     # -- what sources call -------------------------------------------------
     def add_source(self, name: str) -> None:

@@ -155,3 +155,42 @@ def test_list_is_paginated(server: StandInApiServer) -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_node_being_deleted_makes_healthz_503(server: StandInApiServer) -> None:
+    import json as _json
+
+    import aiohttp
+
+    from .test_health_metrics import free_port
+
+    hz = free_port()
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        source = ApiSource(ApiConfig(host=server.url), "node-a")
+        daemon = Daemon(DaemonOptions(cfg=CFG, mode="fake", sources=[source], min_sync_period=0.0,
+                                      healthz_bind_address=f"127.0.0.1:{hz}", metrics_bind_address="",
+                                      clear_conntrack=False), dp=dp)
+        task = asyncio.create_task(daemon.run())
+
+        async def get(path: str) -> tuple[int, dict]:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{hz}{path}") as r:
+                return r.status, _json.loads(await r.text())
+
+        try:
+            await until(lambda: dp.calls)
+            status, doc = await get("/healthz")
+            assert status == 200 and doc["nodeEligible"] is True
+            server.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                          "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}})
+            await until(lambda: daemon.store.node_eligible.get("node-a") is False, 3)
+            status, doc = await get("/healthz")
+            assert status == 503 and doc["nodeEligible"] is False
+            status, _ = await get("/livez")
+            assert status == 200, "the proxy itself is alive"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
