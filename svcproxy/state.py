@@ -162,6 +162,9 @@ class ProxyState:
     services: dict[str, ServiceState] = field(default_factory=dict)  # by "ns/name"
     errors: list[str] = field(default_factory=list)
     zone: str = ""
+    # ClusterIP ranges of this family (ServiceCIDR objects): nftables mode drops traffic to
+    # addresses in them that no Service has, as kube-proxy does.
+    service_cidrs: tuple[str, ...] = ()
 
     @cached_property
     def ports(self) -> list[ServicePortInfo]:
@@ -214,7 +217,8 @@ def build_state(objects: Objects, cfg: NodeConfig) -> ProxyState:
                           f"Service {sl.service_key} not found; slice ignored")
             continue
         slices.setdefault(sl.service_key, []).append(sl)
-    state = ProxyState(errors=errors, zone=node_zone(objects.nodes, cfg))
+    cidrs = tuple(sorted({c for sc in objects.service_cidrs for c in sc.cidrs if ip_family(c) == cfg.ip_family}))
+    state = ProxyState(errors=errors, zone=node_zone(objects.nodes, cfg), service_cidrs=cidrs)
     for key, svc in services.items():
         st = build_service_state(svc, slices.get(key, ()), cfg)
         if st.ports:

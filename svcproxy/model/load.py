@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .objects import EndpointSlice, Node, Service
+from .objects import EndpointSlice, Node, Service, ServiceCIDR
 from .parse import PARSERS, ObjectError
 
 try:
@@ -31,13 +31,16 @@ class Objects:
     services: list[Service] = field(default_factory=list)
     slices: list[EndpointSlice] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
+    service_cidrs: list[ServiceCIDR] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, obj: Service | EndpointSlice | Node) -> None:
+    def add(self, obj: Service | EndpointSlice | Node | ServiceCIDR) -> None:
         if isinstance(obj, Service):
             self.services.append(obj)
         elif isinstance(obj, EndpointSlice):
             self.slices.append(obj)
+        elif isinstance(obj, ServiceCIDR):
+            self.service_cidrs.append(obj)
         else:
             self.nodes.append(obj)
 
@@ -45,6 +48,7 @@ class Objects:
         self.services += other.services
         self.slices += other.slices
         self.nodes += other.nodes
+        self.service_cidrs += other.service_cidrs
         self.errors += other.errors
 
 

@@ -104,6 +104,14 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """networking.k8s.io/v1 ServiceCIDR: a range ClusterIPs are allocated from."""
+
+    name: str
+    cidrs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     labels: tuple[tuple[str, str], ...] = ()

@@ -20,6 +20,7 @@ from .objects import (
     LoadBalancerIngress,
     Node,
     Service,
+    ServiceCIDR,
     ServicePort,
 )
 
@@ -284,8 +285,17 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
     return Node(name=name, labels=tuple(sorted(labels.items())), addresses=tuple(addrs))
 
 
-PARSERS: dict[str, Callable[[Mapping[str, Any]], Service | EndpointSlice | Node]] = {
+def parse_service_cidr(obj: Mapping[str, Any]) -> ServiceCIDR:
+    r = _Reader("ServiceCIDR", obj)
+    _, name, _ = _metadata(r, obj, namespaced=False)
+    spec = r.get(obj, "spec", "spec", dict, {})
+    cidrs = tuple(r.cidr(c, f"spec.cidrs[{i}]") for i, c in enumerate(r.get(spec, "cidrs", "spec.cidrs", list, [])))
+    return ServiceCIDR(name, cidrs)
+
+
+PARSERS: dict[str, Callable[[Mapping[str, Any]], Service | EndpointSlice | Node | ServiceCIDR]] = {
     "Service": parse_service,
     "EndpointSlice": parse_endpoint_slice,
     "Node": parse_node,
+    "ServiceCIDR": parse_service_cidr,
 }

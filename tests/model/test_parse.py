@@ -155,3 +155,16 @@ def test_leading_zeros_accepted_like_kube_proxy() -> None:
                           loadBalancerSourceRanges=["203.0.113.000/025"]))
     assert s.cluster_ips == ("172.30.0.41",) and s.external_ips == ("192.168.99.22",)
     assert s.load_balancer_source_ranges == ("203.0.113.0/25",)
+
+
+def test_service_cidr_objects_reach_the_state() -> None:
+    from svcproxy.config import NodeConfig
+    from svcproxy.state import build_state
+
+    text = ("apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\n"
+            "spec: {cidrs: [172.30.0.0/16, 'fd00:30::/112']}\n---\n"
+            "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: bad}\nspec: {cidrs: [nope]}\n")
+    objs = load_text(text)
+    assert objs.errors == ["ServiceCIDR bad: spec.cidrs[0]: 'nope' is not a valid CIDR"]
+    assert build_state(objs, NodeConfig()).service_cidrs == ("172.30.0.0/16",)
+    assert build_state(objs, NodeConfig(ip_family=6)).service_cidrs == ("fd00:30::/112",)

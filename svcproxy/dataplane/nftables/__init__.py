@@ -57,6 +57,7 @@ class NftablesDataplane:
         self.kernel: Kernel | None = None  # None: not read yet (startup)
         self.applied: dict[str, ServiceRules] = {}  # service key -> rules in the kernel
         self.need_full = True
+        self.service_cidrs: tuple[str, ...] | None = None  # as in the kernel's cluster-ips-check
         self.started = False
         self.transactions: list[str] = []  # the nft input of the last sync, for tests and debugging
         # Chains no longer used, flushed at the given monotonic time. The kernel refuses to
@@ -74,7 +75,7 @@ class NftablesDataplane:
         self.timings = []
         try:
             self._delete_stale_chains()
-            if changed is None or self.need_full or self.kernel is None:
+            if changed is None or self.need_full or self.kernel is None or state.service_cidrs != self.service_cidrs:
                 return self._full(state)
             return self._partial(state, changed)
         except ApplyError:
@@ -92,6 +93,7 @@ class NftablesDataplane:
         self.kernel = None
         self.applied = {}
         self.stale = {}
+        self.service_cidrs = None
         self.need_full = True
 
     def _delete_stale_chains(self) -> None:
@@ -174,7 +176,7 @@ class NftablesDataplane:
 
         # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
         elements = desired_elements(self.cfg, (r.elements for r in rules))
-        tx = commit(self.cfg, chains, sets, elements, kernel, recreate_base)
+        tx = commit(self.cfg, chains, sets, elements, kernel, recreate_base, state.service_cidrs)
         respec = respecified(kernel, sets)  # an affinity timeout changed: re-create the set
         forced = uses_sets(chains, respec, kernel)
         tx.flush_chains(forced)
@@ -196,6 +198,7 @@ class NftablesDataplane:
         kernel.sets = dict(sets)
         kernel.elements = elements
         self.applied = {r.service.key: r for r in rules}
+        self.service_cidrs = state.service_cidrs
         self.need_full = False
         return self._result(True)
 

@@ -118,8 +118,10 @@ def containers(cfg: NodeConfig) -> tuple[Container, ...]:
     return tuple(out)
 
 
-def fixed_chains(cfg: NodeConfig) -> tuple[Chain, ...]:
-    """Base chains (hooked into netfilter) and the top-level chains they jump to, with their rules."""
+def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
+    """Base chains (hooked into netfilter) and the top-level chains they jump to, with their rules.
+
+    service_cidrs: the ClusterIP ranges; traffic to an unallocated address in them is dropped."""
     ip = family_keyword(cfg.ip_family)
     mark = masquerade_mark(cfg)
     new = "ct state new"
@@ -152,7 +154,11 @@ def fixed_chains(cfg: NodeConfig) -> tuple[Chain, ...]:
         Chain(NAT_PREROUTING, (f"jump {SERVICES}",), base("nat", "prerouting", "-100")),
         Chain(NAT_OUTPUT, (f"jump {SERVICES}",), base("nat", "output", "-100")),
         Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), base("nat", "postrouting", "100")),
-        Chain(CLUSTER_IPS_CHECK, (f'{ip} daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"',)),
+        Chain(CLUSTER_IPS_CHECK, (
+            f'{ip} daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"',
+            *([f'{ip} daddr {{ {", ".join(service_cidrs)} }} drop comment "Drop traffic to unallocated ClusterIPs"']
+              if service_cidrs else []),
+        )),
         Chain(FIREWALL_CHECK, (f"{triple} vmap @{FIREWALL_IPS}",)),
         Chain(MARK_MASQ, (f"mark set mark or {mark}",)),
         Chain(MASQUERADING, (f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random")),

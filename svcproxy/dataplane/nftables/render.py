@@ -131,7 +131,7 @@ def container_text(c: Container, elements: Iterable[Element], indent: str = "\t"
     return lines
 
 
-def render_rules(cfg: NodeConfig, services: list[ServiceRules]) -> str:
+def render_rules(cfg: NodeConfig, services: list[ServiceRules], service_cidrs: tuple[str, ...] = ()) -> str:
     family = names.family_keyword(cfg.ip_family)
     elements = unique_elements(e for r in services for e in r.elements)
     for el in static_elements(cfg):
@@ -140,7 +140,7 @@ def render_rules(cfg: NodeConfig, services: list[ServiceRules]) -> str:
     for c in containers(cfg):
         lines += container_text(c, sorted(elements.get(c.name, {}).values(), key=_element_order))
     lines += [r.sets_text for r in services if r.sets_text]
-    for chain in fixed_chains(cfg):
+    for chain in fixed_chains(cfg, service_cidrs):
         lines += chain_text(chain)
     lines += [r.chains_text for r in services if r.chains_text]
     lines.append("}")
@@ -153,4 +153,4 @@ def _element_order(el: Element) -> tuple:
 
 def render_ruleset(state: ProxyState, cfg: NodeConfig) -> str:
     """The whole kube-proxy table for this node, as `nft -f` input (deterministic)."""
-    return render_rules(cfg, cache_for(cfg).all(state))
+    return render_rules(cfg, cache_for(cfg).all(state), state.service_cidrs)

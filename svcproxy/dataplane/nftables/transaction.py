@@ -87,12 +87,13 @@ class Tx:
 
 
 def commit(cfg: NodeConfig, chains: dict[str, Chain], sets: dict[str, Container],
-           elements: dict[str, dict[str, Element]], kernel: Kernel, recreate_base: bool) -> Tx:
+           elements: dict[str, dict[str, Element]], kernel: Kernel, recreate_base: bool,
+           service_cidrs: tuple[str, ...] = ()) -> Tx:
     """The atomic full-sync switch: table, fixed chains and containers rewritten, all elements
     re-added, per-service chains no longer wanted flushed, affinity sets no longer wanted deleted."""
     tx = Tx(cfg)
     tx.lines.append(f'add table {tx.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
-    fixed = fixed_chains(cfg)
+    fixed = fixed_chains(cfg, service_cidrs)
     if recreate_base:  # so that changed hook properties (priorities) take effect
         for c in fixed:
             if c.hook:
