@@ -138,32 +138,11 @@ def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: 
     chains: list[str] = []
     if uses_ext_chain:
         chains.append(ext_chain)
-        ext = rules.setdefault(ext_chain, [])
-        if not port.external_policy_local:
-            ext.append(f'-A {ext_chain} -m comment --comment "masquerade traffic for {name} external destinations" '
-                       f"-j {n.MARK_MASQ}\n")
-        else:
-            if ctx.local_cidr:
-                ext.append(f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations" '
-                           f"-s {ctx.local_cidr} -j {svc_chain}\n")
-            ext.append(f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external '
-                       f'destinations" -m addrtype --src-type LOCAL -j {n.MARK_MASQ}\n')
-            ext.append(f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external '
-                       f'destinations" -m addrtype --src-type LOCAL -j {svc_chain}\n')
-        if has_external:
-            ext.append(f"-A {ext_chain} -j {external_policy_chain}\n")
+        rules[ext_chain] = _ext_rules(port, name, ext_chain, svc_chain,
+                                      external_policy_chain if has_external else "", ctx)
     if uses_fw:
         chains.append(fw_chain)
-        fw_head = f'-A {fw_chain} -m comment --comment "{name} loadbalancer IP"'
-        fw = rules.setdefault(fw_chain, [])
-        allow_from_node = False
-        for cidr in port.load_balancer_source_ranges:
-            fw.append(f"{fw_head} -s {cidr} -j {ext_chain}\n")
-            allow_from_node = allow_from_node or _contains(cidr, ctx.node_ip)
-        if allow_from_node:
-            fw += [f"{fw_head} -s {ip} -j {ext_chain}\n" for ip in port.load_balancer_ips]
-        fw.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be dropped by '
-                  f'{n.PROXY_FIREWALL}"\n')
+        rules[fw_chain] = _fw_rules(port, name, fw_chain, ext_chain, ctx)
 
     eps = sel.all_reachable
     ep_strs = {id(ep): _endpoint(ep) for ep in eps}
@@ -190,6 +169,40 @@ def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: 
         filter_external=filter_external, filter_nodeports=filter_nodeports, filter_firewall=filter_firewall,
         chains=tuple(chains), chain_rules=tuple(chain_rules), nat_rule_count=nat_rule_count,
     )
+
+
+def _ext_rules(port: ServicePortInfo, name: str, ext_chain: str, svc_chain: str, policy_chain: str,
+               ctx: RenderContext) -> list[str]:
+    """KUBE-EXT: masquerade (Cluster policy) or keep the client address (Local policy) while
+    short-circuiting pod and node traffic to the cluster-wide chain; then the policy chain."""
+    if not port.external_policy_local:
+        out = [f'-A {ext_chain} -m comment --comment "masquerade traffic for {name} external destinations" '
+               f"-j {n.MARK_MASQ}\n"]
+    else:
+        out = []
+        if ctx.local_cidr:
+            out.append(f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations" '
+                       f"-s {ctx.local_cidr} -j {svc_chain}\n")
+        out.append(f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external '
+                   f'destinations" -m addrtype --src-type LOCAL -j {n.MARK_MASQ}\n')
+        out.append(f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external '
+                   f'destinations" -m addrtype --src-type LOCAL -j {svc_chain}\n')
+    if policy_chain:  # "" when Local policy has no local endpoint: what falls through is dropped
+        out.append(f"-A {ext_chain} -j {policy_chain}\n")
+    return out
+
+
+def _fw_rules(port: ServicePortInfo, name: str, fw_chain: str, ext_chain: str, ctx: RenderContext) -> list[str]:
+    """KUBE-FW: loadBalancerSourceRanges let traffic on to KUBE-EXT; the rest falls through and is
+    dropped by KUBE-PROXY-FIREWALL in the filter table (it was not DNATed)."""
+    head = f'-A {fw_chain} -m comment --comment "{name} loadbalancer IP"'
+    out = [f"{head} -s {cidr} -j {ext_chain}\n" for cidr in port.load_balancer_source_ranges]
+    if any(_contains(cidr, ctx.node_ip) for cidr in port.load_balancer_source_ranges):
+        # The node itself is allowed: its packets to the LB IP loop back with the LB IP as source.
+        out += [f"{head} -s {ip} -j {ext_chain}\n" for ip in port.load_balancer_ips]
+    out.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be dropped by '
+               f'{n.PROXY_FIREWALL}"\n')
+    return out
 
 
 def _dispatch(chain: str, name: str, port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...],
