@@ -202,3 +202,27 @@ def test_slow_full_syncs_stretch_the_period_and_partial_syncs_go_between(manifes
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_single_file_path_followed_through_rename_and_in_place_edits(tmp_path: Path) -> None:
+    f = tmp_path / "web.yaml"
+    write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.10")]))
+    (tmp_path / "unrelated.yaml").write_text("not: [watched")
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([f], dp, min_sync_period=0.0)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.11")]))
+            await until(lambda: dp.endpoints("default/web") == ["10.0.1.11:8080"])  # replaced by rename
+            f.write_text(json.dumps(service("web", "172.30.0.10")) + "\n---\n" +
+                         json.dumps(endpoint_slice("web-1", "web", [endpoint("10.0.1.12")])))
+            await until(lambda: dp.endpoints("default/web") == ["10.0.1.12:8080"])  # edited in place
+            assert len(daemon.store.services) == 1, "files next to it are not read"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
