@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svcproxy.config import NodeConfig
+from svcproxy.dataplane.iptables import IptablesDataplane
 from svcproxy.dataplane.iptables.render import render_ruleset
 from svcproxy.state import EndpointInfo, ProxyState, ServicePortInfo, ServicePortName, ServiceState
 
@@ -80,5 +84,52 @@ def test_iptables_restore_accepts_rendered_rulesets(module_netns: str, family: i
     @given(state=states(family), cfg=configs(family))
     def check(state: ProxyState, cfg: NodeConfig) -> None:
         sh(module_netns, tool, "--test", input=render_ruleset(state, cfg))
+
+    check()
+
+
+def nat_chains(ns: str) -> dict[str, list[str]]:
+    """The nat table as chain -> rules (built-in chains included), from iptables-save."""
+    chains: dict[str, list[str]] = {}
+    for line in sh(ns, "iptables-save", "-t", "nat").splitlines():
+        if line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            chains.setdefault(line.split()[1], []).append(line)
+    return chains
+
+
+@pytest.fixture
+def two_netns() -> Iterator[tuple[str, str]]:
+    names = (f"ipt-{uuid.uuid4().hex[:8]}", f"ipt-{uuid.uuid4().hex[:8]}")
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_partial_syncs_end_where_a_full_sync_would(two_netns: tuple[str, str]) -> None:
+    """After any sequence of partial syncs, the kernel holds exactly what a fresh full sync writes."""
+    incremental, reference = two_netns
+    cfg = NodeConfig(hostname="test-node", node_ips=("192.168.0.2",), cluster_cidrs=("10.0.0.0/16",))
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+    @given(steps=st.lists(states(4), min_size=2, max_size=3))
+    def check(steps: list[ProxyState]) -> None:
+        dp = IptablesDataplane(cfg, netns=incremental)
+        dp.cleanup()
+        dp.sync(steps[0])
+        for before, after in zip(steps, steps[1:], strict=False):
+            changed = {k for k in before.services.keys() | after.services.keys()
+                       if before.services.get(k) != after.services.get(k)}
+            assert not dp.sync(after, changed).full
+            fresh = IptablesDataplane(cfg, netns=reference)
+            fresh.cleanup()
+            fresh.sync(after)
+            assert nat_chains(incremental) == nat_chains(reference)
 
     check()
