@@ -110,6 +110,10 @@ class ServiceCIDR:
     name: str
     cidrs: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:  # cluster-scoped
+        return self.name
+
 
 @dataclass(frozen=True, slots=True)
 class Node:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import NodeConfig
+from ..config import NodeConfig, ip_family
 from ..dataplane import Dataplane, SyncResult
 from ..sources.store import Changes, ObjectStore
 from ..state import ProxyState, ServiceState, build_service_state
@@ -127,7 +127,9 @@ class Syncer:
                 changed.add(key)
         if rebuild_all:
             changed |= set(self.state.services) - set(services)
-        return ProxyState(services=services, zone=zone), (None if rebuild_all else changed)
+        cidrs = tuple(sorted({c for sc in self.store.service_cidrs.values() for c in sc.cidrs
+                              if ip_family(c) == self.cfg.ip_family}))
+        return ProxyState(services=services, zone=zone, service_cidrs=cidrs), (None if rebuild_all else changed)
 
     def _service_state(self, key: str) -> ServiceState | None:
         svc = self.store.services.get(key)

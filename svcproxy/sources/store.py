@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..model.load import Objects
-from ..model.objects import EndpointSlice, Node, Service
+from ..model.objects import EndpointSlice, Node, Service, ServiceCIDR
 
-Obj = Service | EndpointSlice | Node
+Obj = Service | EndpointSlice | Node | ServiceCIDR
 
 
 def kind_of(obj: Obj) -> str:
@@ -47,6 +47,7 @@ class ObjectStore:
         self.services: dict[str, Service] = {}
         self.slices: dict[str, EndpointSlice] = {}
         self.nodes: dict[str, Node] = {}
+        self.service_cidrs: dict[str, ServiceCIDR] = {}
         self.slices_by_service: dict[str, set[str]] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, key) -> source name
         self._pending = set(sources)  # sources that have not delivered a complete state yet
@@ -151,6 +152,8 @@ class ObjectStore:
             return self.slices
         if kind == "Node":
             return self.nodes
+        if kind == "ServiceCIDR":
+            return self.service_cidrs
         raise ValueError(f"unknown kind {kind!r}")
 
     def _unindex(self, sl: EndpointSlice) -> None:
@@ -177,5 +180,5 @@ class ObjectStore:
 
 def _flatten(objects: Objects | Iterable[Obj]) -> list[Obj]:
     if isinstance(objects, Objects):
-        return [*objects.services, *objects.slices, *objects.nodes]
+        return [*objects.services, *objects.slices, *objects.nodes, *objects.service_cidrs]
     return list(objects)
