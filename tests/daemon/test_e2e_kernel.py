@@ -206,7 +206,7 @@ def test_udp_clients_move_off_a_removed_endpoint(env: NetEnv, tmp_path: Path, mo
     assert later and set(later) == {other}, f"client still on {first}: {later[:5]}"
 
 
-@pytest.mark.parametrize("mode", MODES[:1])
+@pytest.mark.parametrize("mode", MODES)
 def test_api_source_end_to_end_with_restart(env: NetEnv, tmp_path: Path, mode: str) -> None:
     """Fed by the stand-in API server: changes reach the kernel, and a restarted daemon programs
     nothing before its lists are complete (the rules it inherits keep serving meanwhile)."""
@@ -238,3 +238,30 @@ def test_api_source_end_to_end_with_restart(env: NetEnv, tmp_path: Path, mode: s
     assert client.failures() == [], f"{len(client.failures())} failed connection(s): {client.failures()[:3]}"
     assert {e["ep"] for e in events if e["t"] > t_changed + 0.05} == {"10.0.1.26", "10.0.1.27"}
     assert "listed" in log.read_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_flow_blackholed_before_the_service_existed_gets_through(env: NetEnv, tmp_path: Path,
+                                                                     mode: str) -> None:
+    """A UDP client that sent before the service had endpoints has a conntrack entry without DNAT;
+    without cleanup it would stay blackholed as long as it keeps sending."""
+    m = tmp_path / "manifests"
+    m.mkdir()
+    env.serve("udp", ["10.0.1.42"], 5353)
+    daemon = Daemon(env, m, mode, tmp_path / "daemon.log").start()
+    n = daemon.wait_sync(0)
+    client = env.client("udp", DNS_IP, 53)
+    try:
+        time.sleep(0.5)
+        assert client.events and not any(e["ok"] for e in client.events), "nothing answers yet"
+        assert "udp" in env.exec(env.node, "conntrack", "-L", "-p", "udp", "--orig-dst", DNS_IP, check=False)
+        write(m / "dns.json", service("dns", DNS_IP, 53, "UDP", target=5353),
+              endpoint_slice("dns-1", "dns", [ready("10.0.1.42")], 5353, "UDP"))
+        settle(daemon, n)
+        t_added = time.time()
+        time.sleep(0.8)
+    finally:
+        events = client.stop()
+        daemon.stop()
+    later = [e for e in events if e["t"] > t_added + 0.3]
+    assert later and all(e["ok"] and e["ep"] == "10.0.1.42" for e in later), later[:3]
