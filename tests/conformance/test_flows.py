@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from .runner import mismatch, trace
-from .scenarios import Case, Expected, Flow, expectation, load_cases
+from .scenarios import Case, Expected, Finding, Flow, expectation, load_cases
 
 CASES = load_cases()
 
@@ -56,3 +56,11 @@ def test_a_wrong_answer_is_reported() -> None:
     assert mismatch(flow, trace(case, flow)) is None
     wrong = Flow(**{**flow.__dict__, "output": "10.180.0.9:80"})
     assert "kube-proxy expects '10.180.0.9:80'" in (mismatch(wrong, trace(case, wrong)) or "")
+
+
+def test_known_findings_select_flows_by_pattern_and_mode() -> None:
+    """A known_findings.yaml entry marks exactly the flows (and modes) it names."""
+    flow = next(f for c in CASES for f in c.flows if c.scenario == "bad_ips" and f.mode == "nftables")
+    assert Finding("bad_ips/leading zeros/*", ("nftables",), "F3").covers(flow)
+    assert not Finding("bad_ips/leading zeros/*", ("iptables",), "F3").covers(flow)
+    assert not Finding("bad_ips/other case/*", ("nftables",), "F3").covers(flow)
