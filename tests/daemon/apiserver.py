@@ -87,6 +87,7 @@ class StandInApiServer:
         self._responses: set[web.StreamResponse] = set()
         self.requests: list[str] = []  # "list Service", "watch Service rv=12", ...
         self.fail_next = 0
+        self.list_delay = 0.0  # seconds every list request waits (a slow or overloaded API server)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -217,6 +218,8 @@ class StandInApiServer:
         labels, fields = q.get("labelSelector", ""), q.get("fieldSelector", "")
         if q.get("watch") in ("true", "1"):
             return await self._watch(request, kind, labels, fields)
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         return self._list(kind, labels, fields, int(q.get("limit", "0") or 0), q.get("continue", ""))
 
     async def _put(self, request: web.Request) -> web.Response:
@@ -360,6 +363,8 @@ def main() -> None:
                 server.apply(*cmd["apply"])
             elif "delete" in cmd:
                 server.delete(*cmd["delete"])
+            elif "list_delay" in cmd:
+                server.call(setattr, server, "list_delay", float(cmd["list_delay"]))
             print("ok", flush=True)
         server.stop()
         return

@@ -211,3 +211,6 @@ class ApiServer:
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self._send({"delete": [kind, namespace, name]})
+
+    def slow_lists(self, seconds: float) -> None:
+        self._send({"list_delay": seconds})

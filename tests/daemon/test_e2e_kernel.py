@@ -228,9 +228,12 @@ def test_api_source_end_to_end_with_restart(env: NetEnv, tmp_path: Path, mode: s
         env.stop_serving("10.0.1.25")
         time.sleep(0.3)
         daemon.kill9()
+        api.slow_lists(1.5)  # the new daemon must not program a half-listed (or empty) state meanwhile
         log.write_text("")
         daemon = Daemon(env, None, mode, log, "--master", api.url).start()
+        t_restart = time.time()
         daemon.wait_sync(0)
+        assert time.time() - t_restart > 1.5
         time.sleep(0.3)
     finally:
         events = client.stop()
