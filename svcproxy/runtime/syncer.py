@@ -129,7 +129,9 @@ class Syncer:
             changed |= set(self.state.services) - set(services)
         cidrs = tuple(sorted({c for sc in self.store.service_cidrs.values() for c in sc.cidrs
                               if ip_family(c) == self.cfg.ip_family}))
-        return ProxyState(services=services, zone=zone, service_cidrs=cidrs), (None if rebuild_all else changed)
+        # the service CIDRs are not per service: a change there needs a full dataplane sync
+        full = rebuild_all or cidrs != self.state.service_cidrs
+        return ProxyState(services=services, zone=zone, service_cidrs=cidrs), (None if full else changed)
 
     def _service_state(self, key: str) -> ServiceState | None:
         svc = self.store.services.get(key)

@@ -31,3 +31,14 @@ def test_service_cidrs_reach_the_state() -> None:
     assert state.service_cidrs == ("172.30.0.0/16",) and changed is None
     store.replace("manifests", load_text(TEXT.split("---", 1)[1]))
     assert store.service_cidrs == {}
+
+
+def test_a_service_cidr_change_asks_for_a_full_sync() -> None:
+    store = ObjectStore(["manifests"])
+    store.replace("manifests", load_text(TEXT))
+    syncer = Syncer(store, RecordingDataplane(), NodeConfig(), clear_conntrack=False)
+    syncer.state, _ = syncer.build(store.take_changes())
+    syncer.programmed = syncer.state
+    store.replace("manifests", load_text(TEXT.replace("172.30.0.0/16", "172.31.0.0/16")))
+    state, changed = syncer.build(store.take_changes())
+    assert state.service_cidrs == ("172.31.0.0/16",) and changed is None
