@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..dataplane import MODES
+from ..dataplane import MODES, RUN_MODES
 from ..lab import DEFAULT_PREFIX, Lab, LabError
 from ..lab.targets import VIAS
 
@@ -55,7 +55,7 @@ def lab() -> None:
 @click.option("-f", "--filename", "paths", multiple=True, required=True, type=click.Path(),
               help="Manifests (Services, EndpointSlices, Nodes); files or directories. Repeatable.")
 @click.option("--nodes", type=int, default=None, help="Node count (default: the Nodes in the manifests, at least 2).")
-@click.option("--proxy-mode", type=click.Choice(MODES), default="iptables", show_default=True)
+@click.option("--proxy-mode", type=click.Choice(RUN_MODES), default="iptables", show_default=True)
 @prefix_option()
 @_errors
 def up(paths: tuple[str, ...], nodes: int | None, proxy_mode: str, prefix: str) -> None:

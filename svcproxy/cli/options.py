@@ -48,10 +48,14 @@ def manifest_option(required: bool = False) -> Callable:
                         type=click.Path(), help="Manifest file or directory (YAML/JSON); repeatable.")
 
 
-def node_options(func: Callable) -> Callable:
-    """Decorate a command with the flags that make a NodeConfig (see node_config)."""
+def node_options(func: Callable | None = None, *, modes: tuple[str, ...] = MODES) -> Callable:
+    """Decorate a command with the flags that make a NodeConfig (see node_config).
+
+    modes: the --proxy-mode choices (`run` adds userspace, which renders nothing)."""
+    if func is None:
+        return lambda f: node_options(f, modes=modes)
     opts = [
-        click.option("--proxy-mode", type=click.Choice(MODES), default="iptables", show_default=True,
+        click.option("--proxy-mode", type=click.Choice(modes), default="iptables", show_default=True,
                      help="Which dataplane to use."),
         click.option("--ip-family", type=click.Choice(["IPv4", "IPv6"]), default=None,
                      help="Family to proxy (default: that of the first --node-ip, else IPv4)."),

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..dataplane import MODES
+from ..dataplane import RUN_MODES
 from ..runtime.daemon import DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, DaemonOptions, run_daemon
 from ..runtime.durations import format_duration, parse_duration
 from .options import manifest_option, node_config, node_options
@@ -41,7 +41,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float |
 @click.option("--detect-local-addresses/--no-detect-local-addresses", default=True, show_default=True,
               help="Read this node's addresses from the kernel (adds to --local-address).")
 @click.option("-v", "--v", "verbosity", default=0, type=int, help="Log verbosity (0: info; 1+: debug).")
-@node_options
+@node_options(modes=RUN_MODES)
 def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, healthz_bind_address: str,
         metrics_bind_address: str, sync_period: float, min_sync_period: float, detect_local_addresses: bool,
         verbosity: int, proxy_mode: str, **params: Any) -> None:
@@ -62,9 +62,9 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
         from ..runtime.kubeconfig import apply_config_file
 
         values = apply_config_file(params["config_file"], values, ctx)
-        if values["proxy_mode"] not in MODES:
+        if values["proxy_mode"] not in RUN_MODES:
             raise click.UsageError(f"{params['config_file']}: mode {values['proxy_mode']!r} is not supported "
-                                   f"(svcproxy implements {', '.join(MODES)})")
+                                   f"(svcproxy implements {', '.join(RUN_MODES)})")
         for name in ("sync_period", "min_sync_period"):
             values[name] = _duration(ctx, None, values[name])  # type: ignore[arg-type]
     cfg = node_config({**values, "config_file": None})

@@ -9,7 +9,8 @@ from typing import Protocol
 from ..config import NodeConfig
 from ..state import ProxyState
 
-MODES = ("iptables", "nftables")
+MODES = ("iptables", "nftables")  # the modes that render a ruleset (render, trace)
+RUN_MODES = (*MODES, "userspace")  # every mode `svcproxy run` can program; userspace has no rules
 
 Renderer = Callable[[ProxyState, NodeConfig], str]
 
@@ -20,6 +21,8 @@ def renderer(mode: str) -> Renderer:
         from .iptables.render import render_ruleset
     elif mode == "nftables":
         from .nftables.render import render_ruleset
+    elif mode == "userspace":
+        raise ValueError("userspace mode programs no rules; nothing to render")
     else:
         raise ValueError(f"unknown proxy mode {mode!r} (choose one of {', '.join(MODES)})")
     return render_ruleset
@@ -64,4 +67,8 @@ def dataplane(mode: str, cfg: NodeConfig) -> Dataplane:
         from .nftables import NftablesDataplane
 
         return NftablesDataplane(cfg)
-    raise ValueError(f"unknown proxy mode {mode!r} (choose one of {', '.join(MODES)})")
+    if mode == "userspace":
+        from .userspace import UserspaceDataplane
+
+        return UserspaceDataplane(cfg)
+    raise ValueError(f"unknown proxy mode {mode!r} (choose one of {', '.join(RUN_MODES)})")

@@ -16,6 +16,7 @@ TOOLS = {
 MODE_TOOLS = {
     "iptables": {"iptables-restore": "apt-get install iptables", "iptables-save": "apt-get install iptables"},
     "nftables": {"nft": "apt-get install nftables"},
+    "userspace": {},  # programs no netfilter rules: sockets and one interface
 }
 
 
@@ -30,7 +31,7 @@ def preflight(mode: str, *, euid: int | None = None, which: Callable[[str], str 
         raise LabError("this kernel has no network namespace support (/proc/self/ns/net is missing): "
                        "run on a Linux kernel built with CONFIG_NET_NS, outside a restricted container")
     if mode not in MODE_TOOLS:
-        raise LabError(f"unknown proxy mode {mode!r} (choose iptables or nftables)")
+        raise LabError(f"unknown proxy mode {mode!r} (choose iptables, nftables or userspace)")
     for tool, fix in {**TOOLS, **MODE_TOOLS[mode]}.items():
         if which(tool) is None:
             raise LabError(f"{tool} is not installed (needed for --proxy-mode {mode}): {fix}")
@@ -47,7 +48,8 @@ def dataplane_missing(mode: str) -> str | None:
     """Why this svcproxy cannot program a proxy mode (its dataplane is not importable), or None."""
     import importlib
 
-    cls = {"iptables": "IptablesDataplane", "nftables": "NftablesDataplane"}.get(mode)
+    cls = {"iptables": "IptablesDataplane", "nftables": "NftablesDataplane",
+           "userspace": "UserspaceDataplane"}.get(mode)
     if cls is None:
         return f"unknown proxy mode {mode!r}"
     try:

@@ -20,6 +20,7 @@ HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
 MIN_SYNC_PERIOD = "100ms"  # the lab shows changes followed at once; kube-proxy's default is 1s
 RULES_MARKER = {"iptables": "KUBE-SERVICES", "nftables": "table ip kube-proxy"}  # present once synced
+USERSPACE_IFNAME = "svcproxy0"  # userspace mode's interface holding the service addresses
 
 
 def svcproxy_argv() -> list[str]:
@@ -44,6 +45,9 @@ def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path) -> int
 
 def live_rules(ns: str, mode: str) -> str:
     """The node's ruleset as the kernel has it now (what the tracer reads, too)."""
+    if mode == "userspace":
+        raise LabError(f"userspace mode programs no rules; nothing to show or trace (its listeners: "
+                       f"`ip netns exec {ns} ss -ltnu`; its addresses: `ip -n {ns} addr show {USERSPACE_IFNAME}`)")
     if mode == "iptables":
         return netns.exec_in(ns, ["iptables-save"])
     return netns.exec_in(ns, ["nft", "list", "ruleset"])
@@ -61,6 +65,18 @@ def expected_endpoints(manifests: Path, node: NodeSpec) -> set[str]:
     for port in state.ports:
         out.update(ep.ip for ep in state.select(port, cfg).all_reachable)
     return out
+
+
+def expected_addresses(manifests: Path, node: NodeSpec) -> set[str]:
+    """Service addresses userspace mode must put on the node's svcproxy0."""
+    cfg = node_config(node)
+    state = build_state(load_paths([manifests]), cfg)
+    return {ip for p in state.ports for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips)}
+
+
+def userspace_addresses(ns: str) -> set[str]:
+    out = netns.run(["ip", "-n", ns, "-o", "addr", "show", "dev", USERSPACE_IFNAME], check=False)
+    return {line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3}
 
 
 CHAIN_LINE = re.compile(r"^\s*(chain\s|:)")
@@ -97,11 +113,16 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
     nodes: (namespace, node, proxy pid). Returns the seconds until the last node's rules showed
     the change (the proxies' reaction time, without our confirmation round-trips). A proxy that died or a
     deadline passed raises LabError with the tail of the proxy's log.
+
+    userspace mode programs no rules: there the node's svcproxy0 must hold every service
+    address, and the sync after `since` is taken as the change being in (its listeners and
+    endpoints live in the proxy process, out of sight).
     """
     start_t = time.monotonic()
     nodes = list(nodes)
     gone = set(gone)
-    expected = {n.name: expected_endpoints(manifests, n) for _, n, _ in nodes}
+    userspace = mode == "userspace"
+    expected = {n.name: (expected_addresses if userspace else expected_endpoints)(manifests, n) for _, n, _ in nodes}
     pending = {n.name for _, n, _ in nodes}
     seen: dict[str, float] = {}  # when each node's rules first showed the change
     while True:
@@ -110,10 +131,14 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
                 continue
             if pid and not netns.alive(pid):
                 raise LabError(f"svcproxy run on {node.name} exited:\n{log_tail(log_dir, node.name)}")
-            rules = rule_lines(netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
-                                             else ["nft", "list", "ruleset"], check=False))
-            if (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
-                    and not any(mentions(rules, ip) for ip in gone)):
+            if userspace:
+                programmed = expected[node.name] <= userspace_addresses(ns)
+            else:
+                rules = rule_lines(netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
+                                                 else ["nft", "list", "ruleset"], check=False))
+                programmed = (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
+                              and not any(mentions(rules, ip) for ip in gone))
+            if programmed:
                 seen.setdefault(node.name, time.monotonic() - start_t)
                 if last_sync(ns, node) >= since:
                     pending.discard(node.name)

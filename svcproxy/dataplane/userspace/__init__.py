@@ -1,0 +1,113 @@
+"""userspace mode: the node itself answers on every service address and relays each connection.
+
+For hosts where netfilter cannot be programmed: no rule is written anywhere. Service IPs are
+made local on the svcproxy0 interface (interface.py), one socket listens per frontend
+(plan.py: ClusterIP, externalIP, LB IP and NodePort, TCP and UDP), and each new connection
+or UDP session goes to an endpoint picked round-robin, with ClientIP affinity (balancer.py).
+
+Threads: the sockets live on one asyncio event loop in a background thread (LoopThread).
+sync() is called from the daemon's own thread; it computes the plan there (pure) and hands it
+to the loop with run_coroutine_threadsafe, waiting for the result, so the proxier's state is
+only ever touched by the loop's thread.
+
+Differences from the kernel modes, by nature: endpoints see the node's address as the client
+(every connection is proxied, like kube-proxy's old userspace mode); a refused external client
+(loadBalancerSourceRanges, eTP=Local without local endpoint) is reset rather than dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Collection, Coroutine
+from typing import Any
+
+from ...config import NodeConfig
+from ...state import ProxyState
+from .. import ApplyError, SyncResult
+from .interface import IFNAME, ServiceInterface
+from .plan import plan
+from .proxier import Proxier
+
+log = logging.getLogger("svcproxy.dataplane.userspace")
+
+UDP_IDLE_TIMEOUT = 30.0  # seconds; conntrack's default for UDP (nf_conntrack_udp_timeout)
+HANDOVER_TIMEOUT = 30.0
+
+
+class LoopThread:
+    """One asyncio event loop running in a daemon thread; run() executes a coroutine on it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = HANDOVER_TIMEOUT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class UserspaceDataplane:
+    mode = "userspace"
+
+    def __init__(self, cfg: NodeConfig, ifname: str = IFNAME, udp_idle_timeout: float = UDP_IDLE_TIMEOUT) -> None:
+        self.cfg = cfg
+        self.interface = ServiceInterface(ifname)
+        self.udp_idle_timeout = udp_idle_timeout
+        self._lock = threading.Lock()  # one sync or cleanup at a time
+        self._loop: LoopThread | None = None  # started by the first sync, not by construction
+        self._proxier: Proxier | None = None
+        self._reported: set[str] = set()  # unsupported service ports already named in the log
+
+    def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        """Always a full reconcile: computing the plan is cheap next to any socket work, and
+        open listeners are kept, so only the differences touch the kernel."""
+        wanted = plan(state, self.cfg)
+        with self._lock:
+            for name, why in wanted.unsupported.items():
+                if name not in self._reported:
+                    log.warning("%s: %s", name, why)
+            self._reported = set(wanted.unsupported)
+            self.interface.add(wanted.addresses)
+            if self._loop is None:
+                self._loop = LoopThread("svcproxy-userspace")
+                self._proxier = Proxier(self.cfg, self.udp_idle_timeout)
+            assert self._proxier is not None
+            try:
+                errors = self._loop.run(self._proxier.apply(wanted))
+            except TimeoutError:
+                raise ApplyError("the userspace proxy's event loop did not answer within "
+                                 f"{HANDOVER_TIMEOUT:.0f}s; listeners may be out of date") from None
+            for err in errors:
+                log.error("%s; retrying at the next sync (is another process using the port?)", err)
+            self.interface.remove_except(wanted.addresses)
+            return SyncResult(full=changed is None, rules={})
+
+    @property
+    def listening(self) -> set[tuple[str, str, int]]:
+        """The frontends with an open socket (for tests and logs); read on the loop's thread."""
+        if self._loop is None or self._proxier is None:
+            return set()
+        proxier = self._proxier
+
+        async def read() -> set[tuple[str, str, int]]:
+            return proxier.listening
+
+        return self._loop.run(read())
+
+    def cleanup(self) -> None:
+        """Close every listener and relayed connection, then delete svcproxy0 (and with it the
+        service addresses). Works in a fresh process too: then only the interface is left."""
+        with self._lock:
+            if self._loop is not None and self._proxier is not None:
+                self._loop.run(self._proxier.close())
+                self._loop.stop()
+                self._loop, self._proxier = None, None
+            self.interface.delete()

@@ -1,0 +1,106 @@
+"""What the node must answer on in userspace mode: a pure function of (state, NodeConfig).
+
+Every service address becomes a Frontend (protocol, address, port) that the proxier listens
+on; each Frontend carries the endpoints its connections may go to. Kept apart from the
+sockets so the choice of addresses and endpoints can be read and tested without root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ...config import NodeConfig
+from ...state import ProxyState, ServicePortInfo
+
+Endpoint = tuple[str, int]  # (ip, port)
+Key = tuple[str, str, int]  # (protocol, listen address, port); "0.0.0.0"/"::" = every local address
+SUPPORTED = ("TCP", "UDP")
+
+
+def wildcard(family: int) -> str:
+    return "0.0.0.0" if family == 4 else "::"
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One listening address of a service port and where its connections may go.
+
+    internal: endpoints for traffic to the ClusterIP (iTP), and for pod/node traffic to external
+    addresses (kube-proxy short-circuits it to the Cluster endpoints). external: endpoints for
+    traffic from outside the cluster to a NodePort, externalIP or LB IP (eTP).
+    """
+
+    service: str  # "ns/name:port", for logs
+    kind: str  # cluster | nodeport | external | loadbalancer
+    internal: tuple[Endpoint, ...]
+    external: tuple[Endpoint, ...] = ()
+    affinity_timeout: int = 0  # seconds of ClientIP affinity; 0 = none
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges (LB IPs only)
+
+    @property
+    def is_external(self) -> bool:
+        return self.kind != "cluster"
+
+    @property
+    def endpoints(self) -> frozenset[Endpoint]:
+        return frozenset(self.internal) | frozenset(self.external)
+
+
+@dataclass
+class Plan:
+    frontends: dict[Key, Frontend] = field(default_factory=dict)
+    addresses: set[str] = field(default_factory=set)  # service IPs the node must own
+    unsupported: dict[str, str] = field(default_factory=dict)  # service port -> why it is not proxied
+
+
+def plan(state: ProxyState, cfg: NodeConfig) -> Plan:
+    """Every frontend this node listens on. A service port without any usable endpoint gets no
+    listener: the kernel then refuses at once (TCP reset, ICMP port unreachable), as
+    kube-proxy's REJECT rule does."""
+    out = Plan()
+    for port in state.ports:
+        addresses = (port.cluster_ip, *port.external_ips, *port.load_balancer_ips)
+        out.addresses.update(addresses)
+        if port.protocol not in SUPPORTED:
+            out.unsupported[str(port.name)] = (f"protocol {port.protocol} is not supported in userspace mode "
+                                               f"(only {' and '.join(SUPPORTED)}); use iptables or nftables mode")
+            continue
+        sel = state.select(port, cfg)
+        internal = _endpoints(sel.local if port.internal_policy_local else sel.cluster)
+        external = _endpoints(sel.local if port.external_policy_local else sel.cluster)
+        short_circuit = _endpoints(sel.cluster)
+        for key, fe in _frontends(port, cfg, internal, external, short_circuit):
+            if fe.internal or fe.external:
+                out.frontends.setdefault(key, fe)
+    return out
+
+
+def _endpoints(eps: tuple) -> tuple[Endpoint, ...]:
+    return tuple((ep.ip, ep.port) for ep in eps)
+
+
+def _frontends(port: ServicePortInfo, cfg: NodeConfig, internal: tuple[Endpoint, ...],
+               external: tuple[Endpoint, ...], short_circuit: tuple[Endpoint, ...]):
+    proto, name, aff = port.protocol, str(port.name), port.session_affinity_timeout
+    yield (proto, port.cluster_ip, port.port), Frontend(name, "cluster", internal, affinity_timeout=aff)
+    for ip in port.external_ips:
+        yield (proto, ip, port.port), Frontend(name, "external", short_circuit, external, aff)
+    for ip in port.load_balancer_ips:
+        yield (proto, ip, port.port), Frontend(name, "loadbalancer", short_circuit, external, aff,
+                                               port.load_balancer_source_ranges)
+    if port.node_port:
+        ips = cfg.nodeport_ips
+        for ip in (wildcard(cfg.ip_family),) if ips is None else ips:
+            yield (proto, ip, port.node_port), Frontend(name, "nodeport", short_circuit, external, aff)
+
+
+def in_ranges(ip: str, ranges: tuple[str, ...]) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return any(addr in ipaddress.ip_network(r, strict=False) for r in ranges)
+
+
+def is_cluster_client(ip: str, cfg: NodeConfig) -> bool:
+    """A pod (in --cluster-cidr) or the node itself: kube-proxy sends its traffic to an external
+    address of a service to the Cluster endpoints even with externalTrafficPolicy Local."""
+    return cfg.is_local(ip) or in_ranges(ip, cfg.family_cluster_cidrs)
