@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
-from ..model.parse import ObjectError, parse_node, parse_service
+from ..model.parse import ObjectError, parse_node, parse_service, parse_service_cidr
 from .apiclient import ApiConfig
 from .fastparse import parse_endpoint_slice_fast
 from .store import Obj, ObjectStore
@@ -37,6 +37,7 @@ log = logging.getLogger("svcproxy.sources.kubernetes")
 LABEL_SELECTOR = f"!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 TAINT_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"
+CLUSTER_SCOPED = ("Node", "ServiceCIDR")
 
 
 class Gone(Exception):
@@ -44,7 +45,9 @@ class Gone(Exception):
 
 
 class ApiError(Exception):
-    pass
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Resource:
     path: str  # collection path, e.g. /api/v1/services
     parse: Callable[[Mapping[str, Any]], Obj]
     params: tuple[tuple[str, str], ...] = ()
+    optional: bool = False  # a 404 means the cluster does not serve it: run without
 
 
 def resources(node_name: str) -> list[Resource]:
@@ -61,13 +65,16 @@ def resources(node_name: str) -> list[Resource]:
         Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice_fast,
                  (("labelSelector", LABEL_SELECTOR),)),
         Resource("Node", "/api/v1/nodes", parse_node, (("fieldSelector", f"metadata.name={node_name}"),)),
+        # ServiceCIDRs (networking.k8s.io/v1, Kubernetes 1.33+): nftables mode drops traffic to
+        # unallocated ClusterIPs inside them; older clusters do not serve the resource.
+        Resource("ServiceCIDR", "/apis/networking.k8s.io/v1/servicecidrs", parse_service_cidr, optional=True),
     ]
 
 
 def _meta_key(kind: str, raw: Mapping[str, Any]) -> str:
     meta = raw.get("metadata") or {}
     name = meta.get("name", "")
-    return name if kind == "Node" else f"{meta.get('namespace') or 'default'}/{name}"
+    return name if kind in CLUSTER_SCOPED else f"{meta.get('namespace') or 'default'}/{name}"
 
 
 def _trigger_time(raw: Mapping[str, Any]) -> float | None:
@@ -110,13 +117,23 @@ class Reflector:
                     self.store.mark_synced(self.name)
                 await self.watch()
                 backoff = 0.5
+            except ApiError as e:
+                if e.status == 404 and self.res.optional and not self.resource_version:
+                    log.info("%s: not served by this API server; running without", self.res.kind)
+                    self.store.mark_synced(self.name)
+                    return
+                await self._backoff(e, backoff)
+                backoff = min(backoff * 2, 30.0)
             except Gone:
                 log.info("%s: resourceVersion %s is gone (410); relisting", self.res.kind, self.resource_version)
                 self.resource_version = ""
-            except (aiohttp.ClientError, TimeoutError, ApiError, ValueError) as e:
-                log.warning("%s: %s: %s; retrying in %.1fs", self.res.kind, type(e).__name__, e, backoff)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                await self._backoff(e, backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    async def _backoff(self, e: Exception, seconds: float) -> None:
+        log.warning("%s: %s: %s; retrying in %.1fs", self.res.kind, type(e).__name__, e, seconds)
+        await asyncio.sleep(seconds * random.uniform(0.8, 1.2))
 
     def _url(self, **params: str) -> str:
         return f"{self.api.host}{self.res.path}?{urlencode([*self.res.params, *params.items()])}"
@@ -130,7 +147,7 @@ class Reflector:
         if resp.status != 200:
             text = (await resp.text())[:300]
             resp.release()
-            raise ApiError(f"GET {self.res.path}: HTTP {resp.status}: {text}")
+            raise ApiError(f"GET {self.res.path}: HTTP {resp.status}: {text}", resp.status)
         return resp
 
     async def list(self) -> None:

@@ -30,7 +30,9 @@ PATHS = {
     "Service": "/api/v1/services",
     "EndpointSlice": "/apis/discovery.k8s.io/v1/endpointslices",
     "Node": "/api/v1/nodes",
+    "ServiceCIDR": "/apis/networking.k8s.io/v1/servicecidrs",
 }
+CLUSTER_SCOPED = ("Node", "ServiceCIDR")
 KINDS = {v: k for k, v in PATHS.items()}
 
 
@@ -75,9 +77,10 @@ class _Watcher:
 
 class StandInApiServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, gone_as_status: bool = False,
-                 bookmark_interval: float = 1.0) -> None:
+                 bookmark_interval: float = 1.0, kinds: tuple[str, ...] = tuple(PATHS)) -> None:
         self.host, self.port = host, port
         self.gone_as_status = gone_as_status
+        self.kinds = kinds  # the resources it serves (others answer 404, as on older clusters)
         self.bookmark_interval = bookmark_interval
         self.objects: dict[str, dict[str, dict]] = {k: {} for k in PATHS}
         self.rv = 1
@@ -109,6 +112,8 @@ class StandInApiServer:
         self._loop = asyncio.new_event_loop()
         app = web.Application()
         for kind, path in PATHS.items():
+            if kind not in self.kinds:
+                continue
             app.router.add_get(path, self._collection)
             item = _item_path(kind)
             app.router.add_put(item, self._put)
@@ -314,7 +319,7 @@ async def _async(fn, *args):
 
 def _item_path(kind: str) -> str:
     base, plural = PATHS[kind].rsplit("/", 1)
-    if kind == "Node":
+    if kind in CLUSTER_SCOPED:
         return f"{base}/{plural}/{{name}}"
     return f"{base}/namespaces/{{ns}}/{plural}/{{name}}"
 

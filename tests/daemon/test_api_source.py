@@ -149,7 +149,7 @@ def test_list_is_paginated(server: StandInApiServer) -> None:
         try:
             await until(lambda: dp.calls)
             assert len(dp.last.services) == 26
-            assert server.count("list Service") == 3
+            assert server.call(lambda: server.requests.count("list Service")) == 3
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -194,3 +194,24 @@ def test_node_being_deleted_makes_healthz_503(server: StandInApiServer) -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_service_cidrs_are_watched(server: StandInApiServer) -> None:
+    async def body(dp, source, daemon) -> None:
+        assert dp.last.service_cidrs == ()
+        server.apply({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
+                      "spec": {"cidrs": ["172.30.0.0/16"]}})
+        await until(lambda: dp.last.service_cidrs == ("172.30.0.0/16",), 3)
+        assert dp.calls[-1][1] is None, "a full sync"
+
+    run_with_daemon(server, body)
+
+
+def test_older_api_server_without_service_cidrs() -> None:
+    with StandInApiServer(kinds=("Service", "EndpointSlice", "Node")) as s:
+        s.apply(service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.10")]))
+
+        async def body(dp, source, daemon) -> None:
+            assert dp.endpoints("default/web") == ["10.0.1.10:8080"]
+
+        run_with_daemon(s, body)

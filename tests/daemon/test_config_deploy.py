@@ -58,7 +58,8 @@ def test_rbac_is_read_only_least_privilege() -> None:
                for v in rule["verbs"]}
     assert granted == {("", "services", "list"), ("", "services", "watch"),
                        ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
-                       ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
+                       ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
+                       ("networking.k8s.io", "servicecidrs", "list"), ("networking.k8s.io", "servicecidrs", "watch")}
 
 
 def test_daemonset_runs_a_command_the_cli_accepts() -> None:
