@@ -1,4 +1,5 @@
-"""The Kubernetes API source: list then watch Services, EndpointSlices and this node's Node.
+"""The Kubernetes API source: list then watch Services, EndpointSlices, this node's Node and
+ServiceCIDRs (where served).
 
 One reflector per resource, as client-go's informers do:
 - list (paginated) -> the store gets the complete set, and the list's resourceVersion;
