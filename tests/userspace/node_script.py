@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -135,6 +136,11 @@ def main() -> None:
     kept = Conn("172.30.1.10", 80)
     first = kept.ask()
     out["nodeport_tcp"] = once("10.9.0.1", 30080)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(300):  # both ends close: the proxy's sockets to both must close too
+        once("172.30.1.10", 80)
+    time.sleep(0.2)
+    out["fds_gained_after_300"] = len(os.listdir("/proc/self/fd")) - fds
     # a wildcard UDP NodePort answers from the address the client wrote to
     out["nodeport_udp"] = [udp_ask("127.0.0.1", 30053), udp_ask("10.9.0.1", 30053, source="10.9.0.1")]
 

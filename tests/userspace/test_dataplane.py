@@ -49,6 +49,10 @@ def test_listens_on_cluster_ip_and_node_ports(observed):
     assert observed["nodeport_tcp"] in ("10.0.1.10", "10.0.1.11")
 
 
+def test_closed_connections_release_their_sockets(observed):
+    assert observed["fds_gained_after_300"] < 10, observed["fds_gained_after_300"]
+
+
 def test_wildcard_udp_node_port_replies_from_the_address_written_to(observed):
     (ep1, src1), (ep2, src2) = observed["nodeport_udp"]
     assert {ep1, ep2} <= {"10.0.1.10", "10.0.1.11"}
