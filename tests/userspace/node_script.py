@@ -197,5 +197,50 @@ def main() -> None:
     sys.stdout.flush()
 
 
+V6 = """
+apiVersion: v1
+kind: Service
+metadata: {name: web6, namespace: t}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  clusterIP: fd00:30::10
+  clusterIPs: [fd00:30::10]
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30053}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web6-1, namespace: t, labels: {kubernetes.io/service-name: web6}}
+addressType: IPv6
+ports: [{name: http, protocol: TCP, port: 8080}, {name: dns, protocol: UDP, port: 5353}]
+endpoints:
+- {addresses: ["fd00:1::10"], nodeName: n1}
+"""
+
+
+def main_ipv6() -> None:
+    """The same paths in IPv6: a /128 on svcproxy0, [::] NodePorts answering from the right address."""
+    srv = socket.create_server(("fd00:1::10", 8080), family=socket.AF_INET6)
+    threading.Thread(target=_accept, args=(srv, "fd00:1::10"), daemon=True).start()
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.bind(("fd00:1::10", 5353))
+    threading.Thread(target=_udp, args=(udp, "fd00:1::10"), daemon=True).start()
+    cfg = NodeConfig(hostname="n1", ip_family=6, node_ips=("fd00:9::1",))
+    dp = dataplane("userspace", cfg)
+    dp.sync(build_state(load_text(V6), cfg), None)
+    out = {"listening": sorted(map(list, dp.listening)), "cluster_tcp": once("fd00:30::10", 80),
+           "nodeport_tcp": once("fd00:9::1", 30080)}
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.bind(("fd00:9::1", 0))
+    s.sendto(b"q", ("fd00:9::1", 30053))
+    data, peer = s.recvfrom(100)
+    out["nodeport_udp"] = [data.decode().split()[0], peer[0]]
+    dp.cleanup()
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    main()
+    main_ipv6() if sys.argv[1:] == ["ipv6"] else main()

@@ -87,3 +87,23 @@ def test_cleanup_closes_listeners_and_removes_interface(observed):
     assert observed["nodeport_after_cleanup"] == "ConnectionRefusedError"
     assert "svcproxy0" not in observed["links"]
     assert observed["nft"].strip() == ""
+
+
+def test_ipv6():
+    ns = NS + "6"
+    subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for ip in ("fd00:9::1", "fd00:1::10"):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/128", "dev", "lo", "nodad")
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCRIPT), "ipv6"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout.splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+    assert got["listening"] == [["TCP", "::", 30080], ["TCP", "fd00:30::10", 80], ["UDP", "::", 30053],
+                                ["UDP", "fd00:30::10", 53]]
+    assert got["cluster_tcp"] == got["nodeport_tcp"] == "fd00:1::10"
+    assert got["nodeport_udp"] == ["fd00:1::10", "fd00:9::1"]

@@ -18,7 +18,6 @@ Differences from the kernel modes, by nature: endpoints see the node's address a
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import threading
 from collections.abc import Collection, Coroutine
@@ -78,9 +77,6 @@ class UserspaceDataplane:
             self._reported = set(wanted.unsupported)
             self.interface.add(wanted.addresses)
             if self._loop is None:
-                # every connection makes short-lived objects; without this, each full garbage
-                # collection walks the daemon's whole heap (~10-40 ms) while connections wait
-                gc.freeze()
                 self._loop = LoopThread("svcproxy-userspace")
                 self._proxier = Proxier(self.cfg, self.udp_idle_timeout)
             assert self._proxier is not None

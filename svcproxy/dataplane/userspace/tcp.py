@@ -60,9 +60,7 @@ class _Side(asyncio.Protocol):
                 abort(self.peer.transport)  # a reset on one side resets the other
             else:
                 self.peer.transport.close()  # flushes what is still buffered
-        # break the peer <-> peer cycle: freed by reference counting, not by a garbage collection
-        # (a pile of cyclic garbage made full collections stall every connection for ~15 ms)
-        self.peer = None
+        self.peer = None  # no peer <-> peer cycle: reference counting frees both sides at once
 
     # our send buffer is full: stop reading from the other side until it drains
     def pause_writing(self) -> None:
