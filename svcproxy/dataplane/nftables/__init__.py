@@ -38,6 +38,10 @@ FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows
 RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in .transactions
 
 
+# Above this many per-service chains, a periodic full sync checks names only (see _check_drift).
+DRIFT_CHECK_MAX_CHAINS = 5000
+
+
 class NftablesDataplane:
     mode = "nftables"
 
@@ -76,10 +80,13 @@ class NftablesDataplane:
         try:
             self._delete_stale_chains()
             if changed is None or self.need_full or self.kernel is None or state.service_cidrs != self.service_cidrs:
+                if changed is None and self.kernel is not None and not self.need_full:
+                    self._check_drift(self.kernel)  # a periodic resync repairs hand edits
                 return self._full(state)
             return self._partial(state, changed)
         except ApplyError:
             self.need_full = True
+            self.kernel = None  # what the kernel holds is uncertain now: read it again
             raise
 
     def cleanup(self) -> None:
@@ -259,6 +266,44 @@ class NftablesDataplane:
                     kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
                                                   flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
         return kernel
+
+    def _check_drift(self, kernel: Kernel) -> None:
+        """Find what someone changed by hand so the full sync repairs it: a deleted table means
+        starting afresh; per-service chains whose rule count differs are rewritten.
+
+        Counting rules needs `nft list table`, which nft 1.0.6 takes ~28 s to print at 10k
+        services; above DRIFT_CHECK_MAX_CHAINS only the table and chain names are checked."""
+        if len(kernel.chains) > DRIFT_CHECK_MAX_CHAINS:
+            found = self.read_kernel()
+            if not found.exists or found.chains.keys() != kernel.chains.keys():
+                log.warning("nftables: our table or chains changed by hand; reprogramming it all")
+                self.kernel = found
+            return
+        try:
+            out = self._run_capture([*self.nft, "list", "table", self.family, names.TABLE])
+        except ApplyError:
+            log.warning("nftables: table %s %s is gone; reprogramming it", self.family, names.TABLE)
+            self.kernel = self.read_kernel()
+            return
+        counts: dict[str, int] = {}
+        current = None
+        for line in out.splitlines():
+            text = line.strip()
+            if line.startswith("\tchain "):
+                current = text[6:-2].strip().strip('"')
+                counts[current] = 0
+            elif current is not None:
+                if text == "}":
+                    current = None
+                elif text and not text.startswith(("comment ", "type ")):
+                    counts[current] += 1
+        for name, rules in list(kernel.chains.items()):
+            if rules is not None and counts.get(name) != len(rules):
+                log.warning("nftables: chain %s was changed by hand; rewriting it", name)
+                if name in counts:
+                    kernel.chains[name] = None
+                else:
+                    del kernel.chains[name]
 
     def _run_tx(self, tx: Tx, messages: list | None = None) -> None:
         if not tx:
