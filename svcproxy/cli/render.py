@@ -6,9 +6,10 @@ import sys
 
 import click
 
+from ..config import NodeConfig
 from ..dataplane import renderer
 from ..model.load import load_paths
-from ..state import build_state
+from ..state import ProxyState, build_state
 from .options import manifest_option, node_config, node_options
 
 
@@ -20,16 +21,22 @@ def report_errors(errors: list[str]) -> None:
         click.echo(f"{len(errors)} object(s) skipped; everything else was rendered.", err=True)
 
 
-@click.command()
-@manifest_option(required=True)
-@node_options
-def render(paths: tuple[str, ...], proxy_mode: str, **params: object) -> None:
-    """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH."""
-    cfg = node_config(params)
+def load_state(paths: tuple[str, ...], cfg: NodeConfig) -> ProxyState:
+    """The desired state from -f PATH..., bad objects reported on stderr (shared with trace)."""
     try:
         objects = load_paths(paths)
     except FileNotFoundError as e:
         raise click.UsageError(str(e)) from None
     state = build_state(objects, cfg)
     report_errors(state.errors)
+    return state
+
+
+@click.command()
+@manifest_option(required=True)
+@node_options
+def render(paths: tuple[str, ...], proxy_mode: str, **params: object) -> None:
+    """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH."""
+    cfg = node_config(params)
+    state = load_state(paths, cfg)
     sys.stdout.write(renderer(proxy_mode)(state, cfg))

@@ -18,17 +18,10 @@ from .options import manifest_option, node_config, node_options
 
 def _rules_from_manifests(paths: tuple[str, ...], proxy_mode: str, params: dict[str, object]) -> tuple[str, list[str]]:
     from ..dataplane import renderer
-    from ..model.load import load_paths
-    from ..state import build_state
-    from .render import report_errors
+    from .render import load_state
 
     cfg = node_config(params)
-    try:
-        objects = load_paths(paths)
-    except FileNotFoundError as e:
-        raise click.UsageError(str(e)) from None
-    state = build_state(objects, cfg)
-    report_errors(state.errors)
+    state = load_state(paths, cfg)
     try:
         render = renderer(proxy_mode)
     except ImportError:
