@@ -7,10 +7,10 @@ server pod, routed through the node. The client measures
 - parallel rate: 8 such clients at once, connections per second;
 - throughput: one connection streaming 256 MiB from the server, MiB/s.
 The same Service (ClusterIP 172.31.0.10:80 -> pod 10.78.0.2:8080) is served by iptables mode,
-then by userspace mode (the daemon restarted between them, `svcproxy cleanup` in between),
-and the pod is also reached directly as the baseline.
+then by userspace mode, and the pod is also reached directly as the baseline; every run gets
+freshly made namespaces, and the runs are interleaved over a few rounds (median reported).
 
-Run as root: `.venv/bin/python bench/bench_userspace.py [--samples 2000] [--mib 256]`.
+Run as root: `.venv/bin/python bench/bench_userspace.py [--samples 2000] [--mib 256] [--rounds 3]`.
 Namespaces are prefixed "uspb" and removed at the end, also on failure.
 """
 
@@ -78,29 +78,30 @@ def server() -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def request(ip: str, port: int) -> float:
+def request(ip: str, port: int, source: str) -> float:
     t = time.perf_counter()
-    with socket.create_connection((ip, port), timeout=5) as s:
+    with socket.create_connection((ip, port), timeout=5, source_address=(source, 0)) as s:
         s.sendall(b"r\n")
         if not s.recv(16):
             raise OSError("empty reply")
     return time.perf_counter() - t
 
 
-def client(ip: str, port: int, samples: int, mib: int) -> None:
+def client(ip: str, port: int, samples: int, mib: int, source: str) -> None:
     for _ in range(100):  # warm-up
-        request(ip, port)
-    lat = [request(ip, port) for _ in range(samples)]
+        request(ip, port, source)
+    lat = [request(ip, port, source) for _ in range(samples)]
     parallel, per = 8, max(samples // 8, 50)
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=lambda: [request(ip, port) for _ in range(per)]) for _ in range(parallel)]
+    threads = [threading.Thread(target=lambda: [request(ip, port, source) for _ in range(per)])
+               for _ in range(parallel)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     par_rate = parallel * per / (time.perf_counter() - t0)
     size = mib << 20
-    with socket.create_connection((ip, port), timeout=10) as s:
+    with socket.create_connection((ip, port), timeout=10, source_address=(source, 0)) as s:
         t0 = time.perf_counter()
         s.sendall(f"bulk {size}\n".encode())
         got = 0
@@ -123,6 +124,7 @@ def sh(*cmd: str, ns: str | None = None, check: bool = True, input: str | None =
 
 
 def build() -> None:
+    """The three namespaces, their links and routes, and the pod's server."""
     for ns in (CLIENT_NS, NODE_NS, POD_NS):
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -135,6 +137,15 @@ def build() -> None:
         sh("ip", "-n", ns, "-batch", "-", input=f"addr add {ip}/24 dev eth0\nlink set eth0 up\n"
                                                  f"route add default via {gw}\n")
     sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=NODE_NS)
+    subprocess.Popen(["ip", "netns", "exec", POD_NS, sys.executable, __file__, "server"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = f"import socket; socket.create_connection(({POD_IP!r}, {TARGET_PORT}), timeout=0.3).close()"
+    for _ in range(100):
+        if subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-c", code],
+                          capture_output=True).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the pod's server did not start")
 
 
 def teardown() -> None:
@@ -155,7 +166,7 @@ def wait_answer(timeout: float = 15.0) -> None:
 
 
 def measure(ip: str, port: int, samples: int, mib: int) -> dict:
-    out = sh(sys.executable, __file__, "client", ip, str(port), str(samples), str(mib), ns=CLIENT_NS)
+    out = sh(sys.executable, __file__, "client", ip, str(port), str(samples), str(mib), CLIENT_IP, ns=CLIENT_NS)
     return json.loads(out)
 
 
@@ -173,13 +184,13 @@ def with_proxy(mode: str, manifest: Path, samples: int, mib: int) -> dict:
         proc.terminate()
         proc.wait(10)
         log.close()
-        sh(SVCPROXY, "cleanup", "--proxy-mode", mode, ns=NODE_NS)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3, help="each figure is the median over the rounds")
     args = ap.parse_args()
     teardown()
     work = Path(tempfile.mkdtemp(prefix=f"{P}-"))
@@ -187,13 +198,20 @@ def main() -> None:
     manifest.parent.mkdir()
     manifest.write_text(MANIFEST)
     try:
-        build()
-        subprocess.Popen(["ip", "netns", "exec", POD_NS, sys.executable, __file__, "server"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        rows = {"direct to the pod": measure(POD_IP, TARGET_PORT, args.samples, args.mib)}
-        rows["iptables"] = with_proxy("iptables", manifest, args.samples, args.mib)
-        rows["userspace"] = with_proxy("userspace", manifest, args.samples, args.mib)
+        runs: dict[str, list[dict]] = {"direct to the pod": [], "iptables": [], "userspace": []}
+        for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every path alike
+            for name in runs:
+                # fresh namespaces for every run: what one run leaves in the kernel (TIME_WAIT
+                # sockets, conntrack entries) must not slow the next one down
+                build()
+                try:
+                    if name == "direct to the pod":
+                        runs[name].append(measure(POD_IP, TARGET_PORT, args.samples, args.mib))
+                    else:
+                        runs[name].append(with_proxy(name, manifest, args.samples, args.mib))
+                finally:
+                    teardown()
+        rows = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     finally:
         teardown()
         shutil.rmtree(work, ignore_errors=True)
@@ -201,13 +219,14 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<18} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['seq_rate']:11.0f} {r['par_rate']:10.0f} "
               f"{r['mib_s']:8.0f}")
-    print(f"({args.samples} sequential connect+request+close, 8 parallel clients, one {args.mib} MiB stream)")
+    print(f"({args.samples} sequential connect+request+close, 8 parallel clients, one {args.mib} MiB stream; "
+          f"median of {args.rounds} rounds)")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "server":
         server()
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
-        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     else:
         main()
