@@ -31,6 +31,7 @@ spec:
   - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}
   - {name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30053}
   - {name: sig, protocol: SCTP, port: 99, targetPort: 99}
+  - {name: busy, protocol: TCP, port: 81, targetPort: 8080, nodePort: 30081}
 """
 SLICE = """
 ---
@@ -39,7 +40,7 @@ kind: EndpointSlice
 metadata: {name: web-1, namespace: t, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
 ports: [{name: http, protocol: TCP, port: 8080}, {name: dns, protocol: UDP, port: 5353},
-        {name: sig, protocol: SCTP, port: 99}]
+        {name: sig, protocol: SCTP, port: 99}, {name: busy, protocol: TCP, port: 8080}]
 endpoints:
 """
 ENDPOINTS = ("10.0.1.10", "10.0.1.11", "10.0.1.12")
@@ -129,6 +130,7 @@ def main() -> None:
     echo_servers()
     dp = dataplane("userspace", CFG)
     out: dict = {}
+    blocker = socket.create_server(("0.0.0.0", 30081))  # another program holds busy's NodePort
 
     dp.sync(state(ENDPOINTS[:2]), None)
     out["listening"] = sorted(map(list, dp.listening))
@@ -188,7 +190,10 @@ def main() -> None:
     out["empty_ms"] = (time.monotonic() - t0) * 1000
     out["kept_after_empty"] = kept.ask()  # established connections outlive their listener
 
+    out["busy_logs"] = [m for m in logs if "30081" in m]
+    blocker.close()
     dp.sync(state(ENDPOINTS), None)
+    out["busy_after_release"] = ("TCP", "0.0.0.0", 30081) in dp.listening
     out["sctp_logs"] = [m for m in logs if "SCTP" in m]
     dp.cleanup()
     out["listening_after_cleanup"] = sorted(dp.listening)

@@ -44,7 +44,8 @@ def observed() -> Iterator[dict]:
 
 def test_listens_on_cluster_ip_and_node_ports(observed):
     assert observed["listening"] == [["TCP", "0.0.0.0", 30080], ["TCP", "172.30.1.10", 80],
-                                     ["UDP", "0.0.0.0", 30053], ["UDP", "172.30.1.10", 53]]
+                                     ["TCP", "172.30.1.10", 81], ["UDP", "0.0.0.0", 30053],
+                                     ["UDP", "172.30.1.10", 53]]
     assert observed["spread"] == ["10.0.1.10", "10.0.1.10", "10.0.1.11", "10.0.1.11"]
     assert observed["nodeport_tcp"] in ("10.0.1.10", "10.0.1.11")
 
@@ -75,6 +76,14 @@ def test_no_endpoints_refuses_at_once_and_established_stay(observed):
     assert observed["empty_tcp"] == "ConnectionRefusedError"
     assert observed["empty_ms"] < 100
     assert observed["kept_after_empty"] == observed["kept_after_change"][0]
+
+
+def test_port_held_by_another_program_is_named_once_and_retried(observed):
+    # TCP 0.0.0.0:30081 was taken: everything else listens; the error is logged once over the
+    # syncs that follow, and the listener opens at the first sync after the port is free
+    assert len(observed["busy_logs"]) == 1, observed["busy_logs"]
+    assert "t/web:busy: cannot listen on TCP 0.0.0.0:30081 (nodeport)" in observed["busy_logs"][0]
+    assert observed["busy_after_release"] is True
 
 
 def test_sctp_reported_once(observed):

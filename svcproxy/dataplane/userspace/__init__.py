@@ -65,6 +65,7 @@ class UserspaceDataplane:
         self._loop: LoopThread | None = None  # started by the first sync, not by construction
         self._proxier: Proxier | None = None
         self._reported: set[str] = set()  # unsupported service ports already named in the log
+        self._failing: set[str] = set()  # frontends that could not listen, already named in the log
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
         """Always a full reconcile: computing the plan is cheap next to any socket work, and
@@ -85,8 +86,9 @@ class UserspaceDataplane:
             except TimeoutError:
                 raise ApplyError("the userspace proxy's event loop did not answer within "
                                  f"{HANDOVER_TIMEOUT:.0f}s; listeners may be out of date") from None
-            for err in errors:
-                log.error("%s; retrying at the next sync (is another process using the port?)", err)
+            for err in set(errors) - self._failing:  # each failure once, not at every sync
+                log.error("%s; retrying at every sync (is another process using the port?)", err)
+            self._failing = set(errors)
             self.interface.remove_except(wanted.addresses)
             return SyncResult(full=changed is None, rules={})
 
