@@ -31,7 +31,7 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = peer
         self.closed = False
-        self.eof = False  # this side has sent its FIN
+        self.eof = False  # this side's remote end has finished sending (its FIN arrived)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
