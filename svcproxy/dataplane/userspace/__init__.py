@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import threading
 from collections.abc import Collection, Coroutine
 from typing import Any
@@ -54,6 +55,17 @@ class LoopThread:
             self.loop.close()
 
 
+def raise_fd_limit() -> None:
+    """Every frontend is a socket and every relayed connection two: a soft limit of 1024 open
+    files would cap a node at a few hundred services, so take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, e)
+
+
 class UserspaceDataplane:
     mode = "userspace"
 
@@ -78,6 +90,7 @@ class UserspaceDataplane:
             self._reported = set(wanted.unsupported)
             self.interface.add(wanted.addresses)
             if self._loop is None:
+                raise_fd_limit()
                 self._loop = LoopThread("svcproxy-userspace")
                 self._proxier = Proxier(self.cfg, self.udp_idle_timeout)
             assert self._proxier is not None
