@@ -10,7 +10,11 @@ The same Service (ClusterIP 172.31.0.10:80 -> pod 10.78.0.2:8080) is served by i
 then by userspace mode, and the pod is also reached directly as the baseline; every run gets
 freshly made namespaces, and the runs are interleaved over a few rounds (median reported).
 
-Run as root: `.venv/bin/python bench/bench_userspace.py [--samples 2000] [--mib 256] [--rounds 3]`.
+It also times userspace mode's own sync (open the listeners, put the addresses on svcproxy0)
+for 1,000 and 10,000 services, first and after a one-endpoint change.
+
+Run as root: `.venv/bin/python bench/bench_userspace.py [--samples 2000] [--mib 256] [--rounds 3]
+[--sync-sizes 1000,10000]`.
 Namespaces are prefixed "uspb" and removed at the end, also on failure.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -117,6 +122,39 @@ def client(ip: str, port: int, samples: int, mib: int, source: str) -> None:
                       "seq_rate": len(lat) / sum(lat), "par_rate": par_rate, "mib_s": mib / bulk_s}))
 
 
+def sync_times(services: int) -> None:
+    """Inside a namespace: UserspaceDataplane.sync for `services` ClusterIP+NodePort services
+    (3 endpoints each): the first sync, then a one-endpoint change."""
+    from dataclasses import replace
+
+    from svcproxy.config import NodeConfig
+    from svcproxy.dataplane import dataplane
+    from svcproxy.state import EndpointInfo, ProxyState, ServicePortInfo, ServicePortName, ServiceState
+
+    cfg = NodeConfig(hostname="bench-node", node_ips=(NODE_IP,))
+    st = ProxyState()
+    for i in range(services):
+        name = ServicePortName("bench", f"s{i}", "http", "TCP")
+        port = ServicePortInfo(name, f"172.31.{i // 250}.{i % 250 + 1}", 80, "TCP", 8080,
+                               node_port=30000 + i if i < 2000 else 0)
+        eps = tuple(EndpointInfo(f"10.78.{i // 250}.{i % 250 + j}", 8080) for j in range(3))
+        st.services[name.service_key] = ServiceState(name.service_key, (port,), {name: eps})
+    dp = dataplane("userspace", cfg)
+    t0 = time.perf_counter()
+    dp.sync(st, None)
+    first = time.perf_counter() - t0
+    key = "bench/s0"
+    svc = st.services[key]
+    (spn, eps), = svc.endpoints.items()
+    changed = ProxyState(services={**st.services, key: replace(svc, endpoints={spn: eps[:2]})})
+    t0 = time.perf_counter()
+    dp.sync(changed, [key])
+    one = time.perf_counter() - t0
+    print(json.dumps({"services": services, "listeners": len(dp.listening), "first_s": first, "one_ms": one * 1e3,
+                      "fds": len(os.listdir("/proc/self/fd"))}))
+    dp.cleanup()
+
+
 # -- the harness ------------------------------------------------------------------------------
 def sh(*cmd: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:
     argv = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
@@ -191,6 +229,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3, help="each figure is the median over the rounds")
+    ap.add_argument("--sync-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 10000],
+                    help="service counts for the sync timing (comma-separated)")
     args = ap.parse_args()
     teardown()
     work = Path(tempfile.mkdtemp(prefix=f"{P}-"))
@@ -221,10 +261,21 @@ def main() -> None:
               f"{r['mib_s']:8.0f}")
     print(f"({args.samples} sequential connect+request+close, 8 parallel clients, one {args.mib} MiB stream; "
           f"median of {args.rounds} rounds)")
+    print("\nuserspace sync (listeners opened/closed, service addresses on svcproxy0):")
+    for n in args.sync_sizes:
+        sh("ip", "netns", "add", NODE_NS)
+        try:
+            r = json.loads(sh(sys.executable, __file__, "sync-in-netns", str(n), ns=NODE_NS))
+        finally:
+            teardown()
+        print(f"  {n:>6} services, {r['listeners']:>6} listeners: first sync {r['first_s']:.2f} s, "
+              f"one-endpoint change {r['one_ms']:.1f} ms, {r['fds']} open files")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "server":
+    if len(sys.argv) > 1 and sys.argv[1] == "sync-in-netns":
+        sync_times(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "server":
         server()
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])

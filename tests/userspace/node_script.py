@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -191,6 +192,10 @@ def main() -> None:
     out["kept_after_empty"] = kept.ask()  # established connections outlive their listener
 
     out["busy_logs"] = [m for m in logs if "30081" in m]
+    # someone removes a service address by hand: the next full sync puts it back
+    subprocess.run(["ip", "addr", "del", "172.30.1.10/32", "dev", "svcproxy0"], check=True)
+    dp.sync(state(ENDPOINTS), None)
+    out["repaired"] = once("172.30.1.10", 80)
     blocker.close()
     dp.sync(state(ENDPOINTS), None)
     out["busy_after_release"] = ("TCP", "0.0.0.0", 30081) in dp.listening

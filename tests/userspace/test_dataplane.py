@@ -78,6 +78,10 @@ def test_no_endpoints_refuses_at_once_and_established_stay(observed):
     assert observed["kept_after_empty"] == observed["kept_after_change"][0]
 
 
+def test_full_sync_repairs_a_removed_address(observed):
+    assert observed["repaired"] in ("10.0.1.10", "10.0.1.11", "10.0.1.12")
+
+
 def test_port_held_by_another_program_is_named_once_and_retried(observed):
     # TCP 0.0.0.0:30081 was taken: everything else listens; the error is logged once over the
     # syncs that follow, and the listener opens at the first sync after the port is free

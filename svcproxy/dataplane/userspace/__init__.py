@@ -28,7 +28,7 @@ from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from .interface import IFNAME, ServiceInterface
-from .plan import plan
+from .plan import PlanCache, plan
 from .proxier import Proxier
 
 log = logging.getLogger("svcproxy.dataplane.userspace")
@@ -78,17 +78,29 @@ class UserspaceDataplane:
         self._proxier: Proxier | None = None
         self._reported: set[str] = set()  # unsupported service ports already named in the log
         self._failing: set[str] = set()  # frontends that could not listen, already named in the log
+        self._plans: PlanCache = {}  # per service, reused while its ServiceState is unchanged
+        self._addresses: set[str] | None = None  # on svcproxy0 after the last sync; None: read it
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
-        """Always a full reconcile: computing the plan is cheap next to any socket work, and
-        open listeners are kept, so only the differences touch the kernel."""
-        wanted = plan(state, self.cfg)
+        """Reconcile the listeners and svcproxy0 with the state; only differences touch the
+        kernel (open listeners stay open). A full sync (changed None) also reads svcproxy0's
+        addresses back, repairing anything changed by hand; a partial one trusts what the last
+        sync left there."""
         with self._lock:
+            wanted = plan(state, self.cfg, self._plans)
             for name, why in wanted.unsupported.items():
                 if name not in self._reported:
                     log.warning("%s: %s", name, why)
             self._reported = set(wanted.unsupported)
-            self.interface.add(wanted.addresses)
+            try:
+                if changed is None or self._addresses is None:
+                    self.interface.ensure()
+                    self._addresses = self.interface.addresses()
+                self.interface.change(add=wanted.addresses - self._addresses, remove=())
+                self._addresses |= wanted.addresses
+            except ApplyError:
+                self._addresses = None  # unknown now: read back at the next sync
+                raise
             if self._loop is None:
                 raise_fd_limit()
                 self._loop = LoopThread("svcproxy-userspace")
@@ -102,7 +114,13 @@ class UserspaceDataplane:
             for err in set(errors) - self._failing:  # each failure once, not at every sync
                 log.error("%s; retrying at every sync (is another process using the port?)", err)
             self._failing = set(errors)
-            self.interface.remove_except(wanted.addresses)
+            stale = self._addresses - wanted.addresses  # no listener uses them any more
+            try:
+                self.interface.change(add=(), remove=stale)
+            except ApplyError:
+                self._addresses = None
+                raise
+            self._addresses = set(wanted.addresses)
             return SyncResult(full=changed is None, rules={})
 
     @property
@@ -126,3 +144,4 @@ class UserspaceDataplane:
                 self._loop.stop()
                 self._loop, self._proxier = None, None
             self.interface.delete()
+            self._addresses = None

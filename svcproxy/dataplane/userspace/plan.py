@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
-from ...state import ProxyState, ServicePortInfo
+from ...state import ProxyState, ServicePortInfo, ServiceState
 
 Endpoint = tuple[str, int]  # (ip, port)
 Key = tuple[str, str, int]  # (protocol, listen address, port); "0.0.0.0"/"::" = every local address
@@ -54,26 +54,63 @@ class Plan:
     unsupported: dict[str, str] = field(default_factory=dict)  # service port -> why it is not proxied
 
 
-def plan(state: ProxyState, cfg: NodeConfig) -> Plan:
+@dataclass(frozen=True)
+class ServicePlan:
+    """One service's part of the Plan."""
+
+    frontends: tuple[tuple[Key, Frontend], ...]
+    addresses: frozenset[str]
+    unsupported: tuple[tuple[str, str], ...]
+
+
+# per service key: (the ServiceState it was made from, the node's zone, its plan)
+PlanCache = dict[str, tuple[ServiceState, str, ServicePlan]]
+
+
+def plan(state: ProxyState, cfg: NodeConfig, cache: PlanCache | None = None) -> Plan:
     """Every frontend this node listens on. A service port without any usable endpoint gets no
     listener: the kernel then refuses at once (TCP reset, ICMP port unreachable), as
-    kube-proxy's REJECT rule does."""
+    kube-proxy's REJECT rule does.
+
+    cache (kept by the caller between syncs) reuses the plan of every service whose
+    ServiceState object is unchanged: the daemon replaces only the services that changed."""
     out = Plan()
-    for port in state.ports:
-        addresses = (port.cluster_ip, *port.external_ips, *port.load_balancer_ips)
-        out.addresses.update(addresses)
+    for key in sorted(state.services):
+        svc = state.services[key]
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit[0] is svc and hit[1] == state.zone:
+            part = hit[2]
+        else:
+            part = plan_service(svc, state, cfg)
+            if cache is not None:
+                cache[key] = (svc, state.zone, part)
+        for fkey, fe in part.frontends:
+            out.frontends.setdefault(fkey, fe)  # two services claiming one address: the first wins
+        out.addresses |= part.addresses
+        out.unsupported.update(part.unsupported)
+    if cache is not None:
+        for key in set(cache) - set(state.services):
+            del cache[key]
+    return out
+
+
+def plan_service(svc: ServiceState, state: ProxyState, cfg: NodeConfig) -> ServicePlan:
+    frontends: list[tuple[Key, Frontend]] = []
+    addresses: set[str] = set()
+    unsupported: list[tuple[str, str]] = []
+    for port in sorted(svc.ports, key=lambda p: p.name):
+        addresses.update((port.cluster_ip, *port.external_ips, *port.load_balancer_ips))
         if port.protocol not in SUPPORTED:
-            out.unsupported[str(port.name)] = (f"protocol {port.protocol} is not supported in userspace mode "
-                                               f"(only {' and '.join(SUPPORTED)}); use iptables or nftables mode")
+            unsupported.append((str(port.name), f"protocol {port.protocol} is not supported in userspace mode "
+                                                f"(only {' and '.join(SUPPORTED)}); use iptables or nftables mode"))
             continue
         sel = state.select(port, cfg)
         internal = _endpoints(sel.local if port.internal_policy_local else sel.cluster)
         external = _endpoints(sel.local if port.external_policy_local else sel.cluster)
         short_circuit = _endpoints(sel.cluster)
-        for key, fe in _frontends(port, cfg, internal, external, short_circuit):
-            if fe.internal or fe.external:
-                out.frontends.setdefault(key, fe)
-    return out
+        frontends += [(key, fe) for key, fe in _frontends(port, cfg, internal, external, short_circuit)
+                      if fe.internal or fe.external]
+    return ServicePlan(tuple(frontends), frozenset(addresses), tuple(unsupported))
 
 
 def _endpoints(eps: tuple) -> tuple[Endpoint, ...]:
