@@ -10,9 +10,15 @@ sync() is called from the daemon's own thread; it computes the plan there (pure)
 to the loop with run_coroutine_threadsafe, waiting for the result, so the proxier's state is
 only ever touched by the loop's thread.
 
+Changes: established TCP connections go on when their endpoint leaves the service (as
+conntrack keeps them in the kernel modes); UDP sessions to a removed endpoint end, so the
+client's next datagram goes to one that remains (kube-proxy clears those conntrack entries).
+
 Differences from the kernel modes, by nature: endpoints see the node's address as the client
 (every connection is proxied, like kube-proxy's old userspace mode); a refused external client
-(loadBalancerSourceRanges, eTP=Local without local endpoint) is reset rather than dropped.
+(loadBalancerSourceRanges, eTP=Local without local endpoint) is reset rather than dropped; a
+NodePort on every address (0.0.0.0) also answers on 127.0.0.1 and on the service addresses,
+whatever --iptables-localhost-nodeports says.
 """
 
 from __future__ import annotations
