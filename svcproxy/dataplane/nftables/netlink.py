@@ -380,8 +380,9 @@ class Compiler:
         self.add(NEWSET, NLM_F_CREATE | NLM_F_EXCL, string(1, self.table), string(2, name),
                  u32(3, SET_ANONYMOUS | SET_CONSTANT | SET_MAP), u32(4, TYPE_INTEGER), u32(5, 4),
                  u32(6, NFT_DATA_VERDICT), u32(7, 0), u32(10, set_id), nest(9, u32(1, len(items))), attr(13, user))
-        self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), string(2, name), u32(4, set_id),
-                 nest(3, *items))
+        # elements by set id only: the kernel finds a new set's id near the tail of the
+        # transaction, while a name is searched in the table's linear list of every set
+        self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
         return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
                 lookup(name, set_id, dreg=REG_VERDICT)]
 
