@@ -11,7 +11,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .plan import LabError
@@ -51,6 +52,17 @@ def add_namespace(name: str) -> None:
 
 def delete_namespace(name: str) -> None:
     run(["ip", "netns", "delete", name], check=False)
+
+
+@contextlib.contextmanager
+def scratch_namespace(prefix: str) -> Iterator[str]:
+    """A fresh namespace `<prefix>-<random>` with lo up, removed whatever happens (tests, benches)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    add_namespace(name)
+    try:
+        yield name
+    finally:
+        delete_namespace(name)
 
 
 def sysctls(ns: str, values: dict[str, str]) -> None:

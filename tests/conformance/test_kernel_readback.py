@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from svcproxy.cli import main
+from svcproxy.lab.netns import scratch_namespace
 
 from .runner import mismatch
 from .scenarios import Case, load_cases, render_args
@@ -28,12 +28,8 @@ CASES = [(case, mode) for case in load_cases() for mode in case.modes]
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     """One namespace (prefix "cnf") reloaded for each case; removed whatever happens."""
-    name = f"cnf-rb-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_namespace("cnf-rb") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _run(ns: str, *cmd: str, stdin: str | None = None) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 
 from svcproxy.cli import main
+from svcproxy.lab.netns import scratch_namespace
 
 from .scenarios import Case, load_cases, render_args
 
@@ -28,12 +28,8 @@ def netns() -> Iterator[str]:
     for tool in ("ip", "iptables-restore", "ip6tables-restore", "nft"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed: apt-get install iproute2 iptables nftables")
-    name = f"cnf-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_namespace("cnf") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def rendered(case: Case, mode: str) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from svcproxy.config import NodeConfig
+from svcproxy.lab.netns import scratch_namespace
 from svcproxy.model.load import load_text
 from svcproxy.state import ProxyState, build_state
 
@@ -38,21 +38,12 @@ def saved(ns: str, table: str, family: int = 4) -> str:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh network namespace (name starts with "ipt"), removed whatever happens."""
-    name = f"ipt-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        sh(name, "ip", "link", "set", "lo", "up")
+    with scratch_namespace("ipt") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="module")
 def module_netns() -> Iterator[str]:
     """One namespace shared by a module's tests that only use `iptables-restore --test`."""
-    name = f"ipt-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_namespace("ipt") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 from svcproxy.config import NodeConfig
 from svcproxy.dataplane.iptables import IptablesDataplane
 from svcproxy.dataplane.iptables.render import render_ruleset
+from svcproxy.lab.netns import scratch_namespace
 from svcproxy.state import EndpointInfo, ProxyState, ServicePortInfo, ServicePortName, ServiceState
 
 from .conftest import sh
@@ -101,14 +100,8 @@ def nat_chains(ns: str) -> dict[str, list[str]]:
 
 @pytest.fixture
 def two_netns() -> Iterator[tuple[str, str]]:
-    names = (f"ipt-{uuid.uuid4().hex[:8]}", f"ipt-{uuid.uuid4().hex[:8]}")
-    try:
-        for name in names:
-            subprocess.run(["ip", "netns", "add", name], check=True)
-        yield names
-    finally:
-        for name in names:
-            subprocess.run(["ip", "netns", "del", name], check=False)
+    with scratch_namespace("ipt") as a, scratch_namespace("ipt") as b:
+        yield a, b
 
 
 def test_partial_syncs_end_where_a_full_sync_would(two_netns: tuple[str, str]) -> None:
