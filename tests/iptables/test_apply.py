@@ -96,8 +96,11 @@ def test_partial_sync_writes_only_what_changed(netns: str) -> None:
     assert WEB_SVC in declared and "KUBE-SERVICES" not in declared and "*filter" not in data
     assert not any("dns" in line for line in data.splitlines())
     assert data.count("-X KUBE-SEP-") == 1  # 10.0.1.11's chain is gone
+    # 10.0.1.10's endpoint chain did not change: it is neither declared (flushed) nor rewritten
+    deleted = {line.split()[1] for line in data.splitlines() if line.startswith("-X ")}
+    assert len({c for c in declared - deleted if c.startswith("KUBE-SEP-")}) == 1 and "--to-destination 10.0.1.10:8080" not in data
     nat = saved(netns, "nat")
-    assert "10.0.1.12:8080" in nat and "10.0.1.11:8080" not in nat
+    assert "10.0.1.12:8080" in nat and "10.0.1.11:8080" not in nat and "10.0.1.10:8080" in nat
     assert len(chains(netns)) == len(before)
     # No change at all: nothing to write.
     assert dp.sync(changed, {"default/web"}).input_bytes == 0

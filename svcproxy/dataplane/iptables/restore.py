@@ -76,23 +76,30 @@ def full_batches(rs: Ruleset, existing: Collection[str], batch_chains: int, cold
 
 
 def partial_input(new: Ruleset, old: Ruleset, changed: Collection[str]) -> str:
-    """One restore input with only what differs from `old` (the last applied ruleset) for the
-    changed services, plus the top-level chains whose text changed. Empty when nothing changed.
-    Unchanged chains are left out entirely: under --noflush a `:CHAIN` line flushes the chain."""
+    """One restore input with only the chains that differ from `old` (the last applied ruleset)
+    for the changed services, plus the top-level chains whose text changed. Empty when nothing
+    changed. Unchanged chains are left out entirely: under --noflush a `:CHAIN` line flushes the
+    chain, so an endpoint chain whose rules are the same is not rewritten."""
     keys = set(changed) | (old.services.keys() - new.services.keys())
     decls: list[str] = []
     rules: list[str] = []
     gone: set[str] = set()
+    kept: set[str] = set()
     for key in sorted(keys):
         now: tuple[PortBlock, ...] = new.services.get(key, ())
         before: tuple[PortBlock, ...] = old.services.get(key, ())
         if now == before:
             continue
+        # chain by chain: a KUBE-SEP chain whose rules are the same stays as it is in the kernel
+        applied = {c: text for b in before for c, text in zip(b.chains, b.chain_rules, strict=True)}
         for b in now:
-            decls += b.chains
-            rules += b.chain_rules
-        gone |= {c for b in before for c in b.chains}
-    gone -= set(decls)
+            for c, text in zip(b.chains, b.chain_rules, strict=True):
+                kept.add(c)
+                if applied.get(c) != text:
+                    decls.append(c)
+                    rules.append(text)
+        gone |= applied.keys()
+    gone -= kept
     out = ""
     filter_changed = [c for c, text in new.filter.items() if old.filter.get(c) != text]
     if filter_changed:
