@@ -48,14 +48,26 @@ def median_ms(fn: Callable[[int], None], undo: Callable[[int], None] | None, run
     return 1000 * statistics.median(times)
 
 
+def programmed(dp: object, services: int) -> tuple[Callable[[int], None], dict[str, float]]:
+    """Program the synthetic state through dp; return a one-endpoint-change step and the build time."""
+    current = synthetic_state(services)
+    started = time.perf_counter()
+    dp.sync(current)  # type: ignore[attr-defined]
+    out = {"build_s": time.perf_counter() - started}
+
+    def one_endpoint(i: int) -> None:
+        nonlocal current
+        key = f"ns{(i + 1) % 100}/svc{i + 1}"
+        current = one_endpoint_changed(current, key)
+        dp.sync(current, {key})  # type: ignore[attr-defined]
+
+    return one_endpoint, out
+
+
 def iptables_child(services: int, runs: int) -> dict[str, float]:
     from svcproxy.dataplane.iptables import IptablesDataplane
 
-    state = synthetic_state(services)
-    dp = IptablesDataplane(CFG)
-    started = time.perf_counter()
-    dp.sync(state)
-    out = {"build_s": time.perf_counter() - started}
+    one_endpoint, out = programmed(IptablesDataplane(CFG), services)
 
     def restore(text: str) -> None:
         subprocess.run(["iptables-restore", "-w", "--noflush"], input=f"*nat\n{text}COMMIT\n", text=True, check=True)
@@ -69,14 +81,6 @@ def iptables_child(services: int, runs: int) -> dict[str, float]:
     out["no verdict"] = median_ms(chain_with("-s 1.2.3.4/32"), drop, runs)
     out["verdict"] = median_ms(chain_with("-j RETURN"), drop, runs)
     out["jump"] = median_ms(chain_with("-j KUBE-MARK-MASQ"), drop, runs)
-    current = state
-
-    def one_endpoint(i: int) -> None:
-        nonlocal current
-        key = f"ns{(i + 1) % 100}/svc{i + 1}"
-        current = one_endpoint_changed(current, key)
-        dp.sync(current, {key})
-
     out["one endpoint"] = median_ms(one_endpoint, None, runs)
     subprocess.run(["iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment",
                     "kubernetes service portals", "-j", "KUBE-SERVICES"], check=True)
@@ -87,11 +91,7 @@ def iptables_child(services: int, runs: int) -> dict[str, float]:
 def nftables_child(services: int, runs: int) -> dict[str, float]:
     from svcproxy.dataplane.nftables import NftablesDataplane, names, netlink, session
 
-    state = synthetic_state(services)
-    dp = NftablesDataplane(CFG)
-    started = time.perf_counter()
-    dp.sync(state)
-    out = {"build_s": time.perf_counter() - started}
+    one_endpoint, out = programmed(NftablesDataplane(CFG), services)
     sess = session.Session()
     table = f"ip {names.TABLE}"
 
@@ -108,14 +108,6 @@ def nftables_child(services: int, runs: int) -> dict[str, float]:
     out["no verdict"] = median_ms(chain_with("ip saddr 1.2.3.4"), drop, runs)
     out["verdict"] = median_ms(chain_with("return"), drop, runs)
     out["jump"] = median_ms(chain_with("jump mark-for-masquerade"), drop, runs)
-    current = state
-
-    def one_endpoint(i: int) -> None:
-        nonlocal current
-        key = f"ns{(i + 1) % 100}/svc{i + 1}"
-        current = one_endpoint_changed(current, key)
-        dp.sync(current, {key})
-
     out["one endpoint"] = median_ms(one_endpoint, None, runs)
     out["element"] = median_ms(lambda i: send(f"add element {table} cluster-ips {{ 172.31.{i}.1 }}"),
                                lambda i: send(f"delete element {table} cluster-ips {{ 172.31.{i}.1 }}"), runs)
