@@ -2,7 +2,7 @@
 and a cold full sync of 10,000 services x 10 endpoints (time and peak RSS).
 
 Run as root: `.venv/bin/python bench/bench_nftables.py [--services N] [--endpoints M]`. Every
-measurement runs inside a fresh network namespace (prefix "nft"), removed afterwards.
+measurement runs inside a fresh network namespace (prefix "nfx"), removed afterwards.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
         with open(NFT_RSS_LOG) as f:
             child_rss = max(int(x) for x in f.read().split()) / 1024
     full_phases = phases(dp)
+    steps = [(path, n, round(t, 3)) for path, n, t in getattr(dp, "timings", [])]
     times, kernel = [], []
     for g in range(1, changes + 1):
         svc = synthetic_service(g * 7 % services, endpoints, generation=g)
@@ -111,7 +112,7 @@ def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
     times.sort()
     kernel.sort()
     return {"mode": mode, "full_s": full, "peak_rss_mb": own, "own_rss_mb": own,
-            "child_rss_mb": child_rss, "full_phases": full_phases,
+            "child_rss_mb": child_rss, "full_phases": full_phases, "full_steps": steps,
             "change_tx_median_ms": 1000 * kernel[len(kernel) // 2] if kernel else None,
             "change_median_ms": 1000 * times[len(times) // 2] if times else None,
             "change_p90_ms": 1000 * times[int(len(times) * 0.9)] if times else None}
@@ -132,7 +133,7 @@ def main() -> None:
     print(f"{'mode':10} {'cold full sync':>15} {'svcproxy RSS':>12} {'change median':>14} {'change p90':>11}")
     for mode in a.modes.split(","):
         try:
-            r = in_netns(f"nft-bench-{os.getpid()}", ["--child", mode, "--services", str(a.services),
+            r = in_netns(f"nfx-bench-{os.getpid()}", ["--child", mode, "--services", str(a.services),
                                                        "--endpoints", str(a.endpoints), "--changes", str(a.changes)])
         except subprocess.CalledProcessError as e:
             print(f"{mode:10} failed: {e.stderr.strip().splitlines()[-1:]}")

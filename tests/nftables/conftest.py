@@ -43,7 +43,7 @@ class Netns:
 
 
 def make_netns(tag: str) -> Netns:
-    name = f"nft-{tag}-{os.getpid()}-{next(_ids)}"
+    name = f"nfx-{tag}-{os.getpid()}-{next(_ids)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     return Netns(name)
 

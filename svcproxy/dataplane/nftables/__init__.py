@@ -1,16 +1,16 @@
 """nftables mode: keeps the kernel's `kube-proxy` table in step with the desired state.
 
-A full sync declares new chains, fills them in batches (they are unreferenced until the
-commit, so traffic never sees them half-built) and then commits the fixed chains and every map
-element in one transaction, flushing chains no longer used. A partial sync is one transaction
-with only the changed services' chains, sets and elements. Unused chains are deleted by a later
-sync, a second after their flush. What the kernel holds is tracked in a Kernel record, updated
-only after a transaction succeeded.
+A full sync declares the table's fixed part and new chains, fills the chains in batches (they
+are unreferenced until the commit, so traffic never sees them half-built) and then commits the
+base chains and every map element in one transaction, flushing chains no longer used. A partial
+sync is one transaction with only the changed services' chains, sets and elements. Unused chains
+are deleted by a later sync, a second after their flush. What the kernel holds is tracked in a
+Kernel record, updated only after a transaction succeeded.
 
-Per-service transactions go through our own netlink encoder on a kept-open socket (netlink.py):
-nft re-reads the whole table on every run, seconds at 10,000 services. The table, its fixed
-chains and the map elements of a full sync go through `nft -f`.
-"""
+Transactions go through our own netlink encoder on a kept-open socket (netlink.py): nft
+re-reads the whole table on every run, seconds at 10,000 services. Only the table, its map and
+set declarations and the fixed regular chains go through `nft -f`, and a full sync sends them
+while the table is still empty (cold start) or when they changed."""
 
 from __future__ import annotations
 
@@ -27,9 +27,20 @@ from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from . import names, netlink, session
-from .layout import Chain, Container, fixed_chains
+from .layout import Chain, Container
 from .render import BlockCache, ServiceRules
-from .transaction import Kernel, Tx, commit, desired_elements, plan_partial, respecified, uses_sets
+from .transaction import (
+    Kernel,
+    Tx,
+    commit,
+    declare_fixed,
+    delete_unused_sets,
+    desired_elements,
+    fixed_part,
+    plan_partial,
+    respecified,
+    uses_sets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +148,14 @@ class NftablesDataplane:
                 chains.setdefault(name, c)
             sets.update(r.sets)
 
-        # 1. declare the table, its fixed regular chains (targets of the fill batches' jumps; base
-        #    chains come with the commit), then the new per-service chains and affinity sets
-        declare = Tx(self.cfg)
-        declare.lines.append(f'add table {declare.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
-        for c in fixed_chains(self.cfg):
-            if not c.hook:
-                declare.add_chain(Chain(c.name, comment=c.comment))
-        self._run_tx(declare)
+        # 1. the table, its maps and sets and the fixed regular chains, through nft: on a cold
+        #    start while the table is still empty (nft reads it all first), later only when they
+        #    changed or the table is small enough to rewrite them cheaply (which repairs hand edits)
+        fixed = fixed_part(self.cfg, state.service_cidrs)
+        if kernel.fixed != fixed or len(kernel.chains) <= DRIFT_CHECK_MAX_CHAINS:
+            self._run_tx(declare_fixed(self.cfg, state.service_cidrs))
+            kernel.fixed = fixed
+        # then the new per-service chains and affinity sets
         fresh = [c for name, c in chains.items() if name not in kernel.chains]
         new_sets = [s for name, s in sets.items() if name not in kernel.sets]
         declare = Tx(self.cfg)
@@ -183,7 +194,7 @@ class NftablesDataplane:
 
         # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
         elements = desired_elements(self.cfg, (r.elements for r in rules))
-        tx = commit(self.cfg, chains, sets, elements, kernel, recreate_base, state.service_cidrs)
+        tx = commit(self.cfg, chains, elements, kernel, recreate_base)
         respec = respecified(kernel, sets)  # an affinity timeout changed: re-create the set
         forced = uses_sets(chains, respec, kernel)
         tx.flush_chains(forced)
@@ -193,6 +204,7 @@ class NftablesDataplane:
         for c in chains.values():
             if c.name in forced or kernel.chains.get(c.name) != c.rules:
                 tx.fill_chain(c, flush=c.name not in forced)
+        delete_unused_sets(tx, sets, kernel)
         self._run_tx(tx)
         now = time.monotonic()
         for name in kernel.chains:

@@ -3,10 +3,12 @@
 Every `nft` run first re-reads the table (about 2 s at 10,000 services, even to add one
 element), because another program may have changed it. We know what we programmed, so for the
 commands our dataplane sends to per-service objects (chains, their rules, affinity sets, map
-elements) we encode the netlink batch ourselves and session.py sends it on one kept-open
-socket: a one-endpoint change then costs the kernel's commit (see docs/performance.md), not an
-nft run. Anything this encoder does not know (base chains, the table, anonymous sets other than
-the numgen vmap, ...) raises Unsupported and the caller uses nft.
+elements) and for a full sync's commit (base chains and their jumps, map flushes, elements) we
+encode the netlink batch ourselves and session.py sends it on one kept-open socket: a
+one-endpoint change then costs the kernel's commit (see docs/performance.md), not an nft run.
+Anything this encoder does not know (the table, set and map declarations, the fixed regular
+chains' rules, anonymous sets other than the numgen vmap, ...) raises Unsupported and the
+caller uses nft.
 
 The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
 ruleset` prints rules programmed here exactly as if nft had added them.
@@ -57,6 +59,8 @@ _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 def attr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
+    if length > 0xFFFF:
+        raise Unsupported(f"a netlink attribute of {length} bytes (the limit is 65,535)")
     return _HEADER.pack(length, kind) + payload + _PADS[length % 4]
 
 
@@ -138,6 +142,11 @@ TOKEN = re.compile(r'"[^"]*"|\{|\}|,|[^\s{},]+')
 SADDR_JUMP = re.compile(r"(ip6?) saddr ([0-9a-fA-F.:]+) jump (\S+)")
 DNAT = re.compile(r"meta l4proto (tcp|udp|sctp) dnat to \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 PROTO_BYTES = {name: bytes([num]) for name, num in PROTOCOLS.items()}
+BASE_CHAIN = re.compile(r"\{ type (filter|nat) hook (prerouting|input|forward|output|postrouting) "
+                        r"priority (-?\d+); policy accept; \}")
+HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}  # NF_INET_*
+ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
+CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
 
 
 class Compiler:
@@ -204,7 +213,9 @@ class Compiler:
         rest = words[4] if len(words) > 4 else ""
         name, _, body = rest.partition(" ")
         table = string(1, self.table)
-        if kind == "chain" and not body:
+        if kind == "chain" and body and verb == "add":
+            self.base_chain(name, body)
+        elif kind == "chain" and not body:
             if verb == "add":
                 self.add(NEWCHAIN, NLM_F_CREATE, table, string(3, name))
             elif verb == "flush":
@@ -221,8 +232,20 @@ class Compiler:
             self.affinity_set(name, body)
         elif kind == "set" and verb == "delete" and not body:
             self.add(DELSET, 0, table, string(2, name))
+        elif kind in ("set", "map") and verb == "flush" and not body:
+            self.add(DELSETELEM, 0, table, string(2, name))  # no element list: the kernel flushes
         else:
             raise Unsupported(line)
+
+    def base_chain(self, name: str, body: str) -> None:
+        """`add chain NAME { type filter hook input priority 0; policy accept; }`, as fixed_chains
+        writes base chains (numeric priority, policy accept)."""
+        m = BASE_CHAIN.fullmatch(body)
+        if not m:
+            raise Unsupported(f"chain {name} {body}")
+        kind, hook, priority = m.groups()
+        self.add(NEWCHAIN, NLM_F_CREATE, string(1, self.table), string(3, name), string(7, kind),
+                 u32(5, NF_ACCEPT), nest(4, u32(1, HOOKS[hook]), u32(2, int(priority))))
 
     def affinity_set(self, name: str, body: str) -> None:
         m = re.fullmatch(r"\{ type (ipv4_addr|ipv6_addr); flags dynamic,timeout; timeout (\d+)s; \}", body)
@@ -236,7 +259,8 @@ class Compiler:
     def elements(self, verb: str, set_name: str, body: str) -> None:
         if not (body.startswith("{ ") and body.endswith(" }")):
             raise Unsupported(body)
-        items = []
+        items: list[bytes] = []
+        size = 0
         for item in split_top(body[2:-2]):
             key_text, _, value = item.partition(" : ")
             comment = ""
@@ -250,6 +274,14 @@ class Compiler:
             if comment and verb == "add":
                 parts.append(attr(6, comment_udata(comment)))
             items.append(nest(1, *parts))
+            size += len(items[-1])
+            if size > ELEMENTS_MAX_BYTES:  # a message's element list is one attribute (64 KB at most)
+                self.element_message(verb, set_name, items)
+                items, size = [], 0
+        if items:
+            self.element_message(verb, set_name, items)
+
+    def element_message(self, verb: str, set_name: str, items: list[bytes]) -> None:
         self.add(NEWSETELEM if verb == "add" else DELSETELEM, NLM_F_CREATE if verb == "add" else 0,
                  string(1, self.table), string(2, set_name), nest(3, *items))
 
@@ -309,6 +341,13 @@ class Compiler:
                     raise Unsupported(text)
                 exprs += [expr("fib", u32(1, REG_1), u32(2, 3), u32(3, 1)),  # addrtype of saddr
                           cmp(struct.pack("=I", RTN_LOCAL))]
+            elif t == "ct":
+                if take(3) != ["ct", "state", "new"]:
+                    raise Unsupported(text)
+                exprs += [expr("ct", u32(2, 0), u32(1, REG_1)),  # NFT_CT_STATE
+                          expr("bitwise", u32(1, REG_1), u32(2, REG_1), u32(3, 4),
+                               nest(4, attr(1, struct.pack("=I", CT_STATE_NEW))), nest(5, attr(1, bytes(4)))),
+                          cmp(bytes(4), op=1)]  # != 0
             elif t in ("jump", "goto"):
                 word, target = take(2)
                 exprs.append(immediate_verdict(*self.verdict([word, target])))

@@ -5,7 +5,8 @@ Three shapes, all plain nft commands (readable, and what `nft monitor` shows):
   invisible to traffic); kept apart from their rules because the kernel resolves references to
   chains created in the same transaction by a linear walk of that transaction.
 - fill(): give chains their rules (flush first if they exist), in moderate batches.
-- commit(): the atomic switch: fixed chains, every map and set element, stale chains removed.
+- declare_fixed(): the table, its maps and sets, the fixed regular chains (through nft).
+- commit(): the atomic switch: base chains, every map and set element, stale chains removed.
 A partial sync is one transaction holding the diff of the changed services only (plan_partial).
 """
 
@@ -37,6 +38,7 @@ class Kernel:
     chains: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     sets: dict[str, Container] = field(default_factory=dict)  # affinity sets, as declared
     elements: dict[str, dict[str, Element]] = field(default_factory=dict)  # container -> key -> element
+    fixed: tuple | None = None  # fixed_part() as last declared by declare_fixed(); None: unknown
 
 
 class Tx:
@@ -86,37 +88,62 @@ class Tx:
             self.lines.append(f"delete element {self.prefix} {container} {{ {', '.join(keys[i:i + ELEMENTS_PER_COMMAND])} }}")
 
 
-def commit(cfg: NodeConfig, chains: dict[str, Chain], sets: dict[str, Container],
-           elements: dict[str, dict[str, Element]], kernel: Kernel, recreate_base: bool,
-           service_cidrs: tuple[str, ...] = ()) -> Tx:
-    """The atomic full-sync switch: table, fixed chains and containers rewritten, all elements
-    re-added, per-service chains no longer wanted flushed, affinity sets no longer wanted deleted."""
+def fixed_part(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple:
+    """What declare_fixed() programs, to compare with Kernel.fixed."""
+    return containers(cfg), tuple(c for c in fixed_chains(cfg, service_cidrs) if not c.hook)
+
+
+def declare_fixed(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> Tx:
+    """The table, its sets and maps (declared, not flushed) and the fixed regular chains with
+    their rules. This goes through nft (netlink.py does not encode these), so a full sync sends
+    it only while the table is small (cold start) or when it changed: nft re-reads the whole
+    table first. No base chain jumps here yet (they come with commit()), so on a cold start
+    traffic sees none of it before the commit."""
     tx = Tx(cfg)
     tx.lines.append(f'add table {tx.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
-    fixed = fixed_chains(cfg, service_cidrs)
-    if recreate_base:  # so that changed hook properties (priorities) take effect
-        for c in fixed:
-            if c.hook:
-                tx.lines += [f"add chain {tx.prefix} {c.name}", f"delete chain {tx.prefix} {c.name}"]
-    for c in fixed:
-        tx.add_chain(c)
-        tx.lines.append(f"flush chain {tx.prefix} {c.name}")
     for c in containers(cfg):
         tx.add_container(c)
-        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    regular = [c for c in fixed_chains(cfg, service_cidrs) if not c.hook]
+    for c in regular:
+        tx.add_chain(c)
+        tx.fill_chain(c, flush=True)
     if nodeport_set_ips(cfg) is None:  # add+delete: delete alone fails when it does not exist
         tx.lines += [f"add set {tx.prefix} nodeport-ips {{ type {containers(cfg)[0].key_type}; }}",
                      f"delete set {tx.prefix} nodeport-ips"]
-    for c in fixed:
+    return tx
+
+
+def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[str, Element]],
+           kernel: Kernel, recreate_base: bool) -> Tx:
+    """The atomic full-sync switch (after declare_fixed()): base chains and their jumps
+    rewritten, every map and set flushed and its elements re-added, per-service chains no
+    longer wanted flushed; the caller adds changed chains and delete_unused_sets(). netlink.py
+    encodes all of it, so it does not wait for nft to read a large table."""
+    tx = Tx(cfg)
+    hooked = [c for c in fixed_chains(cfg) if c.hook]
+    if recreate_base:  # so that changed hook properties (priorities) take effect
+        for c in hooked:
+            tx.lines += [f"add chain {tx.prefix} {c.name}", f"delete chain {tx.prefix} {c.name}"]
+    for c in hooked:
+        tx.add_chain(c)
+        tx.lines.append(f"flush chain {tx.prefix} {c.name}")
+    for c in containers(cfg):
+        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
         tx.add_elements(name, els.values())
     # chains no longer used are only flushed here; deleted a second later (see NftablesDataplane)
     tx.flush_chains(name for name in sorted(kernel.chains) if name not in chains and kernel.chains[name] != ())
+    return tx
+
+
+def delete_unused_sets(tx: Tx, sets: dict[str, Container], kernel: Kernel) -> None:
+    """Affinity sets no longer wanted; last in the transaction, after every chain whose rules
+    use them was flushed or rewritten (the kernel refuses to delete a set in use)."""
     for name in sorted(kernel.sets):
         if name not in sets:
             tx.delete_set(name)
-    return tx
 
 
 def desired_elements(cfg: NodeConfig, per_service: Iterable[Iterable[Element]]) -> dict[str, dict[str, Element]]:
