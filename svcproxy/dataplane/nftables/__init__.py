@@ -14,14 +14,16 @@ while the table is still empty (cold start) or when they changed."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from ...config import NodeConfig
 from ...state import ProxyState
@@ -66,7 +68,8 @@ class NftablesDataplane:
         self._batch = 0
         self._lock = threading.Lock()
         self.netlink_batches = 0  # how many transactions went through the session (for tests)
-        self.timings: list[tuple[str, int, float]] = []  # last sync: (path, commands, seconds) per transaction
+        # last sync: (path, commands, seconds) per transaction; ("render", services, seconds) too
+        self.timings: list[tuple[str, int, float]] = []
         self.family = names.family_keyword(cfg.ip_family)
         self.cache = BlockCache(cfg)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
@@ -93,7 +96,8 @@ class NftablesDataplane:
             if changed is None or self.need_full or self.kernel is None or state.service_cidrs != self.service_cidrs:
                 if changed is None and self.kernel is not None and not self.need_full:
                     self._check_drift(self.kernel)  # a periodic resync repairs hand edits
-                return self._full(state)
+                with gc_paused():
+                    return self._full(state)
             return self._partial(state, changed)
         except ApplyError:
             self.need_full = True
@@ -140,7 +144,9 @@ class NftablesDataplane:
         if self.kernel is None:
             self.kernel = self.read_kernel()
         kernel = self.kernel
+        start = time.perf_counter()
         rules = self.cache.all(state)
+        self.timings.append(("render", len(rules), time.perf_counter() - start))
         chains: dict[str, Chain] = {}
         sets: dict[str, Container] = {}
         for r in rules:
@@ -177,7 +183,10 @@ class NftablesDataplane:
 
         def fill(batch: list[Chain]) -> tuple[Tx, list | None]:
             tx = Tx(self.cfg)
-            for c in batch:
+            # Chains with a numgen vmap first: binding each anonymous map to its rule walks the
+            # whole transaction so far (the kernel's __nft_set_trans_bind), so these are cheap
+            # while the transaction is still short.
+            for c in sorted(batch, key=_without_vmap):
                 tx.fill_chain(c, flush=c.name not in fresh_names)
             return tx, self._compile(tx)
 
@@ -384,6 +393,24 @@ class NftablesDataplane:
         elements = sum(len(v) for v in kernel.elements.values())
         return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
                           rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})
+
+
+def _without_vmap(chain: Chain) -> bool:
+    return not any(" vmap { " in r for r in chain.rules)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a full sync: it allocates millions of objects that
+    live on (rules, messages), and at 10,000 services the collector kept re-walking them all.
+    What the sync leaves behind is collected as usual afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _first_lines(text: str, n: int = 6) -> str:
