@@ -70,7 +70,7 @@ def listings(cfg: NodeConfig, use_netlink: bool) -> tuple[list[str], list[list[t
         out, timings = [], []
         for st in states(cfg):
             dp.sync(st, None)
-            timings.append([t for t in dp.timings if t[0] != "render"])
+            timings.append([t for t in dp.timings if t[0] not in ("render", "wait")])
             out.append(normalise(ns.nft("list", "table", names_family(cfg), "kube-proxy").stdout))
         return out, timings
     finally:
@@ -105,11 +105,11 @@ def test_large_table_full_sync_sends_nothing_through_nft(inside, monkeypatch: py
     dp = NftablesDataplane(CFG)
     dp.sync(first, None)
     dp.sync(second, None)
-    paths = [path for path, _, _ in dp.timings if path != "render"]
+    paths = [path for path, _, _ in dp.timings if path not in ("render", "wait")]
     assert paths and all(path == "netlink" for path in paths)
     second.service_cidrs = ("172.30.0.0/16", "192.168.200.0/24")  # the fixed part changed: nft again
     dp.sync(second, None)
-    assert [path for path, _, _ in dp.timings if path != "render"][0] == "nft"
+    assert [path for path, _, _ in dp.timings if path not in ("render", "wait")][0] == "nft"
     assert "192.168.200.0/24" in inside.nft("list", "chain", "ip", "kube-proxy", "cluster-ips-check").stdout
 
 

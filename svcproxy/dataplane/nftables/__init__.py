@@ -15,6 +15,7 @@ while the table is still empty (cold start) or when they changed."""
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import secrets
@@ -24,13 +25,14 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from . import names, netlink, session
 from .layout import Chain, Container
-from .render import BlockCache, ServiceRules
+from .render import BlockCache, ServiceRules, service_order
 from .transaction import (
     Kernel,
     Tx,
@@ -70,6 +72,7 @@ class NftablesDataplane:
         self.netlink_batches = 0  # how many transactions went through the session (for tests)
         # last sync: (path, commands, seconds) per transaction; ("render", services, seconds) too
         self.timings: list[tuple[str, int, float]] = []
+        self._render_seconds = 0.0  # a full sync renders in the worker thread
         self.family = names.family_keyword(cfg.ip_family)
         self.cache = BlockCache(cfg)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
@@ -144,15 +147,6 @@ class NftablesDataplane:
         if self.kernel is None:
             self.kernel = self.read_kernel()
         kernel = self.kernel
-        start = time.perf_counter()
-        rules = self.cache.all(state)
-        self.timings.append(("render", len(rules), time.perf_counter() - start))
-        chains: dict[str, Chain] = {}
-        sets: dict[str, Container] = {}
-        for r in rules:
-            for name, c in r.chains.items():
-                chains.setdefault(name, c)
-            sets.update(r.sets)
 
         # 1. the table, its maps and sets and the fixed regular chains, through nft: on a cold
         #    start while the table is still empty (nft reads it all first), later only when they
@@ -161,47 +155,40 @@ class NftablesDataplane:
         if kernel.fixed != fixed or len(kernel.chains) <= DRIFT_CHECK_MAX_CHAINS:
             self._run_tx(declare_fixed(self.cfg, state.service_cidrs))
             kernel.fixed = fixed
-        # then the new per-service chains and affinity sets
-        fresh = [c for name, c in chains.items() if name not in kernel.chains]
-        new_sets = [s for name, s in sets.items() if name not in kernel.sets]
-        declare = Tx(self.cfg)
-        for s in new_sets:
-            declare.add_container(s)
-        for c in fresh:
-            declare.add_chain(Chain(c.name))
-        self._run_tx(declare)
         kernel.exists = True
-        kernel.sets.update((s.name, s) for s in new_sets)
-        for c in fresh:
-            kernel.chains[c.name] = ()
 
-        # 2. fill new chains, and chains of unknown content (found at startup), in batches;
-        #    each chain is flushed and refilled within one transaction, so it is never half-built
-        fresh_names = {c.name for c in fresh}
-        to_fill = [c for c in chains.values() if c.name in fresh_names or kernel.chains.get(c.name) is None]
-        batches = [to_fill[i:i + FILL_BATCH_CHAINS] for i in range(0, len(to_fill), FILL_BATCH_CHAINS)]
-
-        def fill(batch: list[Chain]) -> tuple[Tx, list | None]:
-            tx = Tx(self.cfg)
-            # Chains with a numgen vmap first: binding each anonymous map to its rule walks the
-            # whole transaction so far (the kernel's __nft_set_trans_bind), so these are cheap
-            # while the transaction is still short.
-            for c in sorted(batch, key=_without_vmap):
-                tx.fill_chain(c, flush=c.name not in fresh_names)
-            return tx, self._compile(tx)
-
-        # encode batch k+1 while the kernel digests batch k (the socket call releases the GIL)
+        # 2. declare new per-service chains and affinity sets and fill them (and chains of
+        #    unknown content, found at startup), chunk by chunk: transaction k fills chunk k and
+        #    declares chunk k+1. New chains are unreferenced until the commit, and a chain of
+        #    unknown content is flushed and refilled in one transaction, so traffic never sees
+        #    one half-built. A worker thread renders and encodes transaction k+1 while the
+        #    kernel digests transaction k (the socket call releases the GIL).
+        steps = self._fill_steps(state, dict(kernel.chains), set(kernel.sets))
+        waited = 0.0  # for the timings: how long the kernel waited for the worker
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(fill, batches[0]) if batches else None
-            for k, batch in enumerate(batches):
-                assert pending is not None
-                tx, messages = pending.result()
-                pending = pool.submit(fill, batches[k + 1]) if k + 1 < len(batches) else None
-                self._run_tx(tx, messages)
-                for c in batch:
-                    kernel.chains[c.name] = c.rules
+            pending = pool.submit(next, steps, None)
+            while True:
+                start = time.perf_counter()
+                step = pending.result()
+                waited += time.perf_counter() - start
+                if step is None:
+                    break
+                pending = pool.submit(next, steps, None)
+                self._run_tx(step.tx, step.messages)
+                kernel.sets.update((c.name, c) for c in step.declared_sets)
+                kernel.chains.update((name, ()) for name in step.declared)
+                kernel.chains.update((c.name, c.rules) for c in step.filled)
+        self.timings += [("render", len(state.services), self._render_seconds), ("wait", 0, waited)]
 
-        # 3. commit: fixed chains, all elements, changed chains, stale chains and sets deleted
+        rules = self.cache.all(state)  # all cached by now; forgets services no longer there
+        chains: dict[str, Chain] = {}
+        sets: dict[str, Container] = {}
+        for r in rules:
+            for name, c in r.chains.items():
+                chains.setdefault(name, c)
+            sets.update(r.sets)
+
+        # 3. commit: base chains, all elements, changed chains, stale chains and sets deleted
         elements = desired_elements(self.cfg, (r.elements for r in rules))
         tx = commit(self.cfg, chains, elements, kernel, recreate_base)
         respec = respecified(kernel, sets)  # an affinity timeout changed: re-create the set
@@ -229,6 +216,64 @@ class NftablesDataplane:
         self.service_cidrs = state.service_cidrs
         self.need_full = False
         return self._result(True)
+
+    def _fill_steps(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
+                    known_sets: set[str]) -> Iterator[FillStep]:
+        """The full sync's fill transactions (run in the worker thread, one per next())."""
+        self._render_seconds = 0.0
+        previous: _Chunk | None = None
+        for chunk in itertools.chain(self._chunks(state, known, known_sets), [None]):
+            tx = Tx(self.cfg)
+            filled: list[Chain] = []
+            if previous is not None:
+                # Chains with a numgen vmap first: binding each anonymous map to its rule walks
+                # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
+                # are cheap while the transaction is still short.
+                filled = sorted(previous.fill, key=_without_vmap)
+                for c in filled:
+                    tx.fill_chain(c, flush=c.name not in previous.fresh)
+            declared: list[str] = []
+            declared_sets: list[Container] = []
+            if chunk is not None:
+                declared_sets = chunk.new_sets
+                for s in declared_sets:
+                    tx.add_container(s)
+                declared = list(chunk.fresh)
+                for name in declared:
+                    tx.add_chain(Chain(name))
+            if tx:
+                yield FillStep(tx, self._compile(tx), declared, declared_sets, filled)
+            previous = chunk
+
+    def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
+                known_sets: set[str]) -> Iterator[_Chunk]:
+        """Services in render order, grouped so that each chunk fills ~FILL_BATCH_CHAINS chains;
+        a service's chains stay in one chunk (they refer to each other)."""
+        seen: set[str] = set()
+        seen_sets: set[str] = set()
+        chunk = _Chunk()
+        for key in sorted(state.services, key=service_order):
+            start = time.perf_counter()
+            r = self.cache.service(state.services[key], state.zone)
+            self._render_seconds += time.perf_counter() - start
+            for name, c in r.chains.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name not in known:
+                    chunk.fresh.add(name)
+                    chunk.fill.append(c)
+                elif known[name] is None:
+                    chunk.fill.append(c)
+            for name, s in r.sets.items():
+                if name not in known_sets and name not in seen_sets:
+                    seen_sets.add(name)
+                    chunk.new_sets.append(s)
+            if len(chunk.fill) >= FILL_BATCH_CHAINS:
+                yield chunk
+                chunk = _Chunk()
+        if chunk.fill or chunk.new_sets:
+            yield chunk
 
     # --- partial sync -------------------------------------------------------------------
 
@@ -393,6 +438,26 @@ class NftablesDataplane:
         elements = sum(len(v) for v in kernel.elements.values())
         return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
                           rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})
+
+
+@dataclass
+class _Chunk:
+    """Per-service chains of consecutive services: to fill (new ones are also declared)."""
+
+    fill: list[Chain] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)  # not in the kernel yet
+    new_sets: list[Container] = field(default_factory=list)
+
+
+@dataclass
+class FillStep:
+    """One fill transaction and what to record once the kernel took it."""
+
+    tx: Tx
+    messages: list | None
+    declared: list[str]
+    declared_sets: list[Container]
+    filled: list[Chain]
 
 
 def _without_vmap(chain: Chain) -> bool:

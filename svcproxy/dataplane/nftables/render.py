@@ -71,13 +71,13 @@ class BlockCache:
 
     def all(self, state: ProxyState) -> list[ServiceRules]:
         """Rules of every service in state, in port-name order; forgets services no longer there."""
-        out = [self.service(state.services[k], state.zone) for k in sorted(state.services, key=_service_order)]
+        out = [self.service(state.services[k], state.zone) for k in sorted(state.services, key=service_order)]
         if len(self._rules) != len(out):
             self._rules = {r.service.key: r for r in out}
         return out
 
 
-def _service_order(key: str) -> tuple[str, ...]:
+def service_order(key: str) -> tuple[str, ...]:
     return tuple(key.split("/", 1))
 
 
