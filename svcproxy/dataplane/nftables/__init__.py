@@ -163,6 +163,8 @@ class NftablesDataplane:
         #    unknown content is flushed and refilled in one transaction, so traffic never sees
         #    one half-built. A worker thread renders and encodes transaction k+1 while the
         #    kernel digests transaction k (the socket call releases the GIL).
+        if self.use_netlink:
+            self._get_session()  # opened here, used by the worker to frame batches
         steps = self._fill_steps(state, dict(kernel.chains), set(kernel.sets))
         waited = 0.0  # for the timings: how long the kernel waited for the worker
         with ThreadPoolExecutor(1) as pool:
@@ -174,7 +176,7 @@ class NftablesDataplane:
                 if step is None:
                     break
                 pending = pool.submit(next, steps, None)
-                self._run_tx(step.tx, step.messages)
+                self._run_tx(step.tx, step.batch)
                 kernel.sets.update((c.name, c) for c in step.declared_sets)
                 kernel.chains.update((name, ()) for name in step.declared)
                 kernel.chains.update((c.name, c.rules) for c in step.filled)
@@ -242,7 +244,9 @@ class NftablesDataplane:
                 for name in declared:
                     tx.add_chain(Chain(name))
             if tx:
-                yield FillStep(tx, self._compile(tx), declared, declared_sets, filled)
+                messages = self._compile(tx)
+                batch = self._get_session().frame(self.family, messages) if messages is not None else None
+                yield FillStep(tx, batch, declared, declared_sets, filled)
             previous = chunk
 
     def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
@@ -371,7 +375,7 @@ class NftablesDataplane:
                 else:
                     del kernel.chains[name]
 
-    def _run_tx(self, tx: Tx, messages: list | None = None) -> None:
+    def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
         if not tx:
             return
         start = time.perf_counter()
@@ -390,15 +394,21 @@ class NftablesDataplane:
         except netlink.Unsupported:
             return None
 
-    def _send(self, tx: Tx, messages: list | None = None) -> str:
+    def _get_session(self) -> session.Session:
+        if self._session is None:
+            self._session = session.Session()
+        return self._session
+
+    def _send(self, tx: Tx, messages: list | session.Batch | None = None) -> str:
         if messages is None:
             messages = self._compile(tx)
         if messages is not None:
             self._record(tx)
             try:
-                if self._session is None:
-                    self._session = session.Session()
-                self._session.send(self.family, messages)
+                if isinstance(messages, session.Batch):
+                    self._get_session().send_batch(messages)
+                else:
+                    self._get_session().send(self.family, messages)
             except OSError as e:
                 raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
                                  "in place and the next sync is a full one") from e
@@ -454,7 +464,7 @@ class FillStep:
     """One fill transaction and what to record once the kernel took it."""
 
     tx: Tx
-    messages: list | None
+    batch: session.Batch | None  # None: nft's job
     declared: list[str]
     declared_sets: list[Container]
     filled: list[Chain]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
+import threading
+from dataclasses import dataclass
 
 from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES
 
@@ -18,6 +21,16 @@ class NetlinkError(OSError):
     pass
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A framed batch: its bytes and the sequence numbers of its begin and last message."""
+
+    data: bytes
+    begin: int
+    last: int
+    count: int  # messages between begin and end
+
+
 class Session:
     """One netfilter netlink socket, kept open: each send() is one atomic nf_tables batch."""
 
@@ -29,39 +42,50 @@ class Session:
             except PermissionError:
                 self.sock.setsockopt(socket.SOL_SOCKET, plain, 1 << 26)
         self.sock.bind((0, 0))
-        self.seq = int.from_bytes(os.urandom(2), "big") << 8
+        self._seq = itertools.count(int.from_bytes(os.urandom(2), "big") << 8)
+        self._framing = threading.Lock()
 
     def close(self) -> None:
         self.sock.close()
 
     def _header(self, msg_type: int, flags: int, family: int, res_id: int, length: int) -> bytes:
-        self.seq += 1
-        return struct.pack("=IHHII", 16 + 4 + length, msg_type, flags, self.seq, 0) + struct.pack(
+        seq = next(self._seq)
+        return struct.pack("=IHHII", 16 + 4 + length, msg_type, flags, seq, 0) + struct.pack(
             "=BBH", family, 0, socket.htons(res_id))
 
-    def send(self, family: str, messages: list[tuple[int, int, bytes]]) -> None:
-        """Send messages as one batch; raise NetlinkError (nothing applied) if the kernel refuses.
+    def frame(self, family: str, messages: list[tuple[int, int, bytes]]) -> Batch:
+        """The messages as one nf_tables batch, ready to send (done in the encoding thread).
 
         Only the last message asks for an acknowledgement: the kernel reports every failing
         message anyway, and acknowledging each of a cold sync's ~220,000 messages cost an
-        allocation in the kernel and a recv() here per message. The kernel handles the batch
-        inside our send() call, so its answers are all queued when send() returns."""
-        if not messages:
-            return
-        fam = FAMILIES[family]
-        parts = [self._header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0)]
-        begin = self.seq
+        allocation in the kernel and a recv() here per message."""
+        with self._framing:  # consecutive sequence numbers, even if two threads frame
+            return self._frame(FAMILIES[family], messages)
+
+    def _frame(self, fam: int, messages: list[tuple[int, int, bytes]]) -> Batch:
+        begin = self._header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0)
+        parts = [begin]
         last_index = len(messages) - 1
         for i, (msg_type, flags, attrs) in enumerate(messages):
             ack = NLM_F_ACK if i == last_index else 0
             parts.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_REQUEST | ack | flags,
                                       fam, 0, len(attrs)) + attrs)
-        last = self.seq
         parts.append(self._header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, 0))
-        data = b"".join(parts)
-        if self.sock.send(data) != len(data):
+        first_seq = struct.unpack_from("=I", begin, 8)[0]
+        return Batch(b"".join(parts), first_seq, first_seq + len(messages), len(messages))
+
+    def send(self, family: str, messages: list[tuple[int, int, bytes]]) -> None:
+        """Send messages as one batch; raise NetlinkError (nothing applied) if the kernel refuses."""
+        self.send_batch(self.frame(family, messages))
+
+    def send_batch(self, batch: Batch) -> None:
+        """The kernel handles the batch inside our send() call, so its answers are all queued
+        when send() returns."""
+        if not batch.count:
+            return
+        if self.sock.send(batch.data) != len(batch.data):
             raise NetlinkError("short send of a netlink batch")
-        self._wait_acks(begin, last)
+        self._wait_acks(batch.begin, batch.last)
 
     def _wait_acks(self, begin: int, last: int) -> None:
         """Read answers until the last message's acknowledgement. An error names the failing
