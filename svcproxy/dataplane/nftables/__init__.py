@@ -33,6 +33,7 @@ from .. import ApplyError, SyncResult
 from . import names, netlink, session
 from .layout import Chain, Container
 from .render import BlockCache, ServiceRules, service_order
+from .service import Element
 from .transaction import (
     Kernel,
     Tx,
@@ -163,47 +164,30 @@ class NftablesDataplane:
         #    unknown content is flushed and refilled in one transaction, so traffic never sees
         #    one half-built. A worker thread renders and encodes transaction k+1 while the
         #    kernel digests transaction k (the socket call releases the GIL).
+        #    The worker then prepares the commit (3.) while the kernel digests the last fill.
         if self.use_netlink:
             self._get_session()  # opened here, used by the worker to frame batches
-        steps = self._fill_steps(state, dict(kernel.chains), set(kernel.sets))
+        view = Kernel(True, dict(kernel.chains), dict(kernel.sets))  # the worker's own record
+        steps = self._steps(state, view, recreate_base)
         waited = 0.0  # for the timings: how long the kernel waited for the worker
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(next, steps, None)
+            pending = pool.submit(next, steps)
             while True:
                 start = time.perf_counter()
                 step = pending.result()
                 waited += time.perf_counter() - start
-                if step is None:
+                if isinstance(step, CommitStep):
                     break
-                pending = pool.submit(next, steps, None)
+                pending = pool.submit(next, steps)
                 self._run_tx(step.tx, step.batch)
                 kernel.sets.update((c.name, c) for c in step.declared_sets)
                 kernel.chains.update((name, ()) for name in step.declared)
                 kernel.chains.update((c.name, c.rules) for c in step.filled)
         self.timings += [("render", len(state.services), self._render_seconds), ("wait", 0, waited)]
 
-        rules = self.cache.all(state)  # all cached by now; forgets services no longer there
-        chains: dict[str, Chain] = {}
-        sets: dict[str, Container] = {}
-        for r in rules:
-            for name, c in r.chains.items():
-                chains.setdefault(name, c)
-            sets.update(r.sets)
-
         # 3. commit: base chains, all elements, changed chains, stale chains and sets deleted
-        elements = desired_elements(self.cfg, (r.elements for r in rules))
-        tx = commit(self.cfg, chains, elements, kernel, recreate_base)
-        respec = respecified(kernel, sets)  # an affinity timeout changed: re-create the set
-        forced = uses_sets(chains, respec, kernel)
-        tx.flush_chains(forced)
-        for name in respec:
-            tx.delete_set(name)
-            tx.add_container(sets[name])
-        for c in chains.values():
-            if c.name in forced or kernel.chains.get(c.name) != c.rules:
-                tx.fill_chain(c, flush=c.name not in forced)
-        delete_unused_sets(tx, sets, kernel)
-        self._run_tx(tx)
+        self._run_tx(step.tx, step.batch)
+        rules, chains, sets, elements = step.rules, step.chains, step.sets, step.elements
         now = time.monotonic()
         for name in kernel.chains:
             if name not in chains:
@@ -219,12 +203,13 @@ class NftablesDataplane:
         self.need_full = False
         return self._result(True)
 
-    def _fill_steps(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
-                    known_sets: set[str]) -> Iterator[FillStep]:
-        """The full sync's fill transactions (run in the worker thread, one per next())."""
+    def _steps(self, state: ProxyState, view: Kernel, recreate_base: bool) -> Iterator[FillStep | CommitStep]:
+        """The full sync's transactions, run in the worker thread (one per next()): the fills,
+        then the commit. view is the worker's copy of the kernel record, kept as the fills
+        will leave it."""
         self._render_seconds = 0.0
         previous: _Chunk | None = None
-        for chunk in itertools.chain(self._chunks(state, known, known_sets), [None]):
+        for chunk in itertools.chain(self._chunks(state, view.chains, set(view.sets)), [None]):
             tx = Tx(self.cfg)
             filled: list[Chain] = []
             if previous is not None:
@@ -240,14 +225,42 @@ class NftablesDataplane:
                 declared_sets = chunk.new_sets
                 for s in declared_sets:
                     tx.add_container(s)
-                declared = list(chunk.fresh)
+                declared = sorted(chunk.fresh)
                 for name in declared:
                     tx.add_chain(Chain(name))
             if tx:
-                messages = self._compile(tx)
-                batch = self._get_session().frame(self.family, messages) if messages is not None else None
-                yield FillStep(tx, batch, declared, declared_sets, filled)
+                yield FillStep(tx, self._frame(tx), declared, declared_sets, filled)
+                view.sets.update((c.name, c) for c in declared_sets)
+                view.chains.update((name, ()) for name in declared)
+                view.chains.update((c.name, c.rules) for c in filled)
             previous = chunk
+        yield self._commit_step(state, view, recreate_base)
+
+    def _commit_step(self, state: ProxyState, view: Kernel, recreate_base: bool) -> CommitStep:
+        rules = self.cache.all(state)  # all cached by now; forgets services no longer there
+        chains: dict[str, Chain] = {}
+        sets: dict[str, Container] = {}
+        for r in rules:
+            for name, c in r.chains.items():
+                chains.setdefault(name, c)
+            sets.update(r.sets)
+        elements = desired_elements(self.cfg, (r.elements for r in rules))
+        tx = commit(self.cfg, chains, elements, view, recreate_base)
+        respec = respecified(view, sets)  # an affinity timeout changed: re-create the set
+        forced = uses_sets(chains, respec, view)
+        tx.flush_chains(forced)
+        for name in respec:
+            tx.delete_set(name)
+            tx.add_container(sets[name])
+        for c in chains.values():
+            if c.name in forced or view.chains.get(c.name) != c.rules:
+                tx.fill_chain(c, flush=c.name not in forced)
+        delete_unused_sets(tx, sets, view)
+        return CommitStep(tx, self._frame(tx), rules, chains, sets, elements)
+
+    def _frame(self, tx: Tx) -> session.Batch | None:
+        messages = self._compile(tx)
+        return self._get_session().frame(self.family, messages) if messages is not None else None
 
     def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
                 known_sets: set[str]) -> Iterator[_Chunk]:
@@ -468,6 +481,18 @@ class FillStep:
     declared: list[str]
     declared_sets: list[Container]
     filled: list[Chain]
+
+
+@dataclass
+class CommitStep:
+    """The full sync's commit, and the desired state it programs (to record once it went in)."""
+
+    tx: Tx
+    batch: session.Batch | None
+    rules: list[ServiceRules]
+    chains: dict[str, Chain]
+    sets: dict[str, Container]
+    elements: dict[str, dict[str, Element]]
 
 
 def _without_vmap(chain: Chain) -> bool:
