@@ -22,7 +22,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 NFNL_SUBSYS_NFTABLES = 10
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
@@ -108,9 +108,21 @@ def payload(base: int, offset: int, length: int, reg: int = REG_1) -> bytes:
     return expr("payload", u32(1, reg), u32(2, base), u32(3, offset), u32(4, length))
 
 
-@lru_cache(maxsize=1 << 16)
+def _around(encoded: bytes, length: int) -> tuple[bytes, bytes]:
+    """An expression whose last attribute is a value of this length, split around that value:
+    its bytes before and its padding after (the rest of the encoding depends on the length only)."""
+    pad = -length % 4
+    return encoded[:len(encoded) - length - pad], encoded[len(encoded) - pad:]
+
+
+@lru_cache(maxsize=64)
+def _cmp_around(length: int, op: int, reg: int) -> tuple[bytes, bytes]:
+    return _around(expr("cmp", u32(1, reg), u32(2, op), nest(3, attr(1, bytes(length)))), length)
+
+
 def cmp(value: bytes, op: int = 0, reg: int = REG_1) -> bytes:
-    return expr("cmp", u32(1, reg), u32(2, op), nest(3, attr(1, value)))
+    before, after = _cmp_around(len(value), op, reg)
+    return before + value + after
 
 
 @lru_cache(maxsize=16)
@@ -123,8 +135,14 @@ def immediate_verdict(code: int, chain: str = "") -> bytes:
     return expr("immediate", u32(1, REG_VERDICT), nest(2, verdict_data(code, chain)))
 
 
+@lru_cache(maxsize=64)
+def _immediate_around(reg: int, length: int) -> tuple[bytes, bytes]:
+    return _around(expr("immediate", u32(1, reg), nest(2, attr(1, bytes(length)))), length)
+
+
 def immediate_value(reg: int, value: bytes) -> bytes:
-    return expr("immediate", u32(1, reg), nest(2, attr(1, value)))
+    before, after = _immediate_around(reg, len(value))
+    return before + value + after
 
 
 def lookup(set_name: str, set_id: int | None = None, dreg: int | None = None) -> bytes:
@@ -391,7 +409,7 @@ class Compiler:
                     immediate_value(REG_2, struct.pack("!H", int(m.group(3)))), self.nat]
         return None
 
-    @property
+    @cached_property
     def nat(self) -> bytes:
         return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, REG_2), u32(7, 0x2))
 
