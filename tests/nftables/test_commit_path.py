@@ -85,14 +85,16 @@ def names_family(cfg: NodeConfig) -> str:
 
 @pytest.mark.parametrize("cfg", [CFG, V6, replace(CFG, masquerade_all=True), NODEPORT_ADDRESSES],
                          ids=["ipv4", "ipv6", "masq-all", "nodeport-addresses"])
-def test_full_sync_commit_lists_as_nft_programs_it(cfg: NodeConfig) -> None:
-    by_nft, nft_timings = listings(cfg, use_netlink=False)
+def test_full_sync_commit_lists_as_nft_programs_it(cfg: NodeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    by_nft, nft_timings = listings(cfg, use_netlink=False)  # one fill chunk
+    monkeypatch.setattr(nft_dp, "FILL_BATCH_CHAINS", 3)  # many chunks, one or two services each
     by_netlink, timings = listings(cfg, use_netlink=True)
     assert all(path == "nft" for t in nft_timings for path, _, _ in t)
     cold, warm = timings
     # the fixed part through nft, the commit (last) through the session; (the firewall chain's
     # anonymous set is nft's job, so its fill batch goes through nft)
     assert cold[0][0] == "nft" and cold[-1][0] == "netlink" and warm[-1][0] == "netlink"
+    assert len(cold) > len(nft_timings[0]) + 2  # it did go chunk by chunk
     assert "service-ips" in by_nft[0] and "affinity-" in by_nft[0] and "timeout 5m" in by_nft[1]
     assert by_netlink[0] == by_nft[0]
     assert by_netlink[1] == by_nft[1]

@@ -1,11 +1,13 @@
 """nftables mode: keeps the kernel's `kube-proxy` table in step with the desired state.
 
-A full sync declares the table's fixed part and new chains, fills the chains in batches (they
-are unreferenced until the commit, so traffic never sees them half-built) and then commits the
-base chains and every map element in one transaction, flushing chains no longer used. A partial
-sync is one transaction with only the changed services' chains, sets and elements. Unused chains
-are deleted by a later sync, a second after their flush. What the kernel holds is tracked in a
-Kernel record, updated only after a transaction succeeded.
+A full sync declares the table's fixed part, then declares and fills the per-service chains
+chunk by chunk (new chains are unreferenced until the commit, so traffic never sees them
+half-built) and then commits the base chains and every map element in one transaction,
+flushing chains no longer used. A worker thread renders and encodes the next transaction while
+the kernel digests the current one. A partial sync is one transaction with only the changed
+services' chains, sets and elements. Unused chains are deleted by a later sync, a second after
+their flush. What the kernel holds is tracked in a Kernel record, updated only after a
+transaction succeeded.
 
 Transactions go through our own netlink encoder on a kept-open socket (netlink.py): nft
 re-reads the whole table on every run, seconds at 10,000 services. Only the table, its map and
@@ -209,7 +211,7 @@ class NftablesDataplane:
         will leave it."""
         self._render_seconds = 0.0
         previous: _Chunk | None = None
-        for chunk in itertools.chain(self._chunks(state, view.chains, set(view.sets)), [None]):
+        for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
             tx = Tx(self.cfg)
             filled: list[Chain] = []
             if previous is not None:
