@@ -227,7 +227,7 @@ class NftablesDataplane:
                 declared_sets = chunk.new_sets
                 for s in declared_sets:
                     tx.add_container(s)
-                declared = sorted(chunk.fresh)
+                declared = list(chunk.fresh)  # in render order, as `nft list` shows them
                 for name in declared:
                     tx.add_chain(Chain(name))
             if tx:
@@ -280,7 +280,7 @@ class NftablesDataplane:
                     continue
                 seen.add(name)
                 if name not in known:
-                    chunk.fresh.add(name)
+                    chunk.fresh[name] = None
                     chunk.fill.append(c)
                 elif known[name] is None:
                     chunk.fill.append(c)
@@ -470,7 +470,7 @@ class _Chunk:
     """Per-service chains of consecutive services: to fill (new ones are also declared)."""
 
     fill: list[Chain] = field(default_factory=list)
-    fresh: set[str] = field(default_factory=set)  # not in the kernel yet
+    fresh: dict[str, None] = field(default_factory=dict)  # not in the kernel yet, in order
     new_sets: list[Container] = field(default_factory=list)
 
 
