@@ -132,3 +132,19 @@ def test_base_chains_and_flushes_encode() -> None:
     with pytest.raises(netlink.Unsupported):  # a policy other than accept: nft's job
         netlink.compile_commands("ip", "kube-proxy", [
             "add chain ip kube-proxy c { type filter hook input priority 0; policy drop; }"])
+
+
+def test_fills_only_nft_can_encode_share_one_nft_run(inside, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Firewall chains (an anonymous set of source ranges) are filled by nft, which reads the
+    whole table first: all of them in one run after the netlink fills, not one per chunk."""
+    monkeypatch.setattr(nft_dp, "FILL_BATCH_CHAINS", 1)  # one service per chunk
+    svcs = [service(f"lb{i}", f"172.30.0.{i + 1}", ["10.0.1.10"], load_balancer_ips=(f"192.168.100.{i + 1}",),
+                    load_balancer_source_ranges=("203.0.113.0/25", "198.51.100.0/24")) for i in range(4)]
+    dp = NftablesDataplane(CFG)
+    dp.sync(state_of(*svcs), None)
+    paths = [path for path, _, _ in dp.timings if path not in ("render", "wait")]
+    assert paths.count("nft") == 2 and paths.count("netlink") >= 5, paths  # the fixed part, the firewalls
+    fills = [t for t in dp.transactions if "saddr != {" in t]
+    assert len(fills) == 1 and fills[0].count("saddr != {") == 4
+    text = inside.nft("list", "table", "ip", "kube-proxy").stdout
+    assert text.count("ip saddr != { 198.51.100.0/24, 203.0.113.0/25 } drop") == 4

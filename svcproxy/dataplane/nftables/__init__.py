@@ -211,16 +211,25 @@ class NftablesDataplane:
         will leave it."""
         self._render_seconds = 0.0
         previous: _Chunk | None = None
+        deferred = Tx(self.cfg)  # fills only nft can encode: one nft run for them all
+        deferred_chains: list[Chain] = []
         for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
             tx = Tx(self.cfg)
+            compiler = self._compiler() if self.use_netlink else None
             filled: list[Chain] = []
             if previous is not None:
                 # Chains with a numgen vmap first: binding each anonymous map to its rule walks
                 # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
                 # are cheap while the transaction is still short.
-                filled = sorted(previous.fill, key=_without_vmap)
-                for c in filled:
-                    tx.fill_chain(c, flush=c.name not in previous.fresh)
+                for c in sorted(previous.fill, key=_without_vmap):
+                    lines = Tx(self.cfg)
+                    lines.fill_chain(c, flush=c.name not in previous.fresh)
+                    if compiler is not None and not _encodes(compiler, lines.lines):
+                        deferred.lines += lines.lines  # e.g. a firewall chain's anonymous set
+                        deferred_chains.append(c)
+                        continue
+                    tx.lines += lines.lines
+                    filled.append(c)
             declared: list[str] = []
             declared_sets: list[Container] = []
             if chunk is not None:
@@ -230,12 +239,21 @@ class NftablesDataplane:
                 declared = list(chunk.fresh)  # in render order, as `nft list` shows them
                 for name in declared:
                     tx.add_chain(Chain(name))
+                if compiler is not None and not _encodes(compiler, tx.lines[len(tx.lines) - len(declared)
+                                                                            - len(declared_sets):]):
+                    compiler = None  # nft's job after all
             if tx:
-                yield FillStep(tx, self._frame(tx), declared, declared_sets, filled)
+                batch = None
+                if compiler is not None:
+                    batch = self._get_session().frame(self.family, compiler.messages)
+                yield FillStep(tx, batch, declared, declared_sets, filled)
                 view.sets.update((c.name, c) for c in declared_sets)
                 view.chains.update((name, ()) for name in declared)
                 view.chains.update((c.name, c.rules) for c in filled)
             previous = chunk
+        if deferred:
+            yield FillStep(deferred, None, [], [], deferred_chains)
+            view.chains.update((c.name, c.rules) for c in deferred_chains)
         yield self._commit_step(state, view, recreate_base)
 
     def _commit_step(self, state: ProxyState, view: Kernel, recreate_base: bool) -> CommitStep:
@@ -397,17 +415,23 @@ class NftablesDataplane:
         path = self._send(tx, messages)
         self.timings.append((path, len(tx.lines), time.perf_counter() - start))
 
+    def _compiler(self) -> netlink.Compiler:
+        with self._lock:
+            self._batch += 1  # anonymous map names: unique per process and batch
+            batch = self._batch
+        return netlink.Compiler(self.family, names.TABLE, f"{batch:x}{self._anon_prefix}")
+
     def _compile(self, tx: Tx) -> list | None:
         """The transaction as netlink messages, or None where nft must do it."""
         if not self.use_netlink:
             return None
-        with self._lock:
-            self._batch += 1  # anonymous map names: unique per process and batch
-            batch = self._batch
+        compiler = self._compiler()
         try:
-            return netlink.compile_commands(self.family, names.TABLE, tx.lines, f"{batch:x}{self._anon_prefix}")
+            for line in tx.lines:
+                compiler.command(line)
         except netlink.Unsupported:
             return None
+        return compiler.messages
 
     def _get_session(self) -> session.Session:
         if self._session is None:
@@ -495,6 +519,18 @@ class CommitStep:
     chains: dict[str, Chain]
     sets: dict[str, Container]
     elements: dict[str, dict[str, Element]]
+
+
+def _encodes(compiler: netlink.Compiler, lines: list[str]) -> bool:
+    """Add the commands to compiler's messages; False (and nothing added) where only nft can."""
+    mark = len(compiler.messages)
+    try:
+        for line in lines:
+            compiler.command(line)
+    except netlink.Unsupported:
+        del compiler.messages[mark:]
+        return False
+    return True
 
 
 def _without_vmap(chain: Chain) -> bool:
