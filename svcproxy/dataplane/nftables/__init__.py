@@ -353,7 +353,10 @@ class NftablesDataplane:
     # --- kernel I/O ---------------------------------------------------------------------
 
     def read_kernel(self) -> Kernel:
-        """Names of our per-service chains and affinity sets already in the kernel (startup)."""
+        """Names of our per-service chains and affinity sets already in the kernel (startup,
+        and the periodic check for hand edits)."""
+        if self.use_netlink:
+            return self._read_kernel_netlink()
         kernel = Kernel()
         for kind in ("chains", "sets"):
             out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
@@ -368,6 +371,27 @@ class NftablesDataplane:
                 elif kind == "sets" and names.is_affinity_set(name):
                     kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
                                                   flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
+        return kernel
+
+    def _read_kernel_netlink(self) -> Kernel:
+        """read_kernel() through the session: a netlink dump of the table's chains and sets."""
+        kernel = Kernel()
+        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
+        try:
+            chains = self._get_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
+            sets = self._get_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
+        except OSError as e:
+            raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
+        kernel.exists = bool(chains or sets)  # our table always has its fixed chains
+        for attrs in chains:
+            name = attrs.get(3, b"").rstrip(b"\0").decode()  # NFTA_CHAIN_NAME
+            if names.is_service_chain(name):
+                kernel.chains[name] = None  # content unknown: rewrite it
+        for attrs in sets:
+            name = attrs.get(2, b"").rstrip(b"\0").decode()  # NFTA_SET_NAME
+            if names.is_affinity_set(name):
+                timeout_ms = int.from_bytes(attrs.get(11, b""), "big")  # NFTA_SET_TIMEOUT
+                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout_ms // 1000)
         return kernel
 
     def _check_drift(self, kernel: Kernel) -> None:

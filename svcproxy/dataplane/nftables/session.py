@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -9,16 +10,35 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES
+from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES, attr
 
 NETLINK_NETFILTER = 12
+GETCHAIN, GETSET = 4, 10  # NFT_MSG_GET*
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 
 
 class NetlinkError(OSError):
     pass
+
+
+def parse_attrs(data: bytes, wanted: frozenset[int]) -> dict[int, bytes]:
+    """The wanted top-level netlink attributes: type (without flag bits) -> payload."""
+    out: dict[int, bytes] = {}
+    off = 0
+    end = len(data)
+    while off + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind in wanted:
+            out[kind] = data[off + 4:off + length]
+            if len(out) == len(wanted):
+                break
+        off += (length + 3) & ~3
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,36 @@ class Session:
         if self.sock.send(batch.data) != len(batch.data):
             raise NetlinkError("short send of a netlink batch")
         self._wait_acks(batch.begin, batch.last)
+
+    def dump(self, family: str, msg_type: int, table: str, wanted: frozenset[int]) -> list[dict[int, bytes]]:
+        """The table's chains (NFT_MSG_GETCHAIN) or sets (NFT_MSG_GETSET), each as a dict of its
+        wanted top-level attributes (none when the table does not exist). Much cheaper than
+        `nft -j list chains` (2-3 s at 10,000 services) or `list sets` (5 s: it also reads
+        every anonymous set)."""
+        attrs = attr(1, table.encode() + b"\0")  # NFTA_CHAIN_TABLE / NFTA_SET_TABLE
+        with self._framing:
+            header = self._header((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_REQUEST | NLM_F_DUMP,
+                                  FAMILIES[family], 0, len(attrs))
+        seq = struct.unpack_from("=I", header, 8)[0]
+        self.sock.send(header + attrs)
+        out: list[dict[int, bytes]] = []
+        while True:
+            buf = self.sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", buf, off)
+                if length < 16:
+                    raise NetlinkError("malformed netlink answer")
+                if msg_seq == seq:
+                    if kind == NLMSG_DONE:
+                        return out
+                    if kind == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", buf, off + 16)
+                        if code == -errno.ENOENT:
+                            return []
+                        raise NetlinkError(f"reading the table failed: {os.strerror(-code)}")
+                    out.append(parse_attrs(buf[off + 20:off + length], wanted))
+                off += (length + 3) & ~3
 
     def _wait_acks(self, begin: int, last: int) -> None:
         """Read answers until the last message's acknowledgement. An error names the failing
