@@ -61,3 +61,21 @@ def test_large_tables_check_names_only(inside: Netns, monkeypatch: pytest.Monkey
     inside.nft("delete", "table", "ip", "kube-proxy")
     dp.sync(state_of(A, B), None)  # names differ (all gone): reprogrammed without a failed attempt
     assert inside.nft("list", "table", "ip", "kube-proxy").stdout == before
+
+
+def test_large_tables_repair_a_flushed_fixed_chain(inside: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above DRIFT_CHECK_MAX_CHAINS the fixed chains are rewritten only when their rule counts
+    (read by a netlink dump per chain) differ from what was written."""
+    import svcproxy.dataplane.nftables as nft_dp
+
+    monkeypatch.setattr(nft_dp, "DRIFT_CHECK_MAX_CHAINS", 1)
+    dp = NftablesDataplane(CFG)
+    dp.sync(state_of(A, B))
+    before = inside.nft("list", "table", "ip", "kube-proxy").stdout
+    dp.sync(state_of(A, B), None)  # nothing changed by hand: the fixed chains are not rewritten
+    paths = [path for path, _, _ in dp.timings if path not in ("render", "wait")]
+    assert paths and all(path == "netlink" for path in paths)
+    inside.nft("flush", "chain", "ip", "kube-proxy", "services")
+    assert inside.nft("list", "table", "ip", "kube-proxy").stdout != before
+    dp.sync(state_of(A, B), None)
+    assert inside.nft("list", "table", "ip", "kube-proxy").stdout == before

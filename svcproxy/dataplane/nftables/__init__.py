@@ -399,12 +399,15 @@ class NftablesDataplane:
         starting afresh; per-service chains whose rule count differs are rewritten.
 
         Counting rules needs `nft list table`, which nft 1.0.6 takes ~28 s to print at 10k
-        services; above DRIFT_CHECK_MAX_CHAINS only the table and chain names are checked."""
+        services; above DRIFT_CHECK_MAX_CHAINS the table, the chain names and the fixed chains'
+        rule counts are checked (a netlink dump of every rule takes ~20 s there)."""
         if len(kernel.chains) > DRIFT_CHECK_MAX_CHAINS:
             found = self.read_kernel()
             if not found.exists or found.chains.keys() != kernel.chains.keys():
                 log.warning("nftables: our table or chains changed by hand; reprogramming it all")
                 self.kernel = found
+            elif self._fixed_chains_changed(kernel):
+                kernel.fixed = None  # the full sync re-declares them
             return
         try:
             out = self._run_capture([*self.nft, "list", "table", self.family, names.TABLE])
@@ -431,6 +434,23 @@ class NftablesDataplane:
                     kernel.chains[name] = None
                 else:
                     del kernel.chains[name]
+
+    def _fixed_chains_changed(self, kernel: Kernel) -> bool:
+        """Rule counts of the fixed regular chains (services, masquerading, ...) against what
+        declare_fixed() wrote: one small netlink dump per chain. Large tables rewrite them only
+        when this finds a difference (through nft, which reads the whole table first)."""
+        if not self.use_netlink or kernel.fixed is None:
+            return False
+        try:
+            for chain in kernel.fixed[1]:
+                found = self._get_session().dump(self.family, session.GETRULE, names.TABLE, frozenset(), chain.name)
+                if len(found) != len(chain.rules):
+                    log.warning("nftables: chain %s was changed by hand; rewriting the fixed chains", chain.name)
+                    return True
+        except OSError as e:
+            log.warning("nftables: could not read the fixed chains (%s); rewriting them", e)
+            return True
+        return False
 
     def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
         if not tx:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES, attr
 
 NETLINK_NETFILTER = 12
-GETCHAIN, GETSET = 4, 10  # NFT_MSG_GET*
+GETCHAIN, GETRULE, GETSET = 4, 7, 10  # NFT_MSG_GET*
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -107,12 +107,16 @@ class Session:
             raise NetlinkError("short send of a netlink batch")
         self._wait_acks(batch.begin, batch.last)
 
-    def dump(self, family: str, msg_type: int, table: str, wanted: frozenset[int]) -> list[dict[int, bytes]]:
-        """The table's chains (NFT_MSG_GETCHAIN) or sets (NFT_MSG_GETSET), each as a dict of its
-        wanted top-level attributes (none when the table does not exist). Much cheaper than
-        `nft -j list chains` (2-3 s at 10,000 services) or `list sets` (5 s: it also reads
-        every anonymous set)."""
-        attrs = attr(1, table.encode() + b"\0")  # NFTA_CHAIN_TABLE / NFTA_SET_TABLE
+    def dump(self, family: str, msg_type: int, table: str, wanted: frozenset[int],
+             chain: str = "") -> list[dict[int, bytes]]:
+        """The table's chains (NFT_MSG_GETCHAIN) or sets (NFT_MSG_GETSET), or one chain's rules
+        (NFT_MSG_GETRULE with chain), each as a dict of its wanted top-level attributes (none
+        when the table or chain does not exist). Much cheaper than `nft -j list chains` (2-3 s
+        at 10,000 services) or `list sets` (5 s: it also reads every anonymous set). A dump of
+        every rule is not: the kernel restarts its walk for each 32 KB answer (~20 s at 10k)."""
+        attrs = attr(1, table.encode() + b"\0")  # NFTA_CHAIN_TABLE / NFTA_SET_TABLE / NFTA_RULE_TABLE
+        if chain:
+            attrs += attr(2, chain.encode() + b"\0")  # NFTA_RULE_CHAIN: the kernel looks it up by name
         with self._framing:
             header = self._header((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_REQUEST | NLM_F_DUMP,
                                   FAMILIES[family], 0, len(attrs))
