@@ -483,7 +483,9 @@ class NftablesDataplane:
         return self._session
 
     def _send(self, tx: Tx, messages: list | session.Batch | None = None) -> str:
-        if messages is None:
+        if not self.use_netlink:
+            messages = None  # encoded before a fallback to nft (below) switched netlink off
+        elif messages is None:
             messages = self._compile(tx)
         if messages is not None:
             self._record(tx)
@@ -492,12 +494,29 @@ class NftablesDataplane:
                     self._get_session().send_batch(messages)
                 else:
                     self._get_session().send(self.family, messages)
+            except session.Refused as e:
+                return self._fall_back_to_nft(tx, e)
             except OSError as e:
                 raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
                                  "in place and the next sync is a full one") from e
             self.netlink_batches += 1
             return "netlink"
         self._run(tx.text(), tx)
+        return "nft"
+
+    def _fall_back_to_nft(self, tx: Tx, refusal: OSError) -> str:
+        """The kernel aborted our netlink batch (nothing applied). Send the same transaction
+        through nft: if nft gets it in, this kernel disagrees with our encoder (another kernel
+        version), so stay on nft from now on, slower on large tables but correct. If nft fails
+        too, the transaction itself is wrong: report nft's own words."""
+        try:
+            self._run(tx.text(), tx)
+        except ApplyError as e:
+            raise ApplyError(f"{e} (through netlink: {refusal})") from e
+        log.warning("nftables: the kernel refused svcproxy's netlink encoding of a transaction (%s) "
+                    "but accepted the same from nft; using nft from now on (slower on large tables). "
+                    "Please report this with `uname -r` and `nft -V`.", refusal)
+        self.use_netlink = False
         return "nft"
 
     def _record(self, tx: Tx) -> None:

@@ -23,6 +23,10 @@ class NetlinkError(OSError):
     pass
 
 
+class Refused(NetlinkError):
+    """The kernel answered the batch with errors and aborted it: nothing was applied."""
+
+
 def parse_attrs(data: bytes, wanted: frozenset[int]) -> dict[int, bytes]:
     """The wanted top-level netlink attributes: type (without flag bits) -> payload."""
     out: dict[int, bytes] = {}
@@ -171,4 +175,4 @@ class Session:
                 pass
             finally:
                 self.sock.setblocking(True)
-            raise NetlinkError(f"the kernel refused the batch ({len(errors)} error(s): {'; '.join(errors[:3])})")
+            raise Refused(f"the kernel refused the batch ({len(errors)} error(s): {'; '.join(errors[:3])})")
