@@ -91,9 +91,11 @@ def test_refused_batch_changes_nothing(inside) -> None:
     rules = dp.cache.service(bad, "")  # prime the cache, then break the rules of its service chain
     name = next(iter(rules.chains))
     rules.chains[name] = replace(rules.chains[name], rules=("goto no-such-chain",))
-    with pytest.raises(ApplyError, match="the kernel refused the transaction"):  # the netlink path's error
+    # refused through netlink, then by nft too (which names the chain): both are reported
+    with pytest.raises(ApplyError, match=r"nft refused.*no-such-chain.*through netlink: the kernel refused the batch"):
         dp.sync(state_of(a, bad), {"ns1/b"})
     assert inside.nft("list", "ruleset").stdout == before
+    assert dp.use_netlink  # the transaction was at fault, not the encoder
 
 
 def test_reading_the_table_by_netlink_dump_finds_what_nft_lists(inside) -> None:
