@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 import svcproxy.dataplane.nftables as nft_dp
+import svcproxy.dataplane.nftables.pipeline as nft_pipeline
 from svcproxy.config import NodeConfig
 from svcproxy.dataplane.nftables import NftablesDataplane, netlink
 from svcproxy.state import ProxyState
@@ -87,7 +88,7 @@ def names_family(cfg: NodeConfig) -> str:
                          ids=["ipv4", "ipv6", "masq-all", "nodeport-addresses"])
 def test_full_sync_commit_lists_as_nft_programs_it(cfg: NodeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     by_nft, nft_timings = listings(cfg, use_netlink=False)  # one fill chunk
-    monkeypatch.setattr(nft_dp, "FILL_BATCH_CHAINS", 3)  # many chunks, one or two services each
+    monkeypatch.setattr(nft_pipeline, "FILL_BATCH_CHAINS", 3)  # many chunks, one or two services each
     by_netlink, timings = listings(cfg, use_netlink=True)
     assert all(path == "nft" for t in nft_timings for path, _, _ in t)
     cold, warm = timings
@@ -137,7 +138,7 @@ def test_base_chains_and_flushes_encode() -> None:
 def test_fills_only_nft_can_encode_share_one_nft_run(inside, monkeypatch: pytest.MonkeyPatch) -> None:
     """Firewall chains (an anonymous set of source ranges) are filled by nft, which reads the
     whole table first: all of them in one run after the netlink fills, not one per chunk."""
-    monkeypatch.setattr(nft_dp, "FILL_BATCH_CHAINS", 1)  # one service per chunk
+    monkeypatch.setattr(nft_pipeline, "FILL_BATCH_CHAINS", 1)  # one service per chunk
     svcs = [service(f"lb{i}", f"172.30.0.{i + 1}", ["10.0.1.10"], load_balancer_ips=(f"192.168.100.{i + 1}",),
                     load_balancer_source_ranges=("203.0.113.0/25", "198.51.100.0/24")) for i in range(4)]
     dp = NftablesDataplane(CFG)

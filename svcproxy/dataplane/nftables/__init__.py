@@ -12,78 +12,54 @@ transaction succeeded.
 Transactions go through our own netlink encoder on a kept-open socket (netlink.py): nft
 re-reads the whole table on every run, seconds at 10,000 services. Only the table, its map and
 set declarations and the fixed regular chains go through `nft -f`, and a full sync sends them
-while the table is still empty (cold start) or when they changed."""
+while the table is still empty (cold start) or when they changed.
+
+Modules, along the data flow: render.py/service.py/layout.py (state -> chains and elements,
+pure), transaction.py (what to add, change and delete), pipeline.py (a full sync's
+transactions), this file (the sync itself and the record of the kernel), kernel_io.py with
+netlink.py and session.py (into the kernel and back)."""
 
 from __future__ import annotations
 
-import gc
-import itertools
-import json
 import logging
-import secrets
-import subprocess
-import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
-from . import names, netlink, session
-from .layout import Chain, Container
-from .render import BlockCache, ServiceRules, service_order
-from .service import Element
-from .transaction import (
-    Kernel,
-    Tx,
-    commit,
-    declare_fixed,
-    delete_unused_sets,
-    desired_elements,
-    fixed_part,
-    plan_partial,
-    respecified,
-    uses_sets,
-)
+from . import names, session
+from .kernel_io import KernelIO
+from .pipeline import CommitStep, FullSyncSteps, gc_paused
+from .render import BlockCache, ServiceRules
+from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial
 
 log = logging.getLogger(__name__)
 
 STALE_CHAIN_DELAY = 1.0  # seconds between flushing a chain no longer used and deleting it
-FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
-RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in .transactions
 
-
-# Above this many per-service chains, a periodic full sync checks names only (see _check_drift).
+# Above this many per-service chains, a periodic full sync checks names and the fixed chains
+# only, and rewrites the fixed chains only when they changed (see _check_drift).
 DRIFT_CHECK_MAX_CHAINS = 5000
 
 
-class NftablesDataplane:
+class NftablesDataplane(FullSyncSteps, KernelIO):
+    """The nftables Dataplane: sync() and cleanup(), and the record of what the kernel holds.
+    How transactions reach the kernel is KernelIO's (kernel_io.py); what a full sync's
+    transactions hold is FullSyncSteps' (pipeline.py)."""
+
     mode = "nftables"
 
     def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",), use_netlink: bool = True) -> None:
-        self.cfg = cfg
-        self.nft = tuple(nft)
-        # our own netlink session for per-service changes (netlink.py); nft for the rest
-        self.use_netlink = use_netlink
-        self._session: session.Session | None = None
-        self._anon_prefix = secrets.token_hex(4)
-        self._batch = 0
-        self._lock = threading.Lock()
-        self.netlink_batches = 0  # how many transactions went through the session (for tests)
-        # last sync: (path, commands, seconds) per transaction; ("render", services, seconds) too
-        self.timings: list[tuple[str, int, float]] = []
+        KernelIO.__init__(self, cfg, nft, use_netlink)
         self._render_seconds = 0.0  # a full sync renders in the worker thread
-        self.family = names.family_keyword(cfg.ip_family)
         self.cache = BlockCache(cfg)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
         self.applied: dict[str, ServiceRules] = {}  # service key -> rules in the kernel
         self.need_full = True
         self.service_cidrs: tuple[str, ...] | None = None  # as in the kernel's cluster-ips-check
         self.started = False
-        self.transactions: list[str] = []  # the nft input of the last sync, for tests and debugging
         # Chains no longer used, flushed at the given monotonic time. The kernel refuses to
         # delete a chain that a just-removed (anonymous) map element still pins, so, as
         # kube-proxy does, they are deleted by a later sync.
@@ -205,113 +181,6 @@ class NftablesDataplane:
         self.need_full = False
         return self._result(True)
 
-    def _steps(self, state: ProxyState, view: Kernel, recreate_base: bool) -> Iterator[FillStep | CommitStep]:
-        """The full sync's transactions, run in the worker thread (one per next()): the fills,
-        then the commit. view is the worker's copy of the kernel record, kept as the fills
-        will leave it."""
-        self._render_seconds = 0.0
-        previous: _Chunk | None = None
-        deferred = Tx(self.cfg)  # fills only nft can encode: one nft run for them all
-        deferred_chains: list[Chain] = []
-        for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
-            tx = Tx(self.cfg)
-            compiler = self._compiler() if self.use_netlink else None
-            filled: list[Chain] = []
-            if previous is not None:
-                # Chains with a numgen vmap first: binding each anonymous map to its rule walks
-                # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
-                # are cheap while the transaction is still short.
-                for c in sorted(previous.fill, key=_without_vmap):
-                    lines = Tx(self.cfg)
-                    lines.fill_chain(c, flush=c.name not in previous.fresh)
-                    if compiler is not None and not _encodes(compiler, lines.lines):
-                        deferred.lines += lines.lines  # e.g. a firewall chain's anonymous set
-                        deferred_chains.append(c)
-                        continue
-                    tx.lines += lines.lines
-                    filled.append(c)
-            declared: list[str] = []
-            declared_sets: list[Container] = []
-            if chunk is not None:
-                declared_sets = chunk.new_sets
-                for s in declared_sets:
-                    tx.add_container(s)
-                declared = list(chunk.fresh)  # in render order, as `nft list` shows them
-                for name in declared:
-                    tx.add_chain(Chain(name))
-                if compiler is not None and not _encodes(compiler, tx.lines[len(tx.lines) - len(declared)
-                                                                            - len(declared_sets):]):
-                    compiler = None  # nft's job after all
-            if tx:
-                batch = None
-                if compiler is not None:
-                    batch = self._get_session().frame(self.family, compiler.messages)
-                yield FillStep(tx, batch, declared, declared_sets, filled)
-                view.sets.update((c.name, c) for c in declared_sets)
-                view.chains.update((name, ()) for name in declared)
-                view.chains.update((c.name, c.rules) for c in filled)
-            previous = chunk
-        if deferred:
-            yield FillStep(deferred, None, [], [], deferred_chains)
-            view.chains.update((c.name, c.rules) for c in deferred_chains)
-        yield self._commit_step(state, view, recreate_base)
-
-    def _commit_step(self, state: ProxyState, view: Kernel, recreate_base: bool) -> CommitStep:
-        rules = self.cache.all(state)  # all cached by now; forgets services no longer there
-        chains: dict[str, Chain] = {}
-        sets: dict[str, Container] = {}
-        for r in rules:
-            for name, c in r.chains.items():
-                chains.setdefault(name, c)
-            sets.update(r.sets)
-        elements = desired_elements(self.cfg, (r.elements for r in rules))
-        tx = commit(self.cfg, chains, elements, view, recreate_base)
-        respec = respecified(view, sets)  # an affinity timeout changed: re-create the set
-        forced = uses_sets(chains, respec, view)
-        tx.flush_chains(forced)
-        for name in respec:
-            tx.delete_set(name)
-            tx.add_container(sets[name])
-        for c in chains.values():
-            if c.name in forced or view.chains.get(c.name) != c.rules:
-                tx.fill_chain(c, flush=c.name not in forced)
-        delete_unused_sets(tx, sets, view)
-        return CommitStep(tx, self._frame(tx), rules, chains, sets, elements)
-
-    def _frame(self, tx: Tx) -> session.Batch | None:
-        messages = self._compile(tx)
-        return self._get_session().frame(self.family, messages) if messages is not None else None
-
-    def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
-                known_sets: set[str]) -> Iterator[_Chunk]:
-        """Services in render order, grouped so that each chunk fills ~FILL_BATCH_CHAINS chains;
-        a service's chains stay in one chunk (they refer to each other)."""
-        seen: set[str] = set()
-        seen_sets: set[str] = set()
-        chunk = _Chunk()
-        for key in sorted(state.services, key=service_order):
-            start = time.perf_counter()
-            r = self.cache.service(state.services[key], state.zone)
-            self._render_seconds += time.perf_counter() - start
-            for name, c in r.chains.items():
-                if name in seen:
-                    continue
-                seen.add(name)
-                if name not in known:
-                    chunk.fresh[name] = None
-                    chunk.fill.append(c)
-                elif known[name] is None:
-                    chunk.fill.append(c)
-            for name, s in r.sets.items():
-                if name not in known_sets and name not in seen_sets:
-                    seen_sets.add(name)
-                    chunk.new_sets.append(s)
-            if len(chunk.fill) >= FILL_BATCH_CHAINS:
-                yield chunk
-                chunk = _Chunk()
-        if chunk.fill or chunk.new_sets:
-            yield chunk
-
     # --- partial sync -------------------------------------------------------------------
 
     def _partial(self, state: ProxyState, changed: Collection[str]) -> SyncResult:
@@ -350,49 +219,7 @@ class NftablesDataplane:
                 self.applied[key] = new
         return self._result(False)
 
-    # --- kernel I/O ---------------------------------------------------------------------
-
-    def read_kernel(self) -> Kernel:
-        """Names of our per-service chains and affinity sets already in the kernel (startup,
-        and the periodic check for hand edits)."""
-        if self.use_netlink:
-            return self._read_kernel_netlink()
-        kernel = Kernel()
-        for kind in ("chains", "sets"):
-            out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
-            for item in json.loads(out or "{}").get("nftables", []):
-                obj = item.get(kind[:-1])
-                if not obj or obj.get("table") != names.TABLE or obj.get("family") != self.family:
-                    continue
-                kernel.exists = True
-                name = obj["name"]
-                if kind == "chains" and names.is_service_chain(name):
-                    kernel.chains[name] = None  # content unknown: rewrite it
-                elif kind == "sets" and names.is_affinity_set(name):
-                    kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
-                                                  flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
-        return kernel
-
-    def _read_kernel_netlink(self) -> Kernel:
-        """read_kernel() through the session: a netlink dump of the table's chains and sets."""
-        kernel = Kernel()
-        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
-        try:
-            chains = self._get_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
-            sets = self._get_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
-        except OSError as e:
-            raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
-        kernel.exists = bool(chains or sets)  # our table always has its fixed chains
-        for attrs in chains:
-            name = attrs.get(3, b"").rstrip(b"\0").decode()  # NFTA_CHAIN_NAME
-            if names.is_service_chain(name):
-                kernel.chains[name] = None  # content unknown: rewrite it
-        for attrs in sets:
-            name = attrs.get(2, b"").rstrip(b"\0").decode()  # NFTA_SET_NAME
-            if names.is_affinity_set(name):
-                timeout_ms = int.from_bytes(attrs.get(11, b""), "big")  # NFTA_SET_TIMEOUT
-                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout_ms // 1000)
-        return kernel
+    # --- hand edits --------------------------------------------------------------------
 
     def _check_drift(self, kernel: Kernel) -> None:
         """Find what someone changed by hand so the full sync repairs it: a deleted table means
@@ -452,97 +279,6 @@ class NftablesDataplane:
             return True
         return False
 
-    def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
-        if not tx:
-            return
-        start = time.perf_counter()
-        path = self._send(tx, messages)
-        self.timings.append((path, len(tx.lines), time.perf_counter() - start))
-
-    def _compiler(self) -> netlink.Compiler:
-        with self._lock:
-            self._batch += 1  # anonymous map names: unique per process and batch
-            batch = self._batch
-        return netlink.Compiler(self.family, names.TABLE, f"{batch:x}{self._anon_prefix}")
-
-    def _compile(self, tx: Tx) -> list | None:
-        """The transaction as netlink messages, or None where nft must do it."""
-        if not self.use_netlink:
-            return None
-        compiler = self._compiler()
-        try:
-            for line in tx.lines:
-                compiler.command(line)
-        except netlink.Unsupported:
-            return None
-        return compiler.messages
-
-    def _get_session(self) -> session.Session:
-        if self._session is None:
-            self._session = session.Session()
-        return self._session
-
-    def _send(self, tx: Tx, messages: list | session.Batch | None = None) -> str:
-        if not self.use_netlink:
-            messages = None  # encoded before a fallback to nft (below) switched netlink off
-        elif messages is None:
-            messages = self._compile(tx)
-        if messages is not None:
-            self._record(tx)
-            try:
-                if isinstance(messages, session.Batch):
-                    self._get_session().send_batch(messages)
-                else:
-                    self._get_session().send(self.family, messages)
-            except session.Refused as e:
-                return self._fall_back_to_nft(tx, e)
-            except OSError as e:
-                raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
-                                 "in place and the next sync is a full one") from e
-            self.netlink_batches += 1
-            return "netlink"
-        self._run(tx.text(), tx)
-        return "nft"
-
-    def _fall_back_to_nft(self, tx: Tx, refusal: OSError) -> str:
-        """The kernel aborted our netlink batch (nothing applied). Send the same transaction
-        through nft: if nft gets it in, this kernel disagrees with our encoder (another kernel
-        version), so stay on nft from now on, slower on large tables but correct. If nft fails
-        too, the transaction itself is wrong: report nft's own words."""
-        try:
-            self._run(tx.text(), tx)
-        except ApplyError as e:
-            raise ApplyError(f"{e} (through netlink: {refusal})") from e
-        log.warning("nftables: the kernel refused svcproxy's netlink encoding of a transaction (%s) "
-                    "but accepted the same from nft; using nft from now on (slower on large tables). "
-                    "Please report this with `uname -r` and `nft -V`.", refusal)
-        self.use_netlink = False
-        return "nft"
-
-    def _record(self, tx: Tx) -> None:
-        """Keep the input of small transactions for tests and debugging (not 40 MB of a cold load)."""
-        if len(tx.lines) <= RECORD_MAX_COMMANDS:
-            self.transactions.append(tx.text())
-        else:
-            self.transactions.append(f"# {len(tx.lines)} commands, starting with:\n" + "\n".join(tx.lines[:20]) + "\n")
-
-    def _run(self, text: str, tx: Tx | None = None) -> None:
-        if tx is not None:
-            self._record(tx)
-        else:
-            self.transactions.append(text)
-        proc = subprocess.run([*self.nft, "-f", "-"], input=text, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ApplyError(f"nft refused the transaction ({text.count(chr(10))} commands): "
-                             f"{_first_lines(proc.stderr)}; the previous rules stay in place and the "
-                             "next sync is a full one")
-
-    def _run_capture(self, argv: list[str]) -> str:
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
-        return proc.stdout
-
     def _result(self, full: bool) -> SyncResult:
         kernel = self.kernel
         assert kernel is not None
@@ -550,72 +286,6 @@ class NftablesDataplane:
         elements = sum(len(v) for v in kernel.elements.values())
         return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
                           rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})
-
-
-@dataclass
-class _Chunk:
-    """Per-service chains of consecutive services: to fill (new ones are also declared)."""
-
-    fill: list[Chain] = field(default_factory=list)
-    fresh: dict[str, None] = field(default_factory=dict)  # not in the kernel yet, in order
-    new_sets: list[Container] = field(default_factory=list)
-
-
-@dataclass
-class FillStep:
-    """One fill transaction and what to record once the kernel took it."""
-
-    tx: Tx
-    batch: session.Batch | None  # None: nft's job
-    declared: list[str]
-    declared_sets: list[Container]
-    filled: list[Chain]
-
-
-@dataclass
-class CommitStep:
-    """The full sync's commit, and the desired state it programs (to record once it went in)."""
-
-    tx: Tx
-    batch: session.Batch | None
-    rules: list[ServiceRules]
-    chains: dict[str, Chain]
-    sets: dict[str, Container]
-    elements: dict[str, dict[str, Element]]
-
-
-def _encodes(compiler: netlink.Compiler, lines: list[str]) -> bool:
-    """Add the commands to compiler's messages; False (and nothing added) where only nft can."""
-    mark = len(compiler.messages)
-    try:
-        for line in lines:
-            compiler.command(line)
-    except netlink.Unsupported:
-        del compiler.messages[mark:]
-        return False
-    return True
-
-
-def _without_vmap(chain: Chain) -> bool:
-    return not any(" vmap { " in r for r in chain.rules)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a full sync: it allocates millions of objects that
-    live on (rules, messages), and at 10,000 services the collector kept re-walking them all.
-    What the sync leaves behind is collected as usual afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _first_lines(text: str, n: int = 6) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[:n])
 
 
 def remove_iptables_leftovers(cfg: NodeConfig) -> None:

@@ -1,0 +1,182 @@
+"""The kernel edge of nftables mode: sends a transaction through our own netlink session
+(netlink.py, session.py) or, where the encoder has no words for it, through `nft -f`; and reads
+back which of our chains and sets the table holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+
+from ...config import NodeConfig
+from .. import ApplyError
+from . import names, netlink, session
+from .layout import Container
+from .transaction import Kernel, Tx
+
+log = logging.getLogger(__name__)
+
+RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in .transactions
+
+
+class KernelIO:
+    """Mixin of NftablesDataplane: one transaction at a time into the kernel, and reading it back.
+
+    nft re-reads the whole table on every run (seconds at 10,000 services), so transactions go
+    through a kept-open netlink socket; nft is used for what the encoder does not encode, and
+    for everything once the kernel refused our encoding of a batch that nft got in."""
+
+    def __init__(self, cfg: NodeConfig, nft: Sequence[str], use_netlink: bool) -> None:
+        self.cfg = cfg
+        self.nft = tuple(nft)
+        self.family = names.family_keyword(cfg.ip_family)
+        self.use_netlink = use_netlink
+        self._session: session.Session | None = None
+        self._anon_prefix = secrets.token_hex(4)
+        self._batch = 0
+        self._lock = threading.Lock()
+        self.netlink_batches = 0  # how many transactions went through the session (for tests)
+        # last sync: (path, commands, seconds) per transaction; ("render", services, seconds) too
+        self.timings: list[tuple[str, int, float]] = []
+        self.transactions: list[str] = []  # the nft input of the last sync, for tests and debugging
+
+    def read_kernel(self) -> Kernel:
+        """Names of our per-service chains and affinity sets already in the kernel (startup,
+        and the periodic check for hand edits)."""
+        if self.use_netlink:
+            return self._read_kernel_netlink()
+        kernel = Kernel()
+        for kind in ("chains", "sets"):
+            out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
+            for item in json.loads(out or "{}").get("nftables", []):
+                obj = item.get(kind[:-1])
+                if not obj or obj.get("table") != names.TABLE or obj.get("family") != self.family:
+                    continue
+                kernel.exists = True
+                name = obj["name"]
+                if kind == "chains" and names.is_service_chain(name):
+                    kernel.chains[name] = None  # content unknown: rewrite it
+                elif kind == "sets" and names.is_affinity_set(name):
+                    kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
+                                                  flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
+        return kernel
+
+    def _read_kernel_netlink(self) -> Kernel:
+        """read_kernel() through the session: a netlink dump of the table's chains and sets."""
+        kernel = Kernel()
+        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
+        try:
+            chains = self._get_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
+            sets = self._get_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
+        except OSError as e:
+            raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
+        kernel.exists = bool(chains or sets)  # our table always has its fixed chains
+        for attrs in chains:
+            name = attrs.get(3, b"").rstrip(b"\0").decode()  # NFTA_CHAIN_NAME
+            if names.is_service_chain(name):
+                kernel.chains[name] = None  # content unknown: rewrite it
+        for attrs in sets:
+            name = attrs.get(2, b"").rstrip(b"\0").decode()  # NFTA_SET_NAME
+            if names.is_affinity_set(name):
+                timeout_ms = int.from_bytes(attrs.get(11, b""), "big")  # NFTA_SET_TIMEOUT
+                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout_ms // 1000)
+        return kernel
+
+    def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
+        if not tx:
+            return
+        start = time.perf_counter()
+        path = self._send(tx, messages)
+        self.timings.append((path, len(tx.lines), time.perf_counter() - start))
+
+    def _compiler(self) -> netlink.Compiler:
+        with self._lock:
+            self._batch += 1  # anonymous map names: unique per process and batch
+            batch = self._batch
+        return netlink.Compiler(self.family, names.TABLE, f"{batch:x}{self._anon_prefix}")
+
+    def _compile(self, tx: Tx) -> list | None:
+        """The transaction as netlink messages, or None where nft must do it."""
+        if not self.use_netlink:
+            return None
+        compiler = self._compiler()
+        try:
+            for line in tx.lines:
+                compiler.command(line)
+        except netlink.Unsupported:
+            return None
+        return compiler.messages
+
+    def _get_session(self) -> session.Session:
+        if self._session is None:
+            self._session = session.Session()
+        return self._session
+
+    def _send(self, tx: Tx, messages: list | session.Batch | None = None) -> str:
+        if not self.use_netlink:
+            messages = None  # encoded before a fallback to nft (below) switched netlink off
+        elif messages is None:
+            messages = self._compile(tx)
+        if messages is not None:
+            self._record(tx)
+            try:
+                if isinstance(messages, session.Batch):
+                    self._get_session().send_batch(messages)
+                else:
+                    self._get_session().send(self.family, messages)
+            except session.Refused as e:
+                return self._fall_back_to_nft(tx, e)
+            except OSError as e:
+                raise ApplyError(f"the kernel refused the transaction: {e}; the previous rules stay "
+                                 "in place and the next sync is a full one") from e
+            self.netlink_batches += 1
+            return "netlink"
+        self._run(tx.text(), tx)
+        return "nft"
+
+    def _fall_back_to_nft(self, tx: Tx, refusal: OSError) -> str:
+        """The kernel aborted our netlink batch (nothing applied). Send the same transaction
+        through nft: if nft gets it in, this kernel disagrees with our encoder (another kernel
+        version), so stay on nft from now on, slower on large tables but correct. If nft fails
+        too, the transaction itself is wrong: report nft's own words."""
+        try:
+            self._run(tx.text(), tx)
+        except ApplyError as e:
+            raise ApplyError(f"{e} (through netlink: {refusal})") from e
+        log.warning("nftables: the kernel refused svcproxy's netlink encoding of a transaction (%s) "
+                    "but accepted the same from nft; using nft from now on (slower on large tables). "
+                    "Please report this with `uname -r` and `nft -V`.", refusal)
+        self.use_netlink = False
+        return "nft"
+
+    def _record(self, tx: Tx) -> None:
+        """Keep the input of small transactions for tests and debugging (not 40 MB of a cold load)."""
+        if len(tx.lines) <= RECORD_MAX_COMMANDS:
+            self.transactions.append(tx.text())
+        else:
+            self.transactions.append(f"# {len(tx.lines)} commands, starting with:\n" + "\n".join(tx.lines[:20]) + "\n")
+
+    def _run(self, text: str, tx: Tx | None = None) -> None:
+        if tx is not None:
+            self._record(tx)
+        else:
+            self.transactions.append(text)
+        proc = subprocess.run([*self.nft, "-f", "-"], input=text, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ApplyError(f"nft refused the transaction ({text.count(chr(10))} commands): "
+                             f"{_first_lines(proc.stderr)}; the previous rules stay in place and the "
+                             "next sync is a full one")
+
+    def _run_capture(self, argv: list[str]) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
+        return proc.stdout
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[:n])

@@ -1,0 +1,195 @@
+"""The full sync's transactions, built in a worker thread: services in render order, chunk by
+chunk (transaction k fills chunk k and declares chunk k+1), then the commit. NftablesDataplane
+runs them (see its _full()); this part only decides what goes into each transaction."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ...state import ProxyState
+from . import netlink, session
+from .layout import Chain, Container
+from .render import ServiceRules, service_order
+from .service import Element
+from .transaction import Kernel, Tx, commit, delete_unused_sets, desired_elements, respecified, uses_sets
+
+FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
+
+
+class FullSyncSteps:
+    """Mixin of NftablesDataplane: the fill and commit transactions of a full sync (it uses the
+    dataplane's cfg, cache, family and its KernelIO encoder and session)."""
+
+    def _steps(self, state: ProxyState, view: Kernel, recreate_base: bool) -> Iterator[FillStep | CommitStep]:
+        """The full sync's transactions, run in the worker thread (one per next()): the fills,
+        then the commit. view is the worker's copy of the kernel record, kept as the fills
+        will leave it."""
+        self._render_seconds = 0.0
+        previous: _Chunk | None = None
+        deferred = Tx(self.cfg)  # fills only nft can encode: one nft run for them all
+        deferred_chains: list[Chain] = []
+        for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
+            tx = Tx(self.cfg)
+            compiler = self._compiler() if self.use_netlink else None
+            filled: list[Chain] = []
+            if previous is not None:
+                # Chains with a numgen vmap first: binding each anonymous map to its rule walks
+                # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
+                # are cheap while the transaction is still short.
+                for c in sorted(previous.fill, key=_without_vmap):
+                    lines = Tx(self.cfg)
+                    lines.fill_chain(c, flush=c.name not in previous.fresh)
+                    if compiler is not None and not _encodes(compiler, lines.lines):
+                        deferred.lines += lines.lines  # e.g. a firewall chain's anonymous set
+                        deferred_chains.append(c)
+                        continue
+                    tx.lines += lines.lines
+                    filled.append(c)
+            declared: list[str] = []
+            declared_sets: list[Container] = []
+            if chunk is not None:
+                declared_sets = chunk.new_sets
+                for s in declared_sets:
+                    tx.add_container(s)
+                declared = list(chunk.fresh)  # in render order, as `nft list` shows them
+                for name in declared:
+                    tx.add_chain(Chain(name))
+                if compiler is not None and not _encodes(compiler, tx.lines[len(tx.lines) - len(declared)
+                                                                            - len(declared_sets):]):
+                    compiler = None  # nft's job after all
+            if tx:
+                batch = None
+                if compiler is not None:
+                    batch = self._get_session().frame(self.family, compiler.messages)
+                yield FillStep(tx, batch, declared, declared_sets, filled)
+                view.sets.update((c.name, c) for c in declared_sets)
+                view.chains.update((name, ()) for name in declared)
+                view.chains.update((c.name, c.rules) for c in filled)
+            previous = chunk
+        if deferred:
+            yield FillStep(deferred, None, [], [], deferred_chains)
+            view.chains.update((c.name, c.rules) for c in deferred_chains)
+        yield self._commit_step(state, view, recreate_base)
+
+    def _commit_step(self, state: ProxyState, view: Kernel, recreate_base: bool) -> CommitStep:
+        rules = self.cache.all(state)  # all cached by now; forgets services no longer there
+        chains: dict[str, Chain] = {}
+        sets: dict[str, Container] = {}
+        for r in rules:
+            for name, c in r.chains.items():
+                chains.setdefault(name, c)
+            sets.update(r.sets)
+        elements = desired_elements(self.cfg, (r.elements for r in rules))
+        tx = commit(self.cfg, chains, elements, view, recreate_base)
+        respec = respecified(view, sets)  # an affinity timeout changed: re-create the set
+        forced = uses_sets(chains, respec, view)
+        tx.flush_chains(forced)
+        for name in respec:
+            tx.delete_set(name)
+            tx.add_container(sets[name])
+        for c in chains.values():
+            if c.name in forced or view.chains.get(c.name) != c.rules:
+                tx.fill_chain(c, flush=c.name not in forced)
+        delete_unused_sets(tx, sets, view)
+        return CommitStep(tx, self._frame(tx), rules, chains, sets, elements)
+
+    def _frame(self, tx: Tx) -> session.Batch | None:
+        messages = self._compile(tx)
+        return self._get_session().frame(self.family, messages) if messages is not None else None
+
+    def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
+                known_sets: set[str]) -> Iterator[_Chunk]:
+        """Services in render order, grouped so that each chunk fills ~FILL_BATCH_CHAINS chains;
+        a service's chains stay in one chunk (they refer to each other)."""
+        seen: set[str] = set()
+        seen_sets: set[str] = set()
+        chunk = _Chunk()
+        for key in sorted(state.services, key=service_order):
+            start = time.perf_counter()
+            r = self.cache.service(state.services[key], state.zone)
+            self._render_seconds += time.perf_counter() - start
+            for name, c in r.chains.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name not in known:
+                    chunk.fresh[name] = None
+                    chunk.fill.append(c)
+                elif known[name] is None:
+                    chunk.fill.append(c)
+            for name, s in r.sets.items():
+                if name not in known_sets and name not in seen_sets:
+                    seen_sets.add(name)
+                    chunk.new_sets.append(s)
+            if len(chunk.fill) >= FILL_BATCH_CHAINS:
+                yield chunk
+                chunk = _Chunk()
+        if chunk.fill or chunk.new_sets:
+            yield chunk
+
+
+@dataclass
+class _Chunk:
+    """Per-service chains of consecutive services: to fill (new ones are also declared)."""
+
+    fill: list[Chain] = field(default_factory=list)
+    fresh: dict[str, None] = field(default_factory=dict)  # not in the kernel yet, in order
+    new_sets: list[Container] = field(default_factory=list)
+
+
+@dataclass
+class FillStep:
+    """One fill transaction and what to record once the kernel took it."""
+
+    tx: Tx
+    batch: session.Batch | None  # None: nft's job
+    declared: list[str]
+    declared_sets: list[Container]
+    filled: list[Chain]
+
+
+@dataclass
+class CommitStep:
+    """The full sync's commit, and the desired state it programs (to record once it went in)."""
+
+    tx: Tx
+    batch: session.Batch | None
+    rules: list[ServiceRules]
+    chains: dict[str, Chain]
+    sets: dict[str, Container]
+    elements: dict[str, dict[str, Element]]
+
+
+def _encodes(compiler: netlink.Compiler, lines: list[str]) -> bool:
+    """Add the commands to compiler's messages; False (and nothing added) where only nft can."""
+    mark = len(compiler.messages)
+    try:
+        for line in lines:
+            compiler.command(line)
+    except netlink.Unsupported:
+        del compiler.messages[mark:]
+        return False
+    return True
+
+
+def _without_vmap(chain: Chain) -> bool:
+    return not any(" vmap { " in r for r in chain.rules)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a full sync: it allocates millions of objects that
+    live on (rules, messages), and at 10,000 services the collector kept re-walking them all.
+    What the sync leaves behind is collected as usual afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
