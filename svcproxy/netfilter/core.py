@@ -9,11 +9,11 @@ branch. Chains parse their rules lazily, so a trace only pays for the rules it l
 
 from __future__ import annotations
 
-import gc
 import ipaddress
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+
+from ..gcpause import gc_paused
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
@@ -31,17 +31,7 @@ PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, 
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6", 33: "dccp", 136: "udplite"}
 
 
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Parsing and walking make many small objects and no garbage cycles; with a 100k-rule
-    ruleset alive, the collector's passes would cost more than the work itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+no_gc = gc_paused  # parsing and walking a 100k-rule ruleset: see gcpause.py
 
 
 class TraceError(ValueError):

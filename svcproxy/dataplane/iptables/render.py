@@ -8,10 +8,10 @@ Output is deterministic: service ports sorted by name, endpoints in state order.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
+from ...gcpause import gc_paused
 from ...state import EndpointInfo, ProxyState, ServicePortInfo, ServiceState
 from . import names as n
 from .blocks import PortBlock, RenderContext, port_block
@@ -78,13 +78,8 @@ def build_ruleset(state: ProxyState, cfg: NodeConfig, cache: BlockCache | None =
     The cyclic garbage collector is paused meanwhile: rendering allocates hundreds of thousands of
     strings and tuples but no cycles, and collector passes over the growing heap would make a
     large render superlinear."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _build(state, cfg, cache)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _build(state: ProxyState, cfg: NodeConfig, cache: BlockCache | None) -> Ruleset:

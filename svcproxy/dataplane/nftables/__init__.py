@@ -27,11 +27,12 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ...config import NodeConfig
+from ...gcpause import gc_paused
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from . import names, session
 from .kernel_io import KernelIO
-from .pipeline import CommitStep, FullSyncSteps, gc_paused
+from .pipeline import CommitStep, FullSyncSteps
 from .render import BlockCache, ServiceRules
 from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial
 

@@ -4,11 +4,9 @@ runs them (see its _full()); this part only decides what goes into each transact
 
 from __future__ import annotations
 
-import gc
 import itertools
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ...state import ProxyState
@@ -179,17 +177,3 @@ def _encodes(compiler: netlink.Compiler, lines: list[str]) -> bool:
 
 def _without_vmap(chain: Chain) -> bool:
     return not any(" vmap { " in r for r in chain.rules)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a full sync: it allocates millions of objects that
-    live on (rules, messages), and at 10,000 services the collector kept re-walking them all.
-    What the sync leaves behind is collected as usual afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
