@@ -10,7 +10,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ...config import NodeConfig
 from .. import ApplyError
@@ -49,41 +49,37 @@ class KernelIO:
         and the periodic check for hand edits)."""
         if self.use_netlink:
             return self._read_kernel_netlink()
-        kernel = Kernel()
-        for kind in ("chains", "sets"):
+        found: dict[str, list] = {"chains": [], "sets": []}
+        for kind in found:
             out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
             for item in json.loads(out or "{}").get("nftables", []):
                 obj = item.get(kind[:-1])
-                if not obj or obj.get("table") != names.TABLE or obj.get("family") != self.family:
-                    continue
-                kernel.exists = True
-                name = obj["name"]
-                if kind == "chains" and names.is_service_chain(name):
-                    kernel.chains[name] = None  # content unknown: rewrite it
-                elif kind == "sets" and names.is_affinity_set(name):
-                    kernel.sets[name] = Container(name, "ipv4_addr" if self.family == "ip" else "ipv6_addr",
-                                                  flags="dynamic,timeout", timeout=int(obj.get("timeout", 0)))
-        return kernel
+                if obj and obj.get("table") == names.TABLE and obj.get("family") == self.family:
+                    found[kind].append((obj["name"], int(obj.get("timeout", 0))))
+        return self._holding(bool(found["chains"] or found["sets"]), (n for n, _ in found["chains"]), found["sets"])
 
     def _read_kernel_netlink(self) -> Kernel:
         """read_kernel() through the session: a netlink dump of the table's chains and sets."""
-        kernel = Kernel()
-        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
         try:
             chains = self._get_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
             sets = self._get_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
         except OSError as e:
             raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
-        kernel.exists = bool(chains or sets)  # our table always has its fixed chains
-        for attrs in chains:
-            name = attrs.get(3, b"").rstrip(b"\0").decode()  # NFTA_CHAIN_NAME
-            if names.is_service_chain(name):
-                kernel.chains[name] = None  # content unknown: rewrite it
-        for attrs in sets:
-            name = attrs.get(2, b"").rstrip(b"\0").decode()  # NFTA_SET_NAME
-            if names.is_affinity_set(name):
-                timeout_ms = int.from_bytes(attrs.get(11, b""), "big")  # NFTA_SET_TIMEOUT
-                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout_ms // 1000)
+        return self._holding(
+            bool(chains or sets),  # our table always has its fixed chains
+            (a.get(3, b"").rstrip(b"\0").decode() for a in chains),  # NFTA_CHAIN_NAME
+            ((a.get(2, b"").rstrip(b"\0").decode(), int.from_bytes(a.get(11, b""), "big") // 1000)
+             for a in sets))  # NFTA_SET_NAME, NFTA_SET_TIMEOUT (ms)
+
+    def _holding(self, exists: bool, chain_names: Iterable[str], sets: Iterable[tuple[str, int]]) -> Kernel:
+        """The record of a table found holding these chains and (name, timeout s) sets: our
+        per-service chains, content unknown (the next full sync rewrites them), and our
+        affinity sets as declared."""
+        kernel = Kernel(exists=exists)
+        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
+        kernel.chains = {name: None for name in chain_names if names.is_service_chain(name)}
+        kernel.sets = {name: Container(name, addr, flags="dynamic,timeout", timeout=timeout)
+                       for name, timeout in sets if names.is_affinity_set(name)}
         return kernel
 
     def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
