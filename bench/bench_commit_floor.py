@@ -27,13 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_render import CFG, one_endpoint_changed, synthetic_state  # noqa: E402
+
+from svcproxy.lab.netns import scratch_namespace  # noqa: E402
 
 
 def median_ms(fn: Callable[[int], None], undo: Callable[[int], None] | None, runs: int) -> float:
@@ -121,15 +122,11 @@ def nftables_child(services: int, runs: int) -> dict[str, float]:
 
 
 def in_netns(mode: str, services: int, runs: int) -> dict[str, float]:
-    ns = f"flr-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
+    with scratch_namespace("flr") as ns:
         p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--child", mode,
                             "--services", str(services), "--runs", str(runs)],
                            capture_output=True, text=True, check=True)
         return json.loads(p.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 ROWS = ("no verdict", "verdict", "jump", "one endpoint", "element", "element (goto)", "one hook fewer")
