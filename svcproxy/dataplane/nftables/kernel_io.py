@@ -100,12 +100,7 @@ class KernelIO:
         if not self.use_netlink:
             return None
         compiler = self._compiler()
-        try:
-            for line in tx.lines:
-                compiler.command(line)
-        except netlink.Unsupported:
-            return None
-        return compiler.messages
+        return compiler.messages if compiler.encodes(tx.lines) else None
 
     def _get_session(self) -> session.Session:
         if self._session is None:

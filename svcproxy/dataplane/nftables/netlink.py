@@ -223,6 +223,17 @@ class Compiler:
 
     # commands
 
+    def encodes(self, lines: Iterable[str]) -> bool:
+        """Add the commands' messages; False (and nothing added) where only nft can encode one."""
+        mark = len(self.messages)
+        try:
+            for line in lines:
+                self.command(line)
+        except Unsupported:
+            del self.messages[mark:]
+            return False
+        return True
+
     def command(self, line: str) -> None:
         words = line.split(None, 4)
         if len(words) < 4 or words[2] != self.family or words[3] != self.table:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ...state import ProxyState
-from . import netlink, session
+from . import session
 from .layout import Chain, Container
 from .render import ServiceRules, service_order
 from .service import Element
@@ -42,7 +42,7 @@ class FullSyncSteps:
                 for c in sorted(previous.fill, key=_without_vmap):
                     lines = Tx(self.cfg)
                     lines.fill_chain(c, flush=c.name not in previous.fresh)
-                    if compiler is not None and not _encodes(compiler, lines.lines):
+                    if compiler is not None and not compiler.encodes(lines.lines):
                         deferred.lines += lines.lines  # e.g. a firewall chain's anonymous set
                         deferred_chains.append(c)
                         continue
@@ -57,8 +57,8 @@ class FullSyncSteps:
                 declared = list(chunk.fresh)  # in render order, as `nft list` shows them
                 for name in declared:
                     tx.add_chain(Chain(name))
-                if compiler is not None and not _encodes(compiler, tx.lines[len(tx.lines) - len(declared)
-                                                                            - len(declared_sets):]):
+                declarations = tx.lines[len(tx.lines) - len(declared) - len(declared_sets):]
+                if compiler is not None and not compiler.encodes(declarations):
                     compiler = None  # nft's job after all
             if tx:
                 batch = None
@@ -161,18 +161,6 @@ class CommitStep:
     chains: dict[str, Chain]
     sets: dict[str, Container]
     elements: dict[str, dict[str, Element]]
-
-
-def _encodes(compiler: netlink.Compiler, lines: list[str]) -> bool:
-    """Add the commands to compiler's messages; False (and nothing added) where only nft can."""
-    mark = len(compiler.messages)
-    try:
-        for line in lines:
-            compiler.command(line)
-    except netlink.Unsupported:
-        del compiler.messages[mark:]
-        return False
-    return True
 
 
 def _without_vmap(chain: Chain) -> bool:
