@@ -98,14 +98,14 @@ def put(obj: dict) -> None:
 
 def list_in_process(fast: bool) -> float:
     """List the same cluster in this process, with the fast or the general EndpointSlice parser."""
-    from svcproxy.model.parse import parse_endpoint_slice
+    from svcproxy.model.parse import parse_endpoint_slice_general
     from svcproxy.sources import kubernetes as k
     from svcproxy.sources.apiclient import ApiConfig
     from svcproxy.sources.store import ObjectStore
 
-    saved = k.parse_endpoint_slice_fast
+    saved = k.parse_endpoint_slice
     if not fast:
-        k.parse_endpoint_slice_fast = parse_endpoint_slice  # type: ignore[assignment]
+        k.parse_endpoint_slice = parse_endpoint_slice_general
     try:
         async def main() -> float:
             store = ObjectStore(["api"])
@@ -121,7 +121,7 @@ def list_in_process(fast: bool) -> float:
 
         return asyncio.run(main())
     finally:
-        k.parse_endpoint_slice_fast = saved
+        k.parse_endpoint_slice = saved
 
 
 def inside(args: argparse.Namespace) -> None:

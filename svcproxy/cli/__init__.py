@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
+import sys
 
 import click
 
@@ -35,3 +38,31 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="svcproxy")
 def main() -> None:
     """A Kubernetes Service proxy you can read, run and debug."""
+
+
+# Set by a one-shot command (render, trace) once its output is written: the heap it leaves
+# (a 10k-Service state is ~2M objects) need not be freed object by object on the way out.
+FAST_EXIT = False
+
+
+def skip_teardown() -> None:
+    """Called by a one-shot command whose work is done: see entry()."""
+    global FAST_EXIT
+    FAST_EXIT = True
+
+
+def entry() -> None:
+    """The console script: main(), then for one-shot commands an exit without the interpreter's
+    teardown (0.2-0.3 s at 10k Services). Output is flushed and logging shut down first."""
+    try:
+        main()
+    except SystemExit as e:
+        if not FAST_EXIT:
+            raise
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

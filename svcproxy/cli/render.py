@@ -8,8 +8,10 @@ import click
 
 from ..config import NodeConfig
 from ..dataplane import renderer
+from ..gcpause import gc_paused
 from ..model.load import load_paths
 from ..state import ProxyState, build_state
+from . import skip_teardown
 from .options import manifest_option, node_config, node_options
 
 
@@ -38,5 +40,8 @@ def load_state(paths: tuple[str, ...], cfg: NodeConfig) -> ProxyState:
 def render(paths: tuple[str, ...], proxy_mode: str, **params: object) -> None:
     """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH."""
     cfg = node_config(params)
-    state = load_state(paths, cfg)
-    sys.stdout.write(renderer(proxy_mode)(state, cfg))
+    with gc_paused():  # bulk work whose objects live to the end: see gcpause.py
+        state = load_state(paths, cfg)
+        text = renderer(proxy_mode)(state, cfg)
+    sys.stdout.write(text)
+    skip_teardown()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ..model.load import Objects, iter_documents, load_paths, manifest_files
+from ..model.load import Objects, load_paths, manifest_files, raw_objects, read_file
 from ..model.objects import Service
 
 CLUSTER_CIDR = "10.0.0.0/8"
@@ -139,11 +139,8 @@ def read_nodes(paths: Iterable[str | Path]) -> list[NodeSpec]:
     """Node objects in the manifests: name, InternalIP and spec.podCIDR (the model keeps no pod CIDR)."""
     nodes: list[NodeSpec] = []
     for f in manifest_files(paths):
-        try:
-            docs = list(yaml.safe_load_all(f.read_text()))
-        except (OSError, yaml.YAMLError):
-            continue  # load_paths reports unreadable files
-        for doc in iter_documents(docs):
+        docs, _ = read_file(f)  # load_paths reports what cannot be read
+        for _, doc in raw_objects(docs):
             if doc.get("kind") != "Node":
                 continue
             meta, spec, status = (doc.get(k) or {} for k in ("metadata", "spec", "status"))
@@ -254,12 +251,11 @@ def manifest_text(paths: Iterable[str | Path], nodes: Iterable[NodeSpec]) -> str
     do not parse are passed through unchanged so the proxies report them as they would)."""
     parts = [nodes_manifest(nodes)]
     for f in manifest_files(paths):
-        text = f.read_text()
-        try:
-            docs = [d for d in iter_documents(list(yaml.safe_load_all(text))) if d.get("kind") != "Node"]
-        except yaml.YAMLError:
-            parts.append(text)
+        parsed, errors = read_file(f)
+        if errors:
+            parts.append(f.read_text())
             continue
+        docs = [d for _, d in raw_objects(parsed) if d.get("kind") != "Node"]
         if docs:
             parts.append(yaml.safe_dump_all(docs, sort_keys=False))
     return "---\n".join(p if p.endswith("\n") else p + "\n" for p in parts)

@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .fast_slice import NotCommon, fast_endpoint_slice
 from .objects import (
     LABEL_SERVICE_NAME,
     PROTOCOLS,
@@ -223,6 +224,16 @@ def _condition(r: _Reader, conds: Mapping[str, Any], key: str, path: str, defaul
 
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice:
+    """One parser for the API, manifests and the lab: the fast path for the common shape,
+    the general one (which names the field of any error) for the rest."""
+    try:
+        return fast_endpoint_slice(obj)
+    except NotCommon:
+        return parse_endpoint_slice_general(obj)
+
+
+def parse_endpoint_slice_general(obj: Mapping[str, Any]) -> EndpointSlice:
+    """Every field checked and named on error; the reference the fast path is tested against."""
     r = _Reader("EndpointSlice", obj)
     ns, name, labels = _metadata(r, obj)
     service = labels.get(LABEL_SERVICE_NAME, "")

@@ -28,9 +28,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
-from ..model.parse import ObjectError, parse_node, parse_service, parse_service_cidr
+from ..model.parse import ObjectError, parse_endpoint_slice, parse_node, parse_service, parse_service_cidr
 from .apiclient import ApiConfig
-from .fastparse import parse_endpoint_slice_fast
 from .store import Obj, ObjectStore
 
 log = logging.getLogger("svcproxy.sources.kubernetes")
@@ -63,7 +62,7 @@ class Resource:
 def resources(node_name: str) -> list[Resource]:
     return [
         Resource("Service", "/api/v1/services", parse_service, (("labelSelector", LABEL_SELECTOR),)),
-        Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice_fast,
+        Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice,
                  (("labelSelector", LABEL_SELECTOR),)),
         Resource("Node", "/api/v1/nodes", parse_node, (("fieldSelector", f"metadata.name={node_name}"),)),
         # ServiceCIDRs (networking.k8s.io/v1, Kubernetes 1.33+): nftables mode drops traffic to

@@ -14,18 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..model.load import iter_documents, manifest_files
+from ..gcpause import gc_paused
+from ..model.load import manifest_files, raw_objects, read_file
 from ..model.parse import PARSERS, ObjectError
 from .store import Obj, ObjectStore, key_of, kind_of
 
 log = logging.getLogger("svcproxy.sources.manifests")
-
-try:
-    _Loader: type = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
 
 
 @dataclass
@@ -36,16 +30,13 @@ class _File:
 
 def parse_file(path: Path, previous: list[Obj]) -> tuple[list[Obj], list[str]]:
     """The objects of one file, and error messages. Keeps the last good version of bad objects."""
-    try:
-        docs = list(yaml.load_all(path.read_text(), Loader=_Loader))
-    except (OSError, yaml.YAMLError) as e:
-        msg = f"{path}: cannot read or parse ({e}); keeping its last good objects".replace("\n", " ")
-        return previous, [msg]
+    docs, errors = read_file(path)
+    if errors and not docs:
+        return previous, [f"{e}; keeping its last good objects" for e in errors]
     old = {(kind_of(o), key_of(o)): o for o in previous}
     objects: list[Obj] = []
-    errors: list[str] = []
-    for doc in docs:
-        for raw in iter_documents(doc):
+    with gc_paused():
+        for where, raw in raw_objects(docs):
             parser = PARSERS.get(raw.get("kind", ""))
             if parser is None:
                 continue
@@ -55,7 +46,8 @@ def parse_file(path: Path, previous: list[Obj]) -> tuple[list[Obj], list[str]]:
                 kept = old.get((e.kind, _object_key(e)))
                 if kept is not None:
                     objects.append(kept)
-                errors.append(f"{path}: {e}" + ("; keeping its last good version" if kept is not None else "; skipped"))
+                errors.append(f"{path}: {where}: {e}"
+                              + ("; keeping its last good version" if kept is not None else "; skipped"))
     return objects, errors
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from svcproxy.model import ObjectError, load_paths, load_text, parse_endpoint_slice, parse_service
 
@@ -137,12 +138,47 @@ def test_bad_object_is_skipped_and_the_rest_loaded() -> None:
     bad["metadata"]["name"] = "broken"
     objs = load_text(json.dumps(bad) + "\n---\n" + json.dumps(svc()), origin="f.yaml")
     assert [s.key for s in objs.services] == ["ns1/svc1"]
-    assert objs.errors == ["f.yaml: Service ns1/broken: spec.clusterIP: '300.1.1.1' is not a valid IP address"]
+    assert objs.errors == ["f.yaml: document 1: Service ns1/broken: spec.clusterIP: '300.1.1.1' is not a valid IP address"]
 
 
 def test_invalid_yaml_is_an_error_not_a_crash() -> None:
     objs = load_text("kind: Service\n  metadata: [", origin="bad.yaml")
-    assert objs.services == [] and objs.errors and objs.errors[0].startswith("bad.yaml: not valid YAML/JSON")
+    assert objs.services == [] and objs.errors and objs.errors[0].startswith("bad.yaml: document 1 (line 1): not valid YAML")
+
+
+def test_a_document_that_does_not_parse_is_named_and_the_others_load() -> None:
+    good = yaml.safe_dump(svc(), sort_keys=False)
+    other = svc()
+    other["metadata"]["name"] = "svc2"
+    text = good + "---\nkind: Service\nmetadata: [oops\n---\n" + yaml.safe_dump(other, sort_keys=False)
+    objs = load_text(text, origin="big.yaml")
+    assert sorted(s.key for s in objs.services) == ["ns1/svc1", "ns1/svc2"]
+    bad_line = good.count("\n") + 1  # the `---` line of document 2
+    assert len(objs.errors) == 1
+    assert objs.errors[0].startswith(f"big.yaml: document 2 (line {bad_line}): not valid YAML: ")
+    assert f"at line {bad_line + 2}, column" in objs.errors[0]  # the file's line, not the document's
+
+
+def test_a_bad_item_of_a_big_json_list_is_named_by_index() -> None:
+    items = [svc() for _ in range(50)]
+    for i, item in enumerate(items):
+        item["metadata"]["name"] = f"s{i}"
+    items[37]["spec"]["ports"][0]["port"] = 70000
+    objs = load_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": items}), origin="c.json")
+    assert len(objs.services) == 49
+    assert objs.errors == ["c.json: document 1, items[37]: Service ns1/s37: spec.ports[0].port: "
+                           "70000 is out of range (1-65535)"]
+
+
+def test_several_json_values_in_one_file_and_broken_json() -> None:
+    a, b = svc(), svc()
+    b["metadata"]["name"] = "svc2"
+    objs = load_text(json.dumps(a) + "\n" + json.dumps(b, indent=2), origin="two.json")
+    assert sorted(s.key for s in objs.services) == ["ns1/svc1", "ns1/svc2"] and objs.errors == []
+    objs = load_text(json.dumps(a) + '\n{"kind": "Service", ', origin="cut.json")
+    assert [s.key for s in objs.services] == ["ns1/svc1"]
+    assert objs.errors == ["cut.json: document 2: not valid JSON at line 2, column 21: Expecting property name "
+                           "enclosed in double quotes; the rest of the file is skipped"]
 
 
 def test_missing_path_is_reported(tmp_path) -> None:
@@ -165,6 +201,6 @@ def test_service_cidr_objects_reach_the_state() -> None:
             "spec: {cidrs: [172.30.0.0/16, 'fd00:30::/112']}\n---\n"
             "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: bad}\nspec: {cidrs: [nope]}\n")
     objs = load_text(text)
-    assert objs.errors == ["ServiceCIDR bad: spec.cidrs[0]: 'nope' is not a valid CIDR"]
+    assert objs.errors == ["document 2: ServiceCIDR bad: spec.cidrs[0]: 'nope' is not a valid CIDR"]
     assert build_state(objs, NodeConfig()).service_cidrs == ("172.30.0.0/16",)
     assert build_state(objs, NodeConfig(ip_family=6)).service_cidrs == ("fd00:30::/112",)

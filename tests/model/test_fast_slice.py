@@ -1,4 +1,4 @@
-"""The API source's fast EndpointSlice parser agrees with model.parse, result for result, error for error."""
+"""parse_endpoint_slice's fast path agrees with the general parser, result for result, error for error."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svcproxy.model.parse import ObjectError, parse_endpoint_slice
-from svcproxy.sources.fastparse import parse_endpoint_slice_fast
-
-from .manifests_util import endpoint, endpoint_slice
+from svcproxy.model.fast_slice import fast_endpoint_slice
+from svcproxy.model.parse import ObjectError, parse_endpoint_slice, parse_endpoint_slice_general
+from tests.daemon.manifests_util import endpoint, endpoint_slice
 
 
 def outcome(parse, raw):
@@ -65,7 +64,7 @@ CASES = [
 
 @pytest.mark.parametrize("raw", CASES)
 def test_fast_parser_agrees(raw: dict) -> None:
-    assert outcome(parse_endpoint_slice_fast, raw) == outcome(parse_endpoint_slice, raw)
+    assert outcome(parse_endpoint_slice, raw) == outcome(parse_endpoint_slice_general, raw)
 
 
 ips = st.one_of(st.ip_addresses(v=4).map(str), st.text(alphabet="0123456789.x:", max_size=16))
@@ -81,4 +80,9 @@ def test_fast_parser_agrees_on_generated_slices(eps, ports) -> None:
     raw["endpoints"] = [{"addresses": a, "conditions": c, **({"nodeName": n} if n is not None else {})}
                         for a, c, n in eps]
     raw["ports"] = [{"port": p, "name": f"p{i}"} for i, p in enumerate(ports)]
-    assert outcome(parse_endpoint_slice_fast, raw) == outcome(parse_endpoint_slice, raw)
+    assert outcome(parse_endpoint_slice, raw) == outcome(parse_endpoint_slice_general, raw)
+
+
+def test_the_common_shape_takes_the_fast_path() -> None:
+    """The agreement tests above would pass with a dead fast path; this one would not."""
+    assert fast_endpoint_slice(copy.deepcopy(BASE)) == parse_endpoint_slice_general(copy.deepcopy(BASE))
