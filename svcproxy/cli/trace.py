@@ -42,6 +42,9 @@ def _to_png(svg: str) -> bytes:
 @click.command()
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="A ruleset: iptables-save output, `nft list ruleset` text or `nft -j list ruleset` JSON ('-' = stdin).")
+@click.option("--table", type=click.Choice(["nat", "filter", "mangle", "raw", "security"]), default=None,
+              help="The table of --rules given as bare iptables rules without '*nat'/'*filter' lines "
+                   "(default: told from the chain names).")
 @manifest_option()
 @node_options
 @click.option("--source", required=True, help="The packet's source address.")
@@ -54,7 +57,8 @@ def _to_png(svg: str) -> bytes:
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False), default=None,
               help="Write the output here instead of stdout.")
 def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, source: str, destination: str,
-          port: int, protocol: str, output_format: str, output_file: str | None, **params: object) -> None:
+          port: int, protocol: str, output_format: str, output_file: str | None, table: str | None,
+          **params: object) -> None:
     """Walk a new connection SOURCE -> DESTINATION:PORT through a node's netfilter rules and show
     every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
     if bool(rules_file) == bool(paths):
@@ -68,7 +72,7 @@ def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, sourc
     else:
         rules, local = _rules_from_manifests(paths, proxy_mode, params)
     try:
-        result = trace_packet(rules, source, destination, port, protocol.upper(), local)
+        result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table)
     except TraceError as e:
         where = f" in {rules_file}" if rules_file and rules_file != "-" else ""
         raise click.ClickException(f"cannot trace{where}: {e}") from None

@@ -20,7 +20,7 @@ from .core import (
     TraceError,
     no_gc,
 )
-from .iptables_rule import RuleParser
+from .iptables_rule import BUILTIN_TARGETS, RuleParser
 
 INDEX_MIN_RULES = 32
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
@@ -33,16 +33,54 @@ def tokenize(text: str) -> list[str]:
     return [b if b else q.replace('\\"', '"') for q, b in _TOKEN.findall(text)]
 
 
-def parse_iptables(text: str, index: bool = True) -> Ruleset:
-    """iptables-save / iptables-restore text -> Ruleset (chains built and rules parsed lazily)."""
+def parse_iptables(text: str, index: bool = True, table: str | None = None) -> Ruleset:
+    """iptables-save / iptables-restore text -> Ruleset (chains built and rules parsed lazily).
+
+    Text without any `*table` line (rules as docs and kube-proxy's tests print them) is read as
+    one table: `table` if given, else the one its chain and target names belong to."""
     with no_gc():
-        return _Scan(text, index).ruleset
+        return _Scan(text, index, table).ruleset
+
+
+# Names that only one table has, for headerless text (kube-proxy's KUBE-SERVICES and
+# KUBE-NODEPORTS exist in both nat and filter, so they decide nothing).
+_NAT_NAMES = {"PREROUTING", "POSTROUTING", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "DNAT", "SNAT", "MASQUERADE",
+              "REDIRECT"}
+_NAT_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-")
+_FILTER_NAMES = {"INPUT", "FORWARD", "KUBE-FORWARD", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL",
+                 "KUBE-FIREWALL", "KUBE-PROXY-CANARY", "REJECT"}
+_RULE_HEAD = re.compile(r"^\s*(?:\[\d+:\d+\]\s*)?(?:-[AIN]|--append|--insert|--new-chain)\s+(\S+)|^\s*:(\S+)")
+_JUMP = re.compile(r"\s(?:-j|--jump|-g|--goto)\s+(\S+)")
+
+
+def _headerless_chains(lines: list[str]) -> tuple[set[str], set[str]]:
+    """(chains named by -A/-I/-N/: lines, chains and targets jumped to) of headerless text."""
+    chains: set[str] = set()
+    targets: set[str] = set()
+    for line in lines:
+        m = _RULE_HEAD.match(line)
+        if m:
+            chains.add(m.group(1) or m.group(2))
+            targets.update(_JUMP.findall(line))
+    return chains, targets
+
+
+def _guess_table(names: set[str]) -> str:
+    nat = any(n in _NAT_NAMES or n.startswith(_NAT_PREFIXES) for n in names)
+    filt = any(n in _FILTER_NAMES for n in names)
+    if nat and not filt:
+        return "nat"
+    if filt and not nat:
+        return "filter"
+    why = "both nat and filter chains" if nat else "no chain or target that only one table has"
+    raise TraceError(f"rules without a '*nat' or '*filter' line, and {why}: add the table lines "
+                     "(as iptables-save prints them) or say which table with --table")
 
 
 class _Scan:
     """One pass over the lines: tables, chain declarations, and each chain's rule line numbers."""
 
-    def __init__(self, text: str, index: bool) -> None:
+    def __init__(self, text: str, index: bool, table_hint: str | None = None) -> None:
         self.lines = text.split("\n")
         self.index = index
         family = 6 if "ip6tables-save" in text[:300] else None
@@ -52,6 +90,9 @@ class _Scan:
         self.tables: dict[str, dict[str, list]] = {}
         current: dict[str, list] = {}
         table: str | None = None
+        headerless = not any(line.lstrip().startswith("*") for line in self.lines)
+        if headerless:
+            table, current = self.headerless_table(table_hint)
         for n, line in enumerate(self.lines, 1):
             if line.startswith("-A "):  # the common case first, kept cheap: iptables-save's single spaces
                 end = line.find(" ", 3)
@@ -75,17 +116,27 @@ class _Scan:
                 raise TraceError("rule outside a table: a '*nat' (or *filter, ...) line must come first",
                                  n, self.lines[n - 1])
             self.line(table, current, line, n)
-        if table is not None:
+        if table is not None and not headerless:
             raise TraceError(f"table {table} is not closed with COMMIT (truncated input?)")
         rs.declared = {(t, name): v for t, chains in self.tables.items() for name, v in chains.items()}
         for t in self.tables:
             for hook, _ in IPTABLES_TABLES[t]:
                 rs.chain(t, hook)  # built-in chains are base chains: build them now
 
+    def headerless_table(self, hint: str | None) -> tuple[str, dict[str, list]]:
+        """The one table of text without `*table` lines, every chain it names declared."""
+        chains, targets = _headerless_chains(self.lines)
+        table = hint or _guess_table(chains | targets)
+        self.open_table(table, 0)
+        declared = self.tables[table]
+        for name in sorted(chains | (targets - BUILTIN_TARGETS)):
+            declared.setdefault(name, ["-", 0])
+        return table, declared
+
     def open_table(self, table: str, n: int) -> str:
         if table not in IPTABLES_TABLES:
             raise TraceError(f"unknown table {table!r} (expected raw, mangle, nat, filter or security)",
-                             n, self.lines[n - 1])
+                             n or None, self.lines[n - 1] if n else "")
         chains = self.tables.setdefault(table, {})
         for hook, _ in IPTABLES_TABLES[table]:  # built-in chains exist without a ':' line
             chains.setdefault(hook, ["ACCEPT", n])
@@ -123,7 +174,7 @@ class _Scan:
         hook = name if name in hooks else None
         chain = Chain(table, name, self.ruleset.family, hook=hook, priority=hooks.get(name, 0),
                       policy=policy.lower() if hook else "accept", kind="nat" if table == "nat" else "filter",
-                      where=f"line {decl}", size=len(rule_lines))
+                      where=f"line {decl}" if decl else "headerless rules", size=len(rule_lines))
         chain.parse = self.parser(chain, rule_lines)
         if self.index and len(rule_lines) >= INDEX_MIN_RULES:
             chain.index = _dst_index([self.rest(n)[1] for n in rule_lines])

@@ -30,6 +30,14 @@ def _mask_value(text: str, rule: Rule) -> tuple[int, int]:
         raise TraceError(f"{text!r} is not a mark (value[/mask])", where=rule.where, text=rule.text) from None
 
 
+def _is_option(tokens: list[str], i: int) -> bool:
+    """Whether tokens[i] starts an option (-x, --long, or ! before one), not a word of a comment."""
+    tok = tokens[i]
+    if tok == "!":
+        return i + 1 < len(tokens) and _is_option(tokens, i + 1)
+    return len(tok) > 1 and tok[0] == "-" and (tok[1].isalpha() or (tok[1] == "-" and tok[2:3].isalpha()))
+
+
 class RuleParser:
     """One iptables rule's tokens -> steps (matches in order, then the target)."""
 
@@ -134,6 +142,10 @@ class RuleParser:
             return single(("mark",), (value & mask,), negate, masks=(mask,))
         if module == "comment" and tok == "--comment":
             self.next("a comment")
+            # Docs, blog posts and kube-proxy's test output often print the comment unquoted:
+            # its words run up to the next option.
+            while self.pos < len(self.tokens) and not _is_option(self.tokens, self.pos):
+                self.pos += 1
             return None
         if module in ("conntrack", "state") and tok in ("--ctstate", "--state"):
             states = [s.lower() for s in self.next("states").split(",")]

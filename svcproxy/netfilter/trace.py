@@ -13,7 +13,7 @@ from .walk import Walker
 
 SOURCE_PORT = 40000  # an ephemeral port; kube-proxy rules never look at it
 _NFT_TEXT = re.compile(r"^\s*table\s+(ip|ip6|inet|arp|bridge|netdev)\s+\S+\s*\{", re.M)
-_IPT = re.compile(r"^\*[\w-]+\s*$|^COMMIT\s*$|^-A\s", re.M)
+_IPT = re.compile(r"^\*[\w-]+\s*$|^COMMIT\s*$|^\s*(?:\[\d+:\d+\]\s*)?-A\s", re.M)
 
 
 def detect_format(rules: str) -> str:
@@ -29,14 +29,15 @@ def detect_format(rules: str) -> str:
                      "`nft list ruleset` text (table ip NAME { ... }) or `nft -j list ruleset` JSON")
 
 
-def parse_rules(rules: str, index: bool = True, lazy: bool = True) -> Ruleset:
+def parse_rules(rules: str, index: bool = True, lazy: bool = True, table: str | None = None) -> Ruleset:
     """Any supported ruleset text -> Ruleset. index/lazy=False: the naive way (for benchmarks):
-    no destination index on long chains, and every rule parsed up front."""
+    no destination index on long chains, and every rule parsed up front. table: the iptables
+    table of rules given without `*table` lines."""
     fmt = detect_format(rules)
     if fmt == "iptables":
         from .iptables import parse_iptables
 
-        rs = parse_iptables(rules, index=index)
+        rs = parse_iptables(rules, index=index, table=table)
     else:
         from .nftables import parse_nft_json, parse_nft_text
 
@@ -54,14 +55,15 @@ def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
 
 
 def trace_packet(rules: str, source: str, destination: str, port: int, protocol: str = "TCP",
-                 local_addresses: Sequence[str] = (), source_port: int = SOURCE_PORT) -> TraceResult:
+                 local_addresses: Sequence[str] = (), source_port: int = SOURCE_PORT,
+                 table: str | None = None) -> TraceResult:
     """Walk a new connection source -> destination:port through the ruleset; every outcome.
 
     local_addresses are the node's own addresses (loopback is always local); a packet whose
     source is one of them starts at OUTPUT, any other at PREROUTING.
     """
     with no_gc():
-        ruleset = parse_rules(rules)
+        ruleset = parse_rules(rules, table=table)
         try:
             return trace_ruleset(ruleset, source, destination, port, protocol, local_addresses, source_port)
         finally:
