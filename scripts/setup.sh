@@ -10,6 +10,8 @@ for cmd_pkg in iptables:iptables nft:nftables ip:iproute2 conntrack:conntrack op
   command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd_pkg#*:}")
 done
 ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2' || need_apt+=(libcairo2)
+# the status page's tests drive a real browser (headless, no display needed)
+[ "${1:-}" = "--test" ] && { [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium); }
 if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   need_apt+=(python3 python3-venv)
 fi

@@ -75,14 +75,39 @@ def _first_service(lab_: Lab) -> str:
 @lab.command()
 @prefix_option()
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--page", "page_node", default=None, metavar="NODE",
+              help="Serve NODE's status page (what its proxy programmed, traffic per endpoint, a trace form) "
+                   "on 127.0.0.1 here until Ctrl-C.")
+@click.option("--port", "page_port", type=int, default=0, help="Local port for --page (default: any free one).")
 @_errors
-def status(prefix: str, output: str) -> None:
-    """What the lab has and whether its processes run."""
-    st = Lab(prefix).status()
+def status(prefix: str, output: str, page_node: str | None, page_port: int) -> None:
+    """What the lab has and whether its processes run; --page NODE opens a node's status page."""
+    lab_ = Lab(prefix)
+    if page_node:
+        _serve_page(lab_, page_node, page_port)
+        return
+    st = lab_.status()
     if output == "json":
         click.echo(json.dumps(st, indent=2))
     else:
         _print_status(st)
+
+
+def _serve_page(lab_: Lab, node: str, port: int) -> None:
+    import time
+
+    from ..lab.status_page import PageForward
+
+    ns = lab_.node_ns(node)  # a LabError names the nodes there are
+    forward = PageForward(ns, port).start()
+    console.print(f"status page of {node}: [bold]{forward.url}[/bold]  (forwarded into namespace {ns}; Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        forward.close()
 
 
 def _print_status(st: dict) -> None:

@@ -34,6 +34,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float |
               help="host:port for /healthz and /livez; empty to disable.")
 @click.option("--metrics-bind-address", default="127.0.0.1:10249", show_default=True,
               help="host:port for Prometheus /metrics; empty to disable.")
+@click.option("--status-bind-address", default="127.0.0.1:10257", show_default=True,
+              help="host:port for the status page (what this node programmed, traffic per endpoint, "
+                   "a trace form); read-only; empty to disable.")
 @click.option("--sync-period", default=format_duration(DEFAULT_SYNC_PERIOD), show_default=True,
               callback=_duration, help="How often a full resync repairs the rules (e.g. 30s, 1m).")
 @click.option("--min-sync-period", default=format_duration(DEFAULT_MIN_SYNC_PERIOD), show_default=True,
@@ -43,7 +46,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float |
 @click.option("-v", "--v", "verbosity", default=0, type=int, help="Log verbosity (0: info; 1+: debug).")
 @node_options(modes=RUN_MODES)
 def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, healthz_bind_address: str,
-        metrics_bind_address: str, sync_period: float, min_sync_period: float, detect_local_addresses: bool,
+        metrics_bind_address: str, status_bind_address: str, sync_period: float, min_sync_period: float, detect_local_addresses: bool,
         verbosity: int, proxy_mode: str, **params: Any) -> None:
     """Run the node daemon: follow the sources and keep this node's rules in step with them.
 
@@ -57,7 +60,8 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
     values: dict[str, Any] = {"proxy_mode": proxy_mode, "sync_period": sync_period,
                               "min_sync_period": min_sync_period, "kubeconfig": kubeconfig,
                               "healthz_bind_address": healthz_bind_address,
-                              "metrics_bind_address": metrics_bind_address, **params}
+                              "metrics_bind_address": metrics_bind_address,
+                              "status_bind_address": status_bind_address, **params}
     if params.get("config_file"):
         from ..runtime.kubeconfig import apply_config_file
 
@@ -99,4 +103,4 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
     run_daemon(DaemonOptions(
         cfg=cfg, mode=values["proxy_mode"], sources=sources, min_sync_period=values["min_sync_period"],
         sync_period=values["sync_period"], healthz_bind_address=values["healthz_bind_address"],
-        metrics_bind_address=values["metrics_bind_address"]))
+        metrics_bind_address=values["metrics_bind_address"], status_bind_address=values["status_bind_address"]))

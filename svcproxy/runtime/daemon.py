@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from ..config import NodeConfig
 from ..dataplane import Dataplane, dataplane
 from ..sources import ObjectStore, Source
-from .health import ProxierHealth, ServiceHealth, serve_healthz, serve_metrics
+from ..state import ProxyState
+from .health import ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
+from .status import StatusServer
 from .syncer import Syncer
 
 log = logging.getLogger("svcproxy.runtime.daemon")
@@ -36,6 +38,7 @@ class DaemonOptions:
     sync_period: float = DEFAULT_SYNC_PERIOD
     healthz_bind_address: str = "0.0.0.0:10256"  # "" disables
     metrics_bind_address: str = "127.0.0.1:10249"  # "" disables
+    status_bind_address: str = ""  # the status page; `svcproxy run` defaults to 127.0.0.1:10257
     clear_conntrack: bool = True
 
 
@@ -57,6 +60,18 @@ class Daemon:
         self.metrics.service_changes_pending.set_function(lambda: self.store.pending.service_events)
         self.service_health = ServiceHealth(self.health)
         self.syncer.listeners.append(self.service_health.update)
+        self.status: StatusServer | None = None
+        if opts.status_bind_address:
+            cfg = opts.cfg
+            self.status = StatusServer(lambda: self.syncer.programmed or ProxyState(), lambda: self.store.problems,
+                                       opts.mode, cfg.hostname, [*cfg.node_ips, *cfg.local_addresses, "127.0.0.1"])
+            self.syncer.listeners.append(self._record_sync)
+
+    def _record_sync(self, state: ProxyState, changed: set[str] | None) -> None:
+        if self.status is not None and self.syncer.last is not None:
+            last = self.syncer.last
+            self.status.syncs.record(changed is None, last.build_seconds + last.apply_seconds,
+                                     sorted(changed) if changed is not None else [], len(state.services))
 
     async def run(self) -> None:
         """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
@@ -65,6 +80,12 @@ class Daemon:
             runners.append(await serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics))
         if self.opts.metrics_bind_address:
             runners.append(await serve_metrics(self.opts.metrics_bind_address, self.metrics, self.opts.mode))
+        if self.status is not None:
+            try:
+                runners.append(await serve_status(self.opts.status_bind_address, self.status))
+            except OSError as e:  # the page is optional: the proxy runs without it
+                log.error("status page: cannot listen on %s (%s); running without it (choose another "
+                          "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
         tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
         tasks.append(asyncio.create_task(self.syncer.run(), name="syncer"))
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))

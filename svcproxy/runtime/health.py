@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..state import ProxyState
 from .metrics import Metrics
+from .status import StatusServer
 
 log = logging.getLogger("svcproxy.runtime.health")
 
@@ -182,3 +183,8 @@ def metrics_app(metrics: Metrics, mode: str) -> web.Application:
 async def serve_metrics(address: str, metrics: Metrics, mode: str) -> web.AppRunner:
     host, port = split_host_port(address, 10249)
     return await _serve(metrics_app(metrics, mode), host, port)
+
+
+async def serve_status(address: str, status: StatusServer) -> web.AppRunner:
+    host, port = split_host_port(address, 10257)
+    return await _serve(status.app(), host, port)

@@ -184,15 +184,20 @@ class Reflector:
             self.store.node_eligible[_meta_key("Node", raw)] = _node_eligible(raw)
         if "kind" not in raw:
             raw = {**raw, "kind": self.res.kind}  # list items carry no kind
+        key = _meta_key(self.res.kind, raw)
+        ref = f"{self.res.kind} {key}"
         try:
-            return self.res.parse(raw)
+            obj = self.res.parse(raw)
         except ObjectError as e:
-            key = _meta_key(self.res.kind, raw)
             kept = (self.res.kind, key) in self.store.owned(self.name)
             if kept:
                 keep.add((self.res.kind, key))
-            log.error("%s%s", e, "; keeping its last good version" if kept else "; skipped")
+            message = f"{e}{'; keeping its last good version' if kept else '; skipped'}"
+            log.error("%s", message)
+            self.store.report_one(self.name, ref, message)
             return None
+        self.store.report_one(self.name, ref, None)
+        return obj
 
     async def watch(self) -> None:
         """Follow changes from resource_version until the server ends the watch."""

@@ -26,6 +26,7 @@ log = logging.getLogger("svcproxy.sources.manifests")
 class _File:
     stamp: tuple[int, int, int]  # (inode, size, mtime_ns): re-read only when it moves
     objects: list[Obj] = field(default_factory=list)  # last good objects of this file
+    errors: list[str] = field(default_factory=list)  # what its last read could not use
 
 
 def parse_file(path: Path, previous: list[Obj]) -> tuple[list[Obj], list[str]]:
@@ -97,7 +98,7 @@ class ManifestSource:
                 continue
             objects, errs = parse_file(path, known.objects if known else [])
             errors += errs
-            self.files[path] = _File(stamp, objects)
+            self.files[path] = _File(stamp, objects, errs)
             changed = True
         merged: dict[tuple[str, str], Obj] = {}
         for path in sorted(self.files):
@@ -111,6 +112,7 @@ class ManifestSource:
             log.error("%s", e)
         if changed:
             store.replace(self.name, objects)
+        store.report(self.name, {e: e for f in self.files.values() for e in f.errors})
 
     async def run(self, store: ObjectStore) -> None:
         store.add_source(self.name)

@@ -54,8 +54,22 @@ class ObjectStore:
         self._changes = Changes(all=True)
         self.changed = asyncio.Event()  # set whenever something changed; the sync loop waits on it
         self.node_eligible: dict[str, bool] = {}  # node name -> not being deleted (for /healthz)
+        # What each source could not use, by the object it names: shown by the status page.
+        self.problems: dict[str, dict[str, str]] = {}  # source -> {"Kind ns/name": message}
 
     # -- what sources call -------------------------------------------------
+    def report(self, source: str, problems: dict[str, str]) -> None:
+        """The source's complete list of bad objects (a manifest rescan, a relist)."""
+        self.problems[source] = dict(problems)
+
+    def report_one(self, source: str, ref: str, message: str | None) -> None:
+        """One object is bad (message) or fine again (None)."""
+        mine = self.problems.setdefault(source, {})
+        if message is None:
+            mine.pop(ref, None)
+        else:
+            mine[ref] = message
+
     def add_source(self, name: str) -> None:
         self._pending.add(name)
 

@@ -1,0 +1,199 @@
+"""The status page: what this node programmed for each Service and where its traffic goes.
+
+Read-only and loopback by default (--status-bind-address 127.0.0.1:10257). Three parts:
+- SyncLog: the last syncs, fed by the syncer's listeners;
+- EndpointCounters: new connections per endpoint, counted from the kernel's conntrack table
+  (each entry DNATed to an endpoint is one connection it received; works in every mode);
+- snapshot(): a pure function of those and the programmed state -> the JSON the page polls.
+The page itself (status_page.html) is one static file with its own script: nothing is fetched
+from outside, and every value is put in the page as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from ..state import EndpointInfo, ProxyState, ServicePortInfo
+
+log = logging.getLogger("svcproxy.runtime.status")
+PROTOCOLS = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", socket.IPPROTO_SCTP: "SCTP"}
+
+
+@dataclass
+class SyncLog:
+    """The last syncs, newest first: kind, when, how long, what changed."""
+
+    size: int = 20
+    entries: deque = field(default_factory=deque)
+
+    def record(self, full: bool, seconds: float, changed: list[str], services: int) -> None:
+        self.entries.appendleft({"time": time.time(), "kind": "full" if full else "partial",
+                                 "ms": round(seconds * 1e3, 1), "services": services,
+                                 "changed": changed[:10], "changed_count": len(changed)})
+        while len(self.entries) > self.size:
+            self.entries.pop()
+
+
+class EndpointCounters:
+    """Connections each endpoint received since the daemon started, from conntrack.
+
+    A poll lists the table; an entry id not seen in the previous poll is a new connection to
+    the address its reply comes from. Entries live for at least the protocol's timeout (UDP
+    30 s, TCP TIME_WAIT 120 s), so polls a few seconds apart miss none."""
+
+    def __init__(self, dump: Callable[[], list[tuple[int, str, int, str]]] | None = None) -> None:
+        self.dump = dump or conntrack_entries
+        self.totals: dict[tuple[str, int, str], int] = {}
+        self.live: set[int] = set()
+        self.polled = 0.0
+        self.error = ""
+
+    def poll(self) -> None:
+        try:
+            entries = self.dump()
+        except Exception as e:  # no conntrack support here: the page says so, the rest works
+            self.error = f"cannot read conntrack: {e}"
+            return
+        self.error = ""
+        live = set()
+        for cid, ip, port, proto in entries:
+            live.add(cid)
+            if cid not in self.live:
+                key = (ip, port, proto)
+                self.totals[key] = self.totals.get(key, 0) + 1
+        self.live = live
+        self.polled = time.time()
+
+    def connections(self, ip: str, port: int, proto: str) -> int:
+        return self.totals.get((ip, port, proto), 0)
+
+
+def conntrack_entries() -> list[tuple[int, str, int, str]]:
+    """(id, reply source address, reply source port, protocol) of every DNATed conntrack entry."""
+    from pyroute2 import Conntrack
+
+    out = []
+    with Conntrack() as ct:
+        for e in ct.dump_entries():
+            reply, orig = e.tuple_reply, e.tuple_orig
+            proto = PROTOCOLS.get(orig.proto)
+            if proto and (reply.saddr, reply.sport) != (orig.daddr, orig.dport):  # DNATed
+                out.append((e.id, reply.saddr, reply.sport, proto))
+    return out
+
+
+def service_type(port: ServicePortInfo) -> str:
+    if port.load_balancer_ips or port.health_check_node_port:
+        return "LoadBalancer"
+    return "NodePort" if port.node_port else "ClusterIP"
+
+
+def _endpoint(ep: EndpointInfo, proto: str, counters: EndpointCounters) -> dict[str, Any]:
+    return {"ip": ep.ip, "port": ep.port, "ready": ep.ready, "serving": ep.serving, "terminating": ep.terminating,
+            "local": ep.is_local, "node": ep.node_name, "connections": counters.connections(ep.ip, ep.port, proto)}
+
+
+def snapshot(state: ProxyState, counters: EndpointCounters, syncs: SyncLog, problems: dict[str, dict[str, str]],
+             mode: str, node: str) -> dict[str, Any]:
+    """Everything the page shows, as plain data (the page puts it in as text)."""
+    services = []
+    for key in sorted(state.services):
+        st = state.services[key]
+        ports = []
+        for p in st.ports:
+            eps = state.endpoints(p.name)
+            ports.append({
+                "name": p.name.port, "protocol": p.protocol, "cluster_ip": p.cluster_ip, "port": p.port,
+                "node_port": p.node_port, "external_ips": list(p.external_ips), "lb_ips": list(p.load_balancer_ips),
+                "external_policy": "Local" if p.external_policy_local else "Cluster",
+                "internal_policy": "Local" if p.internal_policy_local else "Cluster",
+                "affinity_seconds": p.session_affinity_timeout,
+                "endpoints": [_endpoint(e, p.protocol, counters) for e in eps]})
+        services.append({"key": key, "type": service_type(st.ports[0]), "ports": ports})
+    bad = sorted({m for per_source in problems.values() for m in per_source.values()})
+    return {"node": node, "mode": mode, "time": time.time(), "counters_error": counters.error,
+            "services": services, "syncs": list(syncs.entries), "problems": bad}
+
+
+def live_rules(mode: str) -> str:
+    """This node's ruleset as the kernel holds it, for the trace form."""
+    if mode == "userspace":
+        raise ValueError("userspace mode programs no netfilter rules: there is nothing to trace")
+    cmd = ["iptables-save"] if mode == "iptables" else ["nft", "list", "ruleset"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def trace_answer(rules: str, form: dict[str, Any], local: list[str]) -> dict[str, Any]:
+    """The tracer's answer for the form: text, outcomes, and the picture as a data: URL (an
+    <img> never runs script, whatever the SVG held)."""
+    from ..netfilter import TraceError, trace_packet
+
+    try:
+        port = int(form.get("port", 0))
+        result = trace_packet(rules, str(form.get("source", "")), str(form.get("destination", "")), port,
+                              str(form.get("protocol", "TCP")).upper(), local)
+    except (TraceError, ValueError) as e:
+        return {"error": str(e)}
+    svg = base64.b64encode(result.to_svg().encode()).decode()
+    return {"text": result.to_text(color=False), "outcomes": [o.to_dict() for o in result.outcomes],
+            "picture": f"data:image/svg+xml;base64,{svg}"}
+
+
+class StatusServer:
+    """The aiohttp app of the page; reads the daemon's state, changes nothing."""
+
+    def __init__(self, state: Callable[[], ProxyState], problems: Callable[[], dict[str, dict[str, str]]],
+                 mode: str, node: str, local: list[str], counters: EndpointCounters | None = None) -> None:
+        self.state, self.problems, self.mode, self.node, self.local = state, problems, mode, node, local
+        self.counters = counters or EndpointCounters()
+        self.syncs = SyncLog()
+        self._poll_lock = asyncio.Lock()
+
+    async def _fresh_counters(self) -> None:
+        async with self._poll_lock:
+            if time.time() - self.counters.polled >= 0.5:
+                await asyncio.to_thread(self.counters.poll)
+
+    def app(self) -> web.Application:
+        page = resources.files("svcproxy.runtime").joinpath("status_page.html").read_text()
+
+        async def index(request: web.Request) -> web.Response:
+            return web.Response(text=page, content_type="text/html", headers=_SAFE_HEADERS)
+
+        async def status(request: web.Request) -> web.Response:
+            await self._fresh_counters()
+            body = snapshot(self.state(), self.counters, self.syncs, self.problems(), self.mode, self.node)
+            return web.json_response(body, headers=_SAFE_HEADERS)
+
+        async def trace(request: web.Request) -> web.Response:
+            try:
+                form = await request.json()
+                rules = await asyncio.to_thread(live_rules, self.mode)
+            except (ValueError, subprocess.SubprocessError, OSError) as e:
+                return web.json_response({"error": str(e)}, headers=_SAFE_HEADERS)
+            answer = await asyncio.to_thread(trace_answer, rules, form if isinstance(form, dict) else {}, self.local)
+            return web.json_response(answer, headers=_SAFE_HEADERS)
+
+        app = web.Application(client_max_size=16 * 1024)
+        app.router.add_get("/", index)
+        app.router.add_get("/api/status", status)
+        app.router.add_post("/api/trace", trace)
+        return app
+
+
+# The page loads nothing from elsewhere and may not be framed by other sites.
+_SAFE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                                            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
