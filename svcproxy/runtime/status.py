@@ -47,16 +47,20 @@ class SyncLog:
 
 
 class EndpointCounters:
-    """Connections each endpoint received since the daemon started, from conntrack.
+    """Connections (and packets) each endpoint received since the daemon started, from conntrack.
 
     A poll lists the table; an entry id not seen in the previous poll is a new connection to
     the address its reply comes from. Entries live for at least the protocol's timeout (UDP
-    30 s, TCP TIME_WAIT 120 s), so polls a few seconds apart miss none."""
+    30 s, TCP TIME_WAIT 120 s), so polls a few seconds apart miss none. Packets are counted
+    where the kernel keeps them (net.netfilter.nf_conntrack_acct=1; off by default): the
+    growth of each entry's original-direction count between polls."""
 
-    def __init__(self, dump: Callable[[], list[tuple[int, str, int, str]]] | None = None) -> None:
+    def __init__(self, dump: Callable[[], list[tuple[int, str, int, str, int | None]]] | None = None) -> None:
         self.dump = dump or conntrack_entries
         self.totals: dict[tuple[str, int, str], int] = {}
-        self.live: set[int] = set()
+        self.packets: dict[tuple[str, int, str], int] = {}
+        self.live: dict[int, int] = {}  # conntrack id -> packets seen at the last poll
+        self.has_packets = False
         self.polled = 0.0
         self.error = ""
 
@@ -67,30 +71,43 @@ class EndpointCounters:
             self.error = f"cannot read conntrack: {e}"
             return
         self.error = ""
-        live = set()
-        for cid, ip, port, proto in entries:
-            live.add(cid)
+        live: dict[int, int] = {}
+        for cid, ip, port, proto, packets in entries:
+            key = (ip, port, proto)
             if cid not in self.live:
-                key = (ip, port, proto)
                 self.totals[key] = self.totals.get(key, 0) + 1
+            if packets is not None:
+                self.has_packets = True
+                self.packets[key] = self.packets.get(key, 0) + max(0, packets - self.live.get(cid, 0))
+            live[cid] = packets or 0
         self.live = live
         self.polled = time.time()
 
     def connections(self, ip: str, port: int, proto: str) -> int:
         return self.totals.get((ip, port, proto), 0)
 
+    def packets_to(self, ip: str, port: int, proto: str) -> int | None:
+        return self.packets.get((ip, port, proto), 0) if self.has_packets else None
 
-def conntrack_entries() -> list[tuple[int, str, int, str]]:
-    """(id, reply source address, reply source port, protocol) of every DNATed conntrack entry."""
+
+def conntrack_entries() -> list[tuple[int, str, int, str, int | None]]:
+    """(id, reply source address and port, protocol, packets or None) of each DNATed entry."""
     from pyroute2 import Conntrack
 
     out = []
     with Conntrack() as ct:
-        for e in ct.dump_entries():
-            reply, orig = e.tuple_reply, e.tuple_orig
-            proto = PROTOCOLS.get(orig.proto)
-            if proto and (reply.saddr, reply.sport) != (orig.daddr, orig.dport):  # DNATed
-                out.append((e.id, reply.saddr, reply.sport, proto))
+        for m in ct.dump():
+            orig, reply = m.get_attr("CTA_TUPLE_ORIG"), m.get_attr("CTA_TUPLE_REPLY")
+            oproto, rproto = orig.get_attr("CTA_TUPLE_PROTO"), reply.get_attr("CTA_TUPLE_PROTO")
+            proto = PROTOCOLS.get(oproto.get_attr("CTA_PROTO_NUM"))
+            oip, rip = orig.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_IP")
+            dst = oip.get_attr("CTA_IP_V4_DST") or oip.get_attr("CTA_IP_V6_DST")
+            src = rip.get_attr("CTA_IP_V4_SRC") or rip.get_attr("CTA_IP_V6_SRC")
+            sport, dport = rproto.get_attr("CTA_PROTO_SRC_PORT"), oproto.get_attr("CTA_PROTO_DST_PORT")
+            if proto and (src, sport) != (dst, dport):  # DNATed: the reply comes from the endpoint
+                counters = m.get_attr("CTA_COUNTERS_ORIG")
+                packets = counters.get_attr("CTA_COUNTERS_PACKETS") if counters else None
+                out.append((m.get_attr("CTA_ID"), src, sport, proto, packets))
     return out
 
 
@@ -102,7 +119,8 @@ def service_type(port: ServicePortInfo) -> str:
 
 def _endpoint(ep: EndpointInfo, proto: str, counters: EndpointCounters) -> dict[str, Any]:
     return {"ip": ep.ip, "port": ep.port, "ready": ep.ready, "serving": ep.serving, "terminating": ep.terminating,
-            "local": ep.is_local, "node": ep.node_name, "connections": counters.connections(ep.ip, ep.port, proto)}
+            "local": ep.is_local, "node": ep.node_name, "connections": counters.connections(ep.ip, ep.port, proto),
+            "packets": counters.packets_to(ep.ip, ep.port, proto)}
 
 
 def snapshot(state: ProxyState, counters: EndpointCounters, syncs: SyncLog, problems: dict[str, dict[str, str]],

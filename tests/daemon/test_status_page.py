@@ -50,6 +50,7 @@ def test_status_page_in_a_browser(env: NetEnv, tmp_path: Path, mode: str) -> Non
         service("web", WEB_IP, 80, target=8080), endpoint_slice("web-1", "web", [endpoint(ip, "node-a") for ip in eps]),
         service(EVIL, "172.30.0.11"), bad]}))
     env.serve("tcp", eps, 8080)
+    env.exec(env.node, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")  # per namespace: packets too
     daemon = Daemon(env, manifest, mode, tmp_path / "svcproxy.log", "--status-bind-address", "127.0.0.1:10257").start()
     daemon.wait_sync(0)
     browser = Browser(env.node)
@@ -72,6 +73,9 @@ def test_status_page_in_a_browser(env: NetEnv, tmp_path: Path, mode: str) -> Non
         widths = browser.eval("[...document.querySelectorAll('[data-service=\"default/web\"] .fill')]"
                               ".map(f => parseFloat(f.style.width))")
         assert max(widths) == 100 and min(widths) > 0, widths  # a bar per endpoint, the busiest full
+        packets = browser.eval("[...document.querySelectorAll('[data-service=\"default/web\"] .n')]"
+                               ".map(n => Number(n.dataset.packets))")
+        assert all(p >= 3 for p in packets) and sum(packets) > sum(after.values()), packets  # SYN, ACK, data...
         moved = sum(counts(browser).values())
         time.sleep(1.5)
         assert sum(counts(browser).values()) > moved  # live: no reload, the numbers keep moving

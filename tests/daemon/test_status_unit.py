@@ -37,18 +37,26 @@ def web():
 
 
 def test_counters_count_each_new_entry_once() -> None:
-    table = [(1, "10.0.1.10", 8080, "TCP"), (2, "10.0.1.11", 8080, "TCP")]
+    table = [(1, "10.0.1.10", 8080, "TCP", 3), (2, "10.0.1.11", 8080, "TCP", 1)]
     c = EndpointCounters(dump=lambda: list(table))
     c.poll()
-    table.append((3, "10.0.1.10", 8080, "TCP"))
+    table.append((3, "10.0.1.10", 8080, "TCP", 2))
+    table[0] = (1, "10.0.1.10", 8080, "TCP", 10)  # entry 1 carried 7 more packets
     c.poll()
     c.poll()  # nothing new: nothing counted twice
     del table[0]  # entry 1 expired; 4 is new
-    table.append((4, "10.0.1.10", 8080, "UDP"))
+    table.append((4, "10.0.1.10", 8080, "UDP", 1))
     c.poll()
     assert c.connections("10.0.1.10", 8080, "TCP") == 2
     assert c.connections("10.0.1.11", 8080, "TCP") == 1
     assert c.connections("10.0.1.10", 8080, "UDP") == 1
+    assert c.packets_to("10.0.1.10", 8080, "TCP") == 10 + 2 and c.packets_to("10.0.1.11", 8080, "TCP") == 1
+
+
+def test_without_kernel_accounting_packets_are_unknown_not_zero() -> None:
+    c = EndpointCounters(dump=lambda: [(1, "10.0.1.10", 8080, "TCP", None)])
+    c.poll()
+    assert c.connections("10.0.1.10", 8080, "TCP") == 1 and c.packets_to("10.0.1.10", 8080, "TCP") is None
 
 
 def test_counters_report_a_kernel_that_cannot_be_read() -> None:
@@ -60,7 +68,7 @@ def test_counters_report_a_kernel_that_cannot_be_read() -> None:
 
 
 def test_snapshot_shows_what_kubectl_shows() -> None:
-    c = EndpointCounters(dump=lambda: [(7, "10.0.1.11", 8080, "TCP")])
+    c = EndpointCounters(dump=lambda: [(7, "10.0.1.11", 8080, "TCP", None)])
     c.poll()
     log = SyncLog()
     log.record(True, 0.012, [], 1)
