@@ -46,8 +46,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float |
 @click.option("-v", "--v", "verbosity", default=0, type=int, help="Log verbosity (0: info; 1+: debug).")
 @node_options(modes=RUN_MODES)
 def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, healthz_bind_address: str,
-        metrics_bind_address: str, status_bind_address: str, sync_period: float, min_sync_period: float, detect_local_addresses: bool,
-        verbosity: int, proxy_mode: str, **params: Any) -> None:
+        metrics_bind_address: str, status_bind_address: str, sync_period: float, min_sync_period: float,
+        detect_local_addresses: bool, verbosity: int, proxy_mode: str, **params: Any) -> None:
     """Run the node daemon: follow the sources and keep this node's rules in step with them.
 
     Sources: -f PATH (files/directories, watched), or the Kubernetes API (--kubeconfig,

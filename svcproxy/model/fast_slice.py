@@ -22,8 +22,6 @@ class NotCommon(Exception):
     """Not the common shape: the general parser decides."""
 
 
-
-
 _EMPTY: frozenset[str] = frozenset()
 _NO_CONDITIONS: dict = {}
 _intern = sys.intern
@@ -82,7 +80,6 @@ def fast_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
     return EndpointSlice(_intern(ns), name, service, "IPv4", tuple(ports), endpoints)
 
 
-
 def _flag(conds: dict, key: str, default: bool) -> bool:
     v = conds.get(key)
     if v is None:
@@ -115,16 +112,6 @@ def _endpoint(ep: Any, _pton: Any = socket.inet_pton, _af: int = socket.AF_INET)
         raise NotCommon
     if ep.get("hints") is not None:
         raise NotCommon
-    node = ep.get("nodeName")
-    zone = ep.get("zone")
-    if node is None:
-        node = ""
-    elif type(node) is not str:
-        raise NotCommon
-    if zone is None:
-        zone = ""
-    elif type(zone) is not str:
-        raise NotCommon
     ready = _flag(conds, "ready", True)
     return Endpoint(tuple(addrs), ready, _flag(conds, "serving", ready), _flag(conds, "terminating", False),
-                    _intern(node), _intern(zone), _EMPTY, _EMPTY)
+                    _intern(_str(ep, "nodeName", "")), _intern(_str(ep, "zone", "")), _EMPTY, _EMPTY)

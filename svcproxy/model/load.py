@@ -101,7 +101,7 @@ def _json_documents(text: str) -> tuple[list[Document], str | None]:
     """Every JSON value in text (kubectl prints one; `kubectl get -o json` per object, several)."""
     decoder = json.JSONDecoder()
     docs: list[Document] = []
-    pos, end = 0, len(text)
+    pos, end, line, counted = 0, len(text), 1, 0
     while True:
         while pos < end and text[pos].isspace():
             pos += 1
@@ -111,7 +111,9 @@ def _json_documents(text: str) -> tuple[list[Document], str | None]:
             data, after = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             return docs, f"document {len(docs) + 1}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        docs.append(Document(len(docs) + 1, text.count("\n", 0, pos) + 1, data))
+        line += text.count("\n", counted, pos)  # counted on from the last document: one pass in all
+        counted = pos
+        docs.append(Document(len(docs) + 1, line, data))
         pos = after
 
 
@@ -179,12 +181,17 @@ def parse_objects(docs: Iterable[Document], origin: str = "") -> Objects:
     return result
 
 
-def load_text(text: str, origin: str = "") -> Objects:
-    with gc_paused():
-        docs, errors = read_documents(text, origin)
+def _objects(docs: list[Document], errors: list[str], origin: str) -> Objects:
+    """The documents' objects, with the errors of reading them first."""
     result = parse_objects(docs, origin)
     result.errors[:0] = errors
     return result
+
+
+def load_text(text: str, origin: str = "") -> Objects:
+    with gc_paused():
+        docs, errors = read_documents(text, origin)
+    return _objects(docs, errors, origin)
 
 
 def read_file(path: Path) -> tuple[list[Document], list[str]]:
@@ -201,8 +208,5 @@ def load_paths(paths: Iterable[str | Path]) -> Objects:
     """Load every manifest under paths. Raises FileNotFoundError for a path that is not there."""
     result = Objects()
     for f in manifest_files(paths):
-        docs, errors = read_file(f)
-        objects = parse_objects(docs, str(f))
-        objects.errors[:0] = errors
-        result.extend(objects)
+        result.extend(_objects(*read_file(f), str(f)))
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ def _available(mode: str) -> bool:
 MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"{m} dataplane not implemented yet"))
          for m in ("iptables", "nftables")]
 WEB_IP, DNS_IP = "172.30.0.10", "172.30.0.53"
-
-
-@pytest.fixture
-def env() -> Iterator[NetEnv]:
-    e = NetEnv()
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def write(path: Path, *objs: dict) -> None:

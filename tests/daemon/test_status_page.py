@@ -8,7 +8,6 @@ import json
 import os
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ WEB_IP = "172.30.0.10"
 EVIL = "x<img/src/onerror=document.body.dataset.pwned=1>"  # a name that is markup if put in as HTML
 URL = "http://127.0.0.1:10257/"
 SHOT = os.environ.get("SVCPROXY_STATUS_SCREENSHOT")  # where to keep the screenshot (docs/ when refreshing it)
-
-
-@pytest.fixture
-def env() -> Iterator[NetEnv]:
-    e = NetEnv()
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def counts(b: Browser) -> dict[str, int]:
