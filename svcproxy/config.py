@@ -23,6 +23,9 @@ def format_endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+NFTABLES_LAYOUTS = ("kube-proxy", "maps")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     hostname: str = "test-node"
@@ -36,12 +39,18 @@ class NodeConfig:
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     zone: str = ""  # this node's topology.kubernetes.io/zone label
     node_labels: tuple[tuple[str, str], ...] = field(default=())
+    # nftables table layout: "kube-proxy" (upstream's names and chains) or "maps" (endpoint
+    # changes are data-only map elements; see docs/nftables-layouts.md)
+    nftables_layout: str = "kube-proxy"
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):
             raise ValueError(f"ip family must be 4 or 6, got {self.ip_family}")
         if not 0 <= self.masquerade_bit <= 31:
             raise ValueError(f"masquerade bit must be 0-31, got {self.masquerade_bit}")
+        if self.nftables_layout not in NFTABLES_LAYOUTS:
+            raise ValueError(f"nftables layout must be one of {', '.join(NFTABLES_LAYOUTS)}, "
+                             f"got {self.nftables_layout!r}")
 
     def with_node(self, zone: str, labels: tuple[tuple[str, str], ...]) -> NodeConfig:
         return replace(self, zone=zone, node_labels=labels)

@@ -73,6 +73,10 @@ def node_options(func: Callable | None = None, *, modes: tuple[str, ...] = MODES
                      help="Whether NodePorts answer on 127.0.0.1 (IPv4 only)."),
         click.option("--iptables-masquerade-bit", "masquerade_bit", type=click.IntRange(0, 31), default=14,
                      show_default=True, help="The fwmark bit that marks packets for SNAT."),
+        click.option("--nftables-layout", type=click.Choice(["kube-proxy", "maps"]), default="kube-proxy",
+                     show_default=True,
+                     help="nftables table layout: kube-proxy's, or 'maps' (endpoint changes are "
+                          "map elements only: cheap at 10,000 Services)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="A KubeProxyConfiguration file; flags given on the command line win."),
     ]
@@ -99,4 +103,5 @@ def node_config(params: dict[str, Any]) -> NodeConfig:
         masquerade_all=bool(params.get("masquerade_all")),
         localhost_nodeports=bool(params.get("iptables_localhost_nodeports", True)),
         masquerade_bit=int(params.get("masquerade_bit", 14)),
+        nftables_layout=params.get("nftables_layout") or "kube-proxy",
     )

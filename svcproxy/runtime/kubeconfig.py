@@ -7,6 +7,8 @@ from typing import Any
 import click
 import yaml
 
+from ..config import NFTABLES_LAYOUTS
+
 # KubeProxyConfiguration field -> node_options parameter name.
 _FIELDS = {
     "hostnameOverride": "hostname_override",
@@ -26,7 +28,8 @@ _SECTIONS = {
                  "localhostNodePorts": "iptables_localhost_nodeports", "syncPeriod": "sync_period",
                  "minSyncPeriod": "min_sync_period"},
     "nftables": {"masqueradeAll": "masquerade_all", "masqueradeBit": "masquerade_bit",
-                 "syncPeriod": "sync_period", "minSyncPeriod": "min_sync_period"},
+                 "syncPeriod": "sync_period", "minSyncPeriod": "min_sync_period",
+                 "layout": "nftables_layout"},  # svcproxy's own field: kube-proxy | maps
 }
 _IGNORED = {"apiVersion", "kind"}
 
@@ -36,6 +39,9 @@ def _typed(name: str, value: Any) -> Any:
         return bool(value)
     if name == "masquerade_bit":
         return int(value)
+    if name == "nftables_layout" and value not in NFTABLES_LAYOUTS:
+        raise click.UsageError(f"nftables.layout: {value!r} is not a layout; use one of "
+                               f"{', '.join(NFTABLES_LAYOUTS)}")
     return value
 
 

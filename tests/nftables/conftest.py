@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -67,3 +69,49 @@ def inside(netns: Netns) -> Iterator[Netns]:
     finally:
         setns(home)
         os.close(home)
+
+
+BACKENDS = ("10.0.1.10", "10.0.1.11", "fd00:10::10", "fd00:10::11")
+
+
+@pytest.fixture
+def backends(inside: Netns) -> Iterator[None]:
+    """TCP servers on BACKENDS port 8080 (on a veth) that answer with their address."""
+    inside.run("ip", "link", "add", "nftd0", "type", "veth", "peer", "name", "nftd1")
+    for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "nftd0", "up"], ["ip", "link", "set", "nftd1", "up"],
+                ["ip", "route", "add", "172.30.0.0/16", "dev", "nftd0"]):
+        inside.run(*cmd)
+    for ip in BACKENDS:
+        inside.run("ip", "addr", "add", f"{ip}/{24 if '.' in ip else 64}", "dev", "nftd0", "nodad")
+    inside.run("ip", "-6", "route", "add", "fd00:30::/64", "dev", "nftd0")
+    socks, stop = [], threading.Event()
+    for ip in BACKENDS:
+        s = socket.create_server((ip, 8080), family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        s.settimeout(0.2)
+        socks.append(s)
+
+    def serve(s: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                c, _ = s.accept()
+            except OSError:
+                continue
+            c.sendall(s.getsockname()[0].encode())
+            c.close()
+
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for s in socks:
+            s.close()
+
+
+def fetch(ip: str, port: int = 80) -> str:
+    with socket.create_connection((ip, port), timeout=2) as c:
+        return c.recv(100).decode()

@@ -3,10 +3,7 @@ syncs, failure atomicity, cleanup, and adopting a running table after a restart.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -16,7 +13,7 @@ from svcproxy.dataplane import ApplyError, dataplane
 from svcproxy.dataplane.nftables import NftablesDataplane, names
 from svcproxy.state import ServicePortName
 
-from .conftest import Netns
+from .conftest import Netns, fetch
 from .helpers import CFG, service, state_of
 
 pytestmark = pytest.mark.kernel
@@ -158,52 +155,6 @@ def test_restart_adopts_the_running_table_without_a_gap(inside: Netns) -> None:
     # and it then continues with partial syncs
     assert not second.sync(state_of(A, B), {"ns1/b"}).full
     assert f"goto service-{base('b')}" in table(inside)
-
-
-BACKENDS = ("10.0.1.10", "10.0.1.11", "fd00:10::10", "fd00:10::11")
-
-
-@pytest.fixture
-def backends(inside: Netns) -> Iterator[None]:
-    """TCP servers on BACKENDS port 8080 (on a veth) that answer with their address."""
-    inside.run("ip", "link", "add", "nftd0", "type", "veth", "peer", "name", "nftd1")
-    for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "nftd0", "up"], ["ip", "link", "set", "nftd1", "up"],
-                ["ip", "route", "add", "172.30.0.0/16", "dev", "nftd0"]):
-        inside.run(*cmd)
-    for ip in BACKENDS:
-        inside.run("ip", "addr", "add", f"{ip}/{24 if '.' in ip else 64}", "dev", "nftd0", "nodad")
-    inside.run("ip", "-6", "route", "add", "fd00:30::/64", "dev", "nftd0")
-    socks, stop = [], threading.Event()
-    for ip in BACKENDS:
-        s = socket.create_server((ip, 8080), family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
-        s.settimeout(0.2)
-        socks.append(s)
-
-    def serve(s: socket.socket) -> None:
-        while not stop.is_set():
-            try:
-                c, _ = s.accept()
-            except OSError:
-                continue
-            c.sendall(s.getsockname()[0].encode())
-            c.close()
-
-    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
-    for t in threads:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        for s in socks:
-            s.close()
-
-
-def fetch(ip: str, port: int = 80) -> str:
-    with socket.create_connection((ip, port), timeout=2) as c:
-        return c.recv(100).decode()
 
 
 def test_ipv6_traffic(inside: Netns, backends: None) -> None:

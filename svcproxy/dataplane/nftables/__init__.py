@@ -34,7 +34,7 @@ from . import names, session
 from .kernel_io import KernelIO
 from .pipeline import CommitStep, FullSyncSteps
 from .render import BlockCache, ServiceRules
-from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial
+from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial, shared_refs
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
             self.stale.pop(name, None)
         kernel.sets = dict(sets)
         kernel.elements = elements
+        kernel.refs = shared_refs(r.elements for r in rules)
         self.applied = {r.service.key: r for r in rules}
         self.service_cidrs = state.service_cidrs
         self.need_full = False
@@ -213,6 +214,8 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         for container, els in plan.adds.items():
             for el in els:
                 kernel.elements.setdefault(container, {})[el.key] = el
+        kernel.refs.update(plan.refs)
+        kernel.refs = +kernel.refs  # drop the claims that went to zero
         for key, new in new_rules.items():
             if new is None:
                 self.applied.pop(key, None)

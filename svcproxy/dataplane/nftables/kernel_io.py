@@ -16,6 +16,7 @@ from ...config import NodeConfig
 from .. import ApplyError
 from . import names, netlink, session
 from .layout import Container
+from .service_maps import endpoints_map
 from .transaction import Kernel, Tx
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,15 @@ class KernelIO:
         and the periodic check for hand edits)."""
         if self.use_netlink:
             return self._read_kernel_netlink()
-        found: dict[str, list] = {"chains": [], "sets": []}
+        found: dict[str, list] = {"chains": [], "sets": [], "maps": []}
         for kind in found:
             out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
             for item in json.loads(out or "{}").get("nftables", []):
                 obj = item.get(kind[:-1])
                 if obj and obj.get("table") == names.TABLE and obj.get("family") == self.family:
                     found[kind].append((obj["name"], int(obj.get("timeout", 0))))
-        return self._holding(bool(found["chains"] or found["sets"]), (n for n, _ in found["chains"]), found["sets"])
+        return self._holding(bool(found["chains"] or found["sets"]), (n for n, _ in found["chains"]),
+                             found["sets"] + found["maps"])
 
     def _read_kernel_netlink(self) -> Kernel:
         """read_kernel() through the session: a netlink dump of the table's chains and sets."""
@@ -78,8 +80,11 @@ class KernelIO:
         kernel = Kernel(exists=exists)
         addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
         kernel.chains = {name: None for name in chain_names if names.is_service_chain(name)}
-        kernel.sets = {name: Container(name, addr, flags="dynamic,timeout", timeout=timeout)
-                       for name, timeout in sets if names.is_affinity_set(name)}
+        for name, timeout in sets:
+            if names.is_affinity_set(name):
+                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout)
+            elif names.is_endpoints_map(name):
+                kernel.sets[name] = endpoints_map(self.family, name)
         return kernel
 
     def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:

@@ -40,6 +40,13 @@ SERVICE_NODEPORTS = "service-nodeports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 FIREWALL_IPS = "firewall-ips"
+# the maps layout's fixed sets: no-endpoint verdicts as data, and hairpin pairs
+REJECT_SERVICES = "reject-services"
+REJECT_NODEPORTS = "reject-nodeports"
+DROP_SERVICES = "drop-services"
+DROP_NODEPORTS = "drop-nodeports"
+HAIRPIN = "hairpin-endpoints"
+SHARED_CONTAINERS = frozenset({HAIRPIN})  # elements several services may claim (refcounted)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Container:
     comment: str = ""
     flags: str = ""
     timeout: int = 0  # seconds; affinity sets
+    typeof: bool = False  # key_type/value_type are expressions ("typeof numgen ... : ip daddr . tcp dport")
 
     @property
     def kind(self) -> str:
@@ -67,7 +75,8 @@ class Container:
 
     def spec(self) -> list[str]:
         """The body of the declaration, one statement per item (joined by the caller)."""
-        parts = [f"type {self.key_type}" + (f" : {self.value_type}" if self.value_type else "")]
+        word = "typeof" if self.typeof else "type"
+        parts = [f"{word} {self.key_type}" + (f" : {self.value_type}" if self.value_type else "")]
         if self.flags:
             parts.append(f"flags {self.flags}")
         if self.timeout:
@@ -115,6 +124,16 @@ def containers(cfg: NodeConfig) -> tuple[Container, ...]:
         Container(SERVICE_IPS, triple, "verdict", comment="ClusterIP, ExternalIP and LoadBalancer IP traffic"),
         Container(SERVICE_NODEPORTS, "inet_proto . inet_service", "verdict", comment="NodePort traffic"),
     ]
+    if cfg.nftables_layout == "maps":
+        ip = family_keyword(cfg.ip_family)
+        out += [
+            Container(REJECT_SERVICES, triple, comment="service addresses with no endpoints"),
+            Container(REJECT_NODEPORTS, "inet_proto . inet_service", comment="node ports with no endpoints"),
+            Container(DROP_SERVICES, triple, comment="external addresses with no local endpoints"),
+            Container(DROP_NODEPORTS, "inet_proto . inet_service", comment="node ports with no local endpoints"),
+            Container(HAIRPIN, f"{ip} saddr . {ip} daddr", typeof=True,
+                      comment="endpoint . endpoint: a pod reaching itself through a service"),
+        ]
     return tuple(out)
 
 
@@ -139,6 +158,14 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
         nodeport_check = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
         nodeport_dispatch = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
     triple = f"{ip} daddr . meta l4proto . th dport"
+    service_check: tuple[str, ...] = (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)
+    nodeport_checks: tuple[str, ...] = (nodeport_check,)
+    masquerading: tuple[str, ...] = ()
+    if cfg.nftables_layout == "maps":  # no-endpoint verdicts as fixed rules over data sets
+        service_check += (f"{triple} @{DROP_SERVICES} drop", f"{triple} @{REJECT_SERVICES} reject")
+        np_match = nodeport_check.rsplit(" vmap ", 1)[0]
+        nodeport_checks += (f"{np_match} @{DROP_NODEPORTS} drop", f"{np_match} @{REJECT_NODEPORTS} reject")
+        masquerading = (f"ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_MASQ}",)
     return (
         # The firewall must see the service address, so it runs before DNAT; the endpoint and
         # ClusterIP checks run after it (priority 0), so traffic that a service chain already
@@ -161,9 +188,9 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
         )),
         Chain(FIREWALL_CHECK, (f"{triple} vmap @{FIREWALL_IPS}",)),
         Chain(MARK_MASQ, (f"mark set mark or {mark}",)),
-        Chain(MASQUERADING, (f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random")),
-        Chain(NODEPORT_ENDPOINTS_CHECK, (nodeport_check,)),
+        Chain(MASQUERADING, (*masquerading, f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random")),
+        Chain(NODEPORT_ENDPOINTS_CHECK, nodeport_checks),
         Chain(REJECT_CHAIN, ("reject",), comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
-        Chain(SERVICE_ENDPOINTS_CHECK, (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)),
+        Chain(SERVICE_ENDPOINTS_CHECK, service_check),
         Chain(SERVICES, (f"{triple} vmap @{SERVICE_IPS}", nodeport_dispatch)),
     )

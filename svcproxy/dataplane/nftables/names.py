@@ -23,6 +23,9 @@ EXTERNAL = "external-"
 ENDPOINT = "endpoint-"
 AFFINITY = "affinity-"
 FIREWALL = "firewall-"
+# the maps layout's per-service data maps (endpoint choice by numgen range)
+ENDPOINTS = "endpoints-"
+LOCAL_ENDPOINTS = "local-endpoints-"
 
 
 def family_keyword(family: int) -> str:
@@ -63,3 +66,7 @@ def is_service_chain(name: str) -> bool:
 
 def is_affinity_set(name: str) -> bool:
     return name.startswith(AFFINITY)
+
+
+def is_endpoints_map(name: str) -> bool:
+    return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS))

@@ -165,6 +165,8 @@ BASE_CHAIN = re.compile(r"\{ type (filter|nat) hook (prerouting|input|forward|ou
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}  # NF_INET_*
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
+INTERVAL = re.compile(r"(\d+)-(\d+)")
+ELEM_INTERVAL_END = 1  # NFT_SET_ELEM_INTERVAL_END
 
 
 class Compiler:
@@ -259,7 +261,7 @@ class Compiler:
             self.elements(verb, name, body)
         elif kind == "set" and verb == "add":
             self.affinity_set(name, body)
-        elif kind == "set" and verb == "delete" and not body:
+        elif kind in ("set", "map") and verb == "delete" and not body:
             self.add(DELSET, 0, table, string(2, name))
         elif kind in ("set", "map") and verb == "flush" and not body:
             self.add(DELSETELEM, 0, table, string(2, name))  # no element list: the kernel flushes
@@ -296,6 +298,14 @@ class Compiler:
             m = re.fullmatch(r'(.*?) comment "([^"]*)"', key_text)
             if m:
                 key_text, comment = m.groups()
+            span = INTERVAL.fullmatch(key_text)
+            if span:  # a numgen range of an endpoint map: its start (with the data) and its end
+                items += self.interval(verb, int(span.group(1)), int(span.group(2)), value)
+                size += 96
+                if size > ELEMENTS_MAX_BYTES:
+                    self.element_message(verb, set_name, items)
+                    items, size = [], 0
+                continue
             parts = [nest(1, attr(1, self.key(key_text)))]
             if value and verb == "add":
                 code, chain = self.verdict(value.split())
@@ -309,6 +319,19 @@ class Compiler:
                 items, size = [], 0
         if items:
             self.element_message(verb, set_name, items)
+
+    def interval(self, verb: str, first: int, last: int, value: str) -> list[bytes]:
+        """One range a-b of a `typeof numgen ... flags interval` map, as nft sends it: the
+        start element at a (with the data), then an end element at b+1 (flag INTERVAL_END, no
+        data); keys are the numgen value in network byte order. The kernel's rbtree wants this
+        order when a range replaces one deleted in the same transaction."""
+        end = nest(1, nest(1, attr(1, struct.pack("!I", last + 1))), u32(3, ELEM_INTERVAL_END))
+        start = [nest(1, attr(1, struct.pack("!I", first)))]
+        if verb == "add":
+            if not value:
+                raise Unsupported(f"range {first}-{last} without data")
+            start.append(nest(2, attr(1, self.key(value))))
+        return [nest(1, *start), end]
 
     def element_message(self, verb: str, set_name: str, items: list[bytes]) -> None:
         self.add(NEWSETELEM if verb == "add" else DELSETELEM, NLM_F_CREATE if verb == "add" else 0,

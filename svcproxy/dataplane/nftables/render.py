@@ -15,6 +15,7 @@ from ...state import ProxyState, ServiceState
 from . import names
 from .layout import NODEPORT_IPS, TABLE_COMMENT, Chain, Container, containers, fixed_chains, nodeport_set_ips
 from .service import Block, Element, service_block
+from .service_maps import maps_block
 
 
 @dataclass
@@ -25,7 +26,7 @@ class ServiceRules:
     zone: str
     blocks: list[Block]
     chains: dict[str, Chain]  # per-service chains by name, in order
-    sets: dict[str, Container]  # affinity sets by name
+    sets: dict[str, Container]  # affinity sets and endpoint maps by name
     elements: list[Element]
     _text: tuple[str, str] | None = None
 
@@ -44,8 +45,9 @@ class ServiceRules:
             for c in self.chains.values():
                 lines += chain_text(c)
             set_lines: list[str] = []
+            own = unique_elements(e for e in self.elements if e.container in self.sets)  # endpoint maps
             for c in self.sets.values():
-                set_lines += container_text(c, ())
+                set_lines += container_text(c, own.get(c.name, {}).values())
             self._text = ("\n".join(lines), "\n".join(set_lines))
         return self._text
 
@@ -62,7 +64,8 @@ class BlockCache:
         if old is not None and old.zone == zone and (old.service is svc or old.service == svc):
             return old
         ports = sorted(svc.ports, key=lambda p: p.name)
-        blocks = [service_block(p, svc.endpoints.get(p.name, ()), self.cfg, zone) for p in ports]
+        block = maps_block if self.cfg.nftables_layout == "maps" else service_block
+        blocks = [block(p, svc.endpoints.get(p.name, ()), self.cfg, zone) for p in ports]
         chains = {c.name: c for b in blocks for c in b.chains}
         sets = {s.name: s for b in blocks for s in b.sets}
         rules = ServiceRules(svc, zone, blocks, chains, sets, [e for b in blocks for e in b.elements])

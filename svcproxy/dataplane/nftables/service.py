@@ -164,7 +164,7 @@ def service_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cf
         chains.append(Chain(external_chain, tuple(rules)))
     if uses_firewall:
         sources = list(port.load_balancer_source_ranges)
-        if cfg.primary_ip and _any_contains(sources, cfg.primary_ip):
+        if cfg.primary_ip and any_contains(sources, cfg.primary_ip):
             sources += port.load_balancer_ips
         chains.append(Chain(firewall_chain, (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)))
 
@@ -180,7 +180,7 @@ def service_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cf
     return Block(tuple(chains), tuple(sets), tuple(elements))
 
 
-def _any_contains(cidrs: list[str], ip: str) -> bool:
+def any_contains(cidrs: list[str], ip: str) -> bool:
     import ipaddress
 
     addr = ipaddress.ip_address(ip)

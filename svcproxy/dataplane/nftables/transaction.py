@@ -13,12 +13,13 @@ A partial sync is one transaction holding the diff of the changed services only 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from . import names
-from .layout import Chain, Container, containers, fixed_chains, nodeport_set_ips
+from .layout import SHARED_CONTAINERS, Chain, Container, containers, fixed_chains, nodeport_set_ips
 from .render import ServiceRules, element_text, static_elements
 from .service import Element
 
@@ -39,6 +40,8 @@ class Kernel:
     sets: dict[str, Container] = field(default_factory=dict)  # affinity sets, as declared
     elements: dict[str, dict[str, Element]] = field(default_factory=dict)  # container -> key -> element
     fixed: tuple | None = None  # fixed_part() as last declared by declare_fixed(); None: unknown
+    # elements of SHARED_CONTAINERS (hairpin pairs): how many services claim each
+    refs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Tx:
@@ -75,7 +78,8 @@ class Tx:
         self.lines += [f"delete chain {self.prefix} {name}" for name in chains]
 
     def delete_set(self, name: str) -> None:
-        self.lines.append(f"delete set {self.prefix} {name}")
+        kind = "map" if names.is_endpoints_map(name) else "set"
+        self.lines.append(f"delete {kind} {self.prefix} {name}")
 
     def add_elements(self, container: str, elements: Iterable[Element]) -> None:
         items = [element_text(e) for e in elements]
@@ -129,6 +133,9 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
         tx.lines.append(f"flush chain {tx.prefix} {c.name}")
     for c in containers(cfg):
         tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    for name in sorted(kernel.sets):  # the maps layout's endpoint maps: refilled below
+        if names.is_endpoints_map(name):
+            tx.lines.append(f"flush map {tx.prefix} {name}")
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
@@ -168,6 +175,15 @@ class PartialPlan:
     stale_sets: list[str]
     deletes: dict[str, list[str]]  # container -> keys
     adds: dict[str, list[Element]]
+    refs: Counter[tuple[str, str]] = field(default_factory=Counter)  # change to Kernel.refs
+
+
+def shared_refs(per_service: Iterable[Iterable[Element]]) -> Counter[tuple[str, str]]:
+    """How many services claim each element of the shared containers (one claim per service)."""
+    out: Counter[tuple[str, str]] = Counter()
+    for els in per_service:
+        out.update({(e.container, e.key) for e in els if e.container in SHARED_CONTAINERS})
+    return out
 
 
 def respecified(kernel: Kernel, sets: dict[str, Container]) -> list[str]:
@@ -194,18 +210,22 @@ def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRul
     new_sets: dict[str, Container] = {}
     old_elements: dict[tuple[str, str], Element] = {}
     new_elements: dict[tuple[str, str], Element] = {}
+    refs = shared_refs(new.elements for _, new in changes if new is not None)
+    refs.subtract(shared_refs(old.elements for old, _ in changes if old is not None))
     for old, new in changes:
         if old is not None:
             old_chains.update(dict.fromkeys(old.chains))
             old_sets.update(old.sets)
             for el in old.elements:
-                old_elements.setdefault((el.container, el.key), el)
+                if el.container not in SHARED_CONTAINERS:
+                    old_elements.setdefault((el.container, el.key), el)
         if new is not None:
             for name, c in new.chains.items():
                 new_chains.setdefault(name, c)
             new_sets.update(new.sets)
             for el in new.elements:
-                new_elements.setdefault((el.container, el.key), el)
+                if el.container not in SHARED_CONTAINERS:
+                    new_elements.setdefault((el.container, el.key), el)
 
     tx = Tx(cfg)
     # an affinity timeout changed: the set is re-created, its rules flushed first and re-added
@@ -241,6 +261,12 @@ def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRul
                 continue
             deletes.setdefault(container, []).append(key)
         adds.setdefault(container, []).append(el)
+    for (container, key), delta in refs.items():  # shared: first claim adds, last one deletes
+        before = kernel.refs.get((container, key), 0)
+        if before > 0 and before + delta <= 0:
+            deletes.setdefault(container, []).append(key)
+        elif before <= 0 < before + delta:
+            adds.setdefault(container, []).append(Element(container, key))
     for container, keys in deletes.items():
         tx.delete_elements(container, keys)
     for container, els in adds.items():
@@ -250,4 +276,4 @@ def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRul
     stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
     for name in stale_sets:
         tx.delete_set(name)
-    return PartialPlan(tx, new_chains, new_sets, stale_chains, stale_sets, deletes, adds)
+    return PartialPlan(tx, new_chains, new_sets, stale_chains, stale_sets, deletes, adds, refs)

@@ -1,0 +1,146 @@
+"""What one service port contributes to the table in the maps layout (--nftables-layout maps).
+
+kube-proxy's layout puts a verdict in every endpoint change (a `goto endpoint-...` in the
+numgen vmap), and nf_tables re-validates every chain reachable from the hooks on each such
+commit: ~0.2-0.3 s at 10,000 services. Here a port's chains depend only on the Service, never
+on its endpoints; endpoints are data:
+
+- the service chain DNATs through a per-port interval map, `dnat to numgen random mod 1000000
+  map @endpoints-<port>`, whose elements split 0..999999 evenly over the chosen endpoints;
+- no endpoints is an empty map (the DNAT does not happen) plus an element of the fixed
+  reject-services / drop-services sets that fixed rules in the endpoint checks act on;
+- hairpin (a pod reaching itself) is an element `ep . ep` of the fixed hairpin-endpoints set.
+
+So adding, removing or flipping endpoints changes map and set elements only. Ports with
+ClientIP session affinity keep kube-proxy's per-endpoint chains (service.py), as the affinity
+record needs the chosen endpoint before the DNAT.
+"""
+
+from __future__ import annotations
+
+from ...config import NodeConfig
+from ...state import EndpointInfo, ServicePortInfo, select_endpoints
+from . import names
+from .layout import (
+    CLUSTER_IPS,
+    DROP_NODEPORTS,
+    DROP_SERVICES,
+    FIREWALL_IPS,
+    HAIRPIN,
+    MARK_MASQ,
+    REJECT_NODEPORTS,
+    REJECT_SERVICES,
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    Chain,
+    Container,
+)
+from .service import Block, Element, any_contains, local_match, service_block
+
+RANGE = 1_000_000  # numgen's modulus: endpoint weights to a millionth
+
+
+def ranges(count: int) -> list[str]:
+    """0..RANGE-1 split into count contiguous, near-equal ranges ("a-b", inclusive)."""
+    if not count:
+        return []
+    bounds = [i * RANGE // count for i in range(count + 1)]
+    return [f"{bounds[i]}-{bounds[i + 1] - 1}" for i in range(count)]
+
+
+def endpoint_elements(map_name: str, endpoints: tuple[EndpointInfo, ...]) -> list[Element]:
+    # ordered by address so that a change moves as few ranges as possible in the listing
+    eps = sorted(endpoints, key=lambda e: (e.ip, e.port))
+    return [Element(map_name, r, f"{ep.ip} . {ep.port}") for r, ep in zip(ranges(len(eps)), eps, strict=True)]
+
+
+def endpoints_map(family: str, name: str, proto: str = "") -> Container:
+    """The declaration of an endpoint map; the protocol is read from its name when not given
+    (found in the kernel at startup: "endpoints-HASH-ns/name/tcp/port")."""
+    if not proto:
+        parts = name.split("/")
+        proto = parts[2] if len(parts) > 3 and parts[2] in ("tcp", "udp", "sctp") else "tcp"
+    return Container(name, f"numgen random mod {RANGE}", f"{family} daddr . {proto} dport",
+                     flags="interval", typeof=True)
+
+
+def maps_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig, zone: str) -> Block:
+    if port.session_affinity_timeout:
+        return service_block(port, endpoints, cfg, zone)
+    sel = select_endpoints(port, endpoints, cfg, zone)
+    ip = names.family_keyword(cfg.ip_family)
+    proto = port.protocol.lower()
+    label = str(port.name)
+    base = names.port_base(port.name)
+    cluster_chain, local_chain = names.SERVICE + base, names.LOCAL + base
+    external_chain, firewall_chain = names.EXTERNAL + base, names.FIREWALL + base
+    cluster_map, local_map = names.ENDPOINTS + base, names.LOCAL_ENDPOINTS + base
+    internal_chain = local_chain if port.internal_policy_local else cluster_chain
+    has_endpoints = sel.has_any
+    has_internal = bool(sel.local) if port.internal_policy_local else has_endpoints
+    has_external = bool(sel.local) if port.external_policy_local else has_endpoints
+
+    def key(addr: str) -> str:
+        return f"{addr} . {proto} . {port.port}"
+
+    # dispatch: while the Service exists, whatever its endpoints
+    elements = [Element(CLUSTER_IPS, port.cluster_ip), Element(SERVICE_IPS, key(port.cluster_ip), f"goto {internal_chain}")]
+    external = [*port.external_ips, *port.load_balancer_ips] if port.externally_accessible else []
+    elements += [Element(SERVICE_IPS, key(a), f"goto {external_chain}") for a in external]
+    uses_firewall = bool(port.load_balancer_ips and port.load_balancer_source_ranges)
+    if uses_firewall:
+        elements += [Element(FIREWALL_IPS, key(lb), f"goto {firewall_chain}") for lb in port.load_balancer_ips]
+    if port.node_port:
+        elements.append(Element(SERVICE_NODEPORTS, f"{proto} . {port.node_port}", f"goto {external_chain}"))
+
+    # no endpoints (reject) or no local ones for a Local policy (drop): data for fixed rules
+    if not has_endpoints:
+        elements += [Element(REJECT_SERVICES, key(a), comment=label) for a in (port.cluster_ip, *external)]
+        if port.node_port:
+            elements.append(Element(REJECT_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
+    else:
+        if not has_internal:
+            elements.append(Element(DROP_SERVICES, key(port.cluster_ip), comment=label))
+        if not has_external:
+            elements += [Element(DROP_SERVICES, key(a), comment=label) for a in external]
+            if port.node_port:
+                elements.append(Element(DROP_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
+
+    # the endpoints: data of the per-port maps, and hairpin pairs
+    elements += [Element(HAIRPIN, f"{ep.ip} . {ep.ip}") for ep in sel.all_reachable]
+    maps: list[Container] = []
+    chains: list[Chain] = []
+
+    def policy_chain(name: str, map_name: str, eps: tuple[EndpointInfo, ...]) -> Chain:
+        maps.append(endpoints_map(ip, map_name, proto))
+        elements.extend(endpoint_elements(map_name, eps))
+        rules: list[str] = []
+        if name == internal_chain:
+            if cfg.masquerade_all:
+                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} jump {MARK_MASQ}")
+            elif (not_local := local_match(cfg, negate=True)):
+                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} {not_local} jump {MARK_MASQ}")
+        rules.append(f"meta l4proto {proto} dnat {ip} to numgen random mod {RANGE} map @{map_name}")
+        return Chain(name, tuple(rules))
+
+    if port.uses_cluster_endpoints:
+        chains.append(policy_chain(cluster_chain, cluster_map, sel.cluster))
+    if port.uses_local_endpoints:
+        chains.append(policy_chain(local_chain, local_map, sel.local))
+    if port.externally_accessible:
+        rules = []
+        if not port.external_policy_local:
+            rules.append(f"jump {MARK_MASQ}")
+        else:
+            if (is_local := local_match(cfg, negate=False)):
+                rules.append(f'{is_local} goto {cluster_chain} comment "short-circuit pod traffic"')
+            rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+            rules.append(f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
+        rules.append(f"goto {local_chain if port.external_policy_local else cluster_chain}")
+        chains.append(Chain(external_chain, tuple(rules)))
+    if uses_firewall:
+        sources = list(port.load_balancer_source_ranges)
+        if cfg.primary_ip and any_contains(sources, cfg.primary_ip):
+            sources += port.load_balancer_ips
+        chains.append(Chain(firewall_chain, (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)))
+    return Block(tuple(chains), tuple(maps), tuple(elements))

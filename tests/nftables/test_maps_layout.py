@@ -1,0 +1,113 @@
+"""The maps layout (--nftables-layout maps) against the real kernel: real TCP through the
+numgen range maps, and every endpoint change a transaction of map/set elements only."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import replace
+
+import pytest
+
+from svcproxy.config import NodeConfig
+from svcproxy.dataplane.nftables import NftablesDataplane, names
+from svcproxy.dataplane.nftables.service_maps import RANGE, ranges
+from svcproxy.state import ServicePortName
+
+from .conftest import Netns, fetch
+from .helpers import CFG, service, state_of
+
+pytestmark = pytest.mark.kernel
+
+MAPS = replace(CFG, nftables_layout="maps")
+MAPS6 = NodeConfig(hostname="test-node", ip_family=6, node_ips=("fd00::2",), cluster_cidrs=("fd00:10::/64",),
+                   nftables_layout="maps")
+
+
+def base(name: str) -> str:
+    return names.port_base(ServicePortName("ns1", name, "p", "TCP"))
+
+
+def only_elements(tx: str) -> bool:
+    """True when a transaction adds and deletes set/map elements and nothing else."""
+    lines = [line for line in tx.splitlines() if line.strip()]
+    return bool(lines) and all(line.split()[1] == "element" for line in lines)
+
+
+def test_ranges_cover_the_modulus_evenly() -> None:
+    for n in (1, 2, 3, 7, 1000):
+        spans = [tuple(map(int, r.split("-"))) for r in ranges(n)]
+        assert spans[0][0] == 0 and spans[-1][1] == RANGE - 1
+        assert all(b[0] == a[1] + 1 for a, b in zip(spans, spans[1:], strict=False))
+        sizes = {hi - lo + 1 for lo, hi in spans}
+        assert max(sizes) - min(sizes) <= 1
+    assert ranges(0) == []
+
+
+def test_endpoint_changes_are_elements_only_and_traffic_follows(inside: Netns, backends: None) -> None:
+    dp = NftablesDataplane(MAPS)
+    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10"]), service("b", "172.30.0.2", ["10.0.1.11"])))
+    assert {fetch("172.30.0.1") for _ in range(5)} == {"10.0.1.10"}
+    text = inside.nft("list", "table", "ip", "kube-proxy").stdout
+    assert f"dnat ip to numgen random mod 1000000 map @endpoints-{base('a')}" in text
+    assert "0-999999 : 10.0.1.10 . 8080" in text
+
+    steps = [["10.0.1.10", "10.0.1.11"], ["10.0.1.11"], [], ["10.0.1.10"]]
+    for eps in steps:
+        batches = dp.netlink_batches
+        dp.sync(state_of(service("a", "172.30.0.1", eps), service("b", "172.30.0.2", ["10.0.1.11"])), {"ns1/a"})
+        assert dp.netlink_batches == batches + 1, "an endpoint change goes through netlink"
+        assert only_elements(dp.transactions[-1]), dp.transactions[-1]
+        if eps:
+            seen = collections.Counter(fetch("172.30.0.1") for _ in range(60))
+            assert set(seen) == set(eps), seen
+            assert min(seen.values()) >= 10, seen  # an even split (30/30 expected)
+        else:
+            with pytest.raises(ConnectionRefusedError):  # no endpoints: rejected
+                fetch("172.30.0.1")
+    assert {fetch("172.30.0.2") for _ in range(5)} == {"10.0.1.11"}  # the other service untouched
+
+
+def test_ipv6_endpoint_change(inside: Netns, backends: None) -> None:
+    dp = NftablesDataplane(MAPS6)
+    dp.sync(state_of(service("a", "fd00:30::1", ["fd00:10::10"])))
+    assert {fetch("fd00:30::1") for _ in range(5)} == {"fd00:10::10"}
+    dp.sync(state_of(service("a", "fd00:30::1", ["fd00:10::10", "fd00:10::11"])), {"ns1/a"})
+    assert only_elements(dp.transactions[-1])
+    assert {fetch("fd00:30::1") for _ in range(40)} == {"fd00:10::10", "fd00:10::11"}
+    dp.sync(state_of(service("a", "fd00:30::1", [])), {"ns1/a"})
+    with pytest.raises(ConnectionRefusedError):
+        fetch("fd00:30::1")
+
+
+def hairpins(ns: Netns) -> str:
+    return ns.nft("list", "set", "ip", "kube-proxy", "hairpin-endpoints").stdout
+
+
+def test_shared_hairpin_pair_stays_while_a_service_claims_it(inside: Netns) -> None:
+    dp = NftablesDataplane(MAPS)
+    a, b = service("a", "172.30.0.1", ["10.0.1.10"]), service("b", "172.30.0.2", ["10.0.1.10"])
+    dp.sync(state_of(a, b))
+    assert "10.0.1.10 . 10.0.1.10" in hairpins(inside)
+    dp.sync(state_of(a), {"ns1/b"})  # b gone: a still needs the pair
+    assert "10.0.1.10 . 10.0.1.10" in hairpins(inside)
+    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.11"])), {"ns1/a"})
+    assert "10.0.1.10 . 10.0.1.10" not in hairpins(inside)
+    assert "10.0.1.11 . 10.0.1.11" in hairpins(inside)
+
+
+def test_restart_adopts_the_table_and_drops_stale_ranges(inside: Netns, backends: None) -> None:
+    NftablesDataplane(MAPS).sync(state_of(service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"])))
+    dp = NftablesDataplane(MAPS)  # a new process: finds the maps, refills them in its commit
+    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.11"])))
+    listing = inside.nft("list", "map", "ip", "kube-proxy", f"endpoints-{base('a')}").stdout
+    assert "0-999999 : 10.0.1.11 . 8080" in listing and "10.0.1.10" not in listing
+    assert {fetch("172.30.0.1") for _ in range(10)} == {"10.0.1.11"}
+    dp.sync(state_of(), {"ns1/a"})  # the service goes: its chains are flushed, its map deleted
+    assert f"endpoints-{base('a')}" not in inside.nft("list", "table", "ip", "kube-proxy").stdout
+
+
+def test_affinity_ports_keep_per_endpoint_chains(inside: Netns, backends: None) -> None:
+    dp = NftablesDataplane(MAPS)
+    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"], session_affinity_timeout=60)))
+    first = fetch("172.30.0.1")
+    assert {fetch("172.30.0.1") for _ in range(10)} == {first}  # sticky
