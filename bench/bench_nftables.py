@@ -1,4 +1,4 @@
-"""nftables mode beside iptables mode: apply time of a one-endpoint change at 10,000 services,
+"""nftables mode (both table layouts) beside iptables mode: apply time of a one-endpoint change at 10,000 services,
 and a cold full sync of 10,000 services x 10 endpoints (time and peak RSS).
 
 Run as root: `.venv/bin/python bench/bench_nftables.py [--services N] [--endpoints M]`. Every
@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from svcproxy.config import NodeConfig
 from svcproxy.state import EndpointInfo, ProxyState, ServicePortInfo, ServicePortName, ServiceState
@@ -84,12 +85,13 @@ def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
     from svcproxy.dataplane import dataplane
     from svcproxy.dataplane.nftables import NftablesDataplane
 
-    if mode == "nftables":
+    if mode.startswith("nftables"):  # "nftables" (kube-proxy layout) or "nftables-maps"
+        cfg = replace(CFG, nftables_layout="maps" if mode == "nftables-maps" else "kube-proxy")
         # run nft under /usr/bin/time to learn each nft process's own peak RSS (a forked child's
         # ru_maxrss otherwise includes the parent's pages)
         if os.path.exists(NFT_RSS_LOG):
             os.unlink(NFT_RSS_LOG)
-        dp = NftablesDataplane(CFG, nft=("/usr/bin/time", "-a", "-o", NFT_RSS_LOG, "-f", "%M", "nft"))
+        dp = NftablesDataplane(cfg, nft=("/usr/bin/time", "-a", "-o", NFT_RSS_LOG, "-f", "%M", "nft"))
     else:
         dp = dataplane(mode, CFG)
     state = synthetic_state(services, endpoints)
@@ -97,7 +99,7 @@ def child(mode: str, services: int, endpoints: int, changes: int) -> dict:
     dp.sync(state, None)
     full, full_cpu = time.perf_counter() - t0, time.process_time() - c0
     own, child_rss = peak_rss_mb()
-    if mode == "nftables" and os.path.exists(NFT_RSS_LOG):
+    if mode.startswith("nftables") and os.path.exists(NFT_RSS_LOG):
         with open(NFT_RSS_LOG) as f:
             child_rss = max(int(x) for x in f.read().split()) / 1024
     full_phases = phases(dp)
@@ -132,7 +134,8 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=20)
-    ap.add_argument("--modes", default="nftables,iptables")
+    ap.add_argument("--modes", default="nftables,nftables-maps,iptables",
+                    help="nftables = kube-proxy layout, nftables-maps = --nftables-layout maps")
     ap.add_argument("--child", default="")
     a = ap.parse_args()
     if a.child:
@@ -147,9 +150,9 @@ def main() -> None:
         except subprocess.CalledProcessError as e:
             print(f"{mode:10} failed: {e.stderr.strip().splitlines()[-1:]}")
             continue
-        print(f"{mode:10} {r['full_s']:>13.2f} s {r['peak_rss_mb']:>9.0f} MB "
+        print(f"{mode:13} {r['full_s']:>13.2f} s {r['peak_rss_mb']:>9.0f} MB "
               f"{r['change_median_ms']:>11.1f} ms {r['change_p90_ms']:>8.1f} ms")
-        child_note = "largest nft run" if mode == "nftables" else "largest child (includes svcproxy's pages at fork)"
+        child_note = "largest nft run" if mode.startswith("nftables") else "largest child (includes svcproxy's pages at fork)"
         print(f"{'':10} peak RSS: svcproxy {r['own_rss_mb']:.0f} MB; {child_note} {r['child_rss_mb']:.0f} MB")
         if r["full_phases"]:
             print(f"{'':10} cold sync transactions: {r['full_phases']}")

@@ -156,3 +156,38 @@ class NumgenVMap(Step):
             note = f"numgen {','.join(keys)} of mod {self.mod} (p={q:.4g})"
             out.append((q, pkt.with_step(_note(pkt, rule, note, q)), v))
         return out
+
+
+@dataclass
+class NumgenDnat(Step):
+    """dnat to numgen random mod N map @m: each (lo-hi : address . port) range of m is drawn
+    with probability (hi - lo + 1) / N; values with no range leave the packet untouched."""
+
+    mod: int
+    offset: int
+    choices: tuple[tuple[int, int, int, int], ...]  # (lo, hi, address, port), by lo
+    name: str = ""
+
+    def run(self, pkt: Packet, ctx: Context, rule: Rule) -> list[Branch]:
+        if pkt.hook not in NAT_HOOKS["dnat"]:
+            ctx.warn(rule, f"dnat is not valid at {pkt.hook} (the kernel would refuse the rule); ignored")
+            return [(1.0, pkt, NOMATCH)]
+        first, last = self.offset, self.offset + self.mod - 1
+        out: list[Branch] = []
+        covered = 0
+        where = f"@{self.name}" if self.name else "the map"
+        for lo, hi, addr, port in self.choices:
+            lo, hi = max(lo, first), min(hi, last)
+            if lo > hi:
+                continue
+            q = (hi - lo + 1) / self.mod
+            covered += hi - lo + 1
+            target = endpoint_text(pkt.family, addr, port)
+            note = f"numgen {lo}-{hi} of mod {self.mod} in {where} (p={q:.4g}): DNAT to {target}"
+            taken = pkt.with_step(_note(pkt, rule, note, q), dst=addr, dport=port, nat_done=pkt.nat_done | {"dst"})
+            out.append((q, taken, Verdict("nat", note=f"DNAT to {target}")))
+        if covered < self.mod:
+            q = (self.mod - covered) / self.mod
+            note = f"numgen: no entry in {where}" + (" (it is empty: no endpoints)" if not self.choices else "")
+            out.append((q, pkt.with_step(_note(pkt, rule, f"{note} (p={q:.4g})", q)), NOMATCH))
+        return out

@@ -141,8 +141,13 @@ class RuleText:
             out["family"] = self.take()
         if kind in ("snat", "dnat", "redirect") and self.peek() == "to":
             self.take()
+            if self.peek() == "numgen":  # dnat to numgen random mod N map @m (svcproxy's maps layout)
+                key = self.selector()
+                self.expect_tok("map")
+                out["addr"] = {"map": {"key": key, "data": self.rhs(is_map=True)}}
+                return {kind: out}
             target = self.take("an address")
-            if target == "numgen" or self.peek() == "map":
+            if self.peek() == "map":
                 raise self.fail(f"{kind} to a map lookup is not supported by the tracer")
             addr, port = split_host_port(target)
             if addr:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .actions import Do, Log, Nat, Nop, Notrack, NumgenVMap, RecentSet, SetMark, VMap
+from .actions import Do, Log, Nat, Nop, Notrack, NumgenDnat, NumgenVMap, RecentSet, SetMark, VMap
 from .core import PROTO_NUMBERS, Chain, Rule, Ruleset, Step, TraceError, Verdict, no_gc
 from .matches import INTERFACE_FIELDS, Cmp, InterfaceCmp, RecentCheck, SetData, Unevaluable
 from .nft_text import PRIORITIES, parse_nft_document
@@ -31,6 +31,7 @@ FIELD_TYPE = {
     "sctp sport": "inet_service", "sctp dport": "inet_service", "mark": "mark",
     "iifname": "ifname", "oifname": "ifname", "iif": "ifname", "oif": "ifname",
     "fib daddr type": "fib_addrtype", "fib saddr type": "fib_addrtype", "ct state": "ct_state",
+    "ct status": "ct_status",
     "nfproto": "nf_proto", "tcp flags": "tcp_flag", "icmp type": "icmp_type", "icmp code": "icmp_code",
     "icmpv6 type": "icmpv6_type", "icmpv6 code": "icmpv6_code",
 }
@@ -228,8 +229,8 @@ class Compiler:
                 flags = _as_list(p["fib"].get("flags"))
                 if p["fib"].get("result") == "type" and flags and flags[0] in ("daddr", "saddr"):
                     return f"fib {flags[0]} type"
-            elif "ct" in p and p["ct"].get("key") == "state":
-                return "ct state"
+            elif "ct" in p and p["ct"].get("key") in ("state", "status") and "dir" not in p["ct"]:
+                return f"ct {p['ct']['key']}"
         raise self.fail(f"unknown match on {json.dumps(p)}: the tracer cannot evaluate it")
 
     def convert(self, ftype: str, v: Any) -> object:
@@ -343,6 +344,8 @@ class Compiler:
         if kind == "masquerade":
             return Nat("masquerade")
         addr = body.get("addr")
+        if kind == "dnat" and isinstance(addr, dict) and "numgen" in addr.get("map", {}).get("key", {}):
+            return self.numgen_dnat(addr["map"])
         if addr is not None and not isinstance(addr, str):
             raise self.fail(f"{kind} to a computed address ({json.dumps(addr)}) is not supported by the tracer")
         port = body.get("port")
@@ -356,6 +359,29 @@ class Compiler:
         except ValueError:
             raise self.fail(f"{addr!r} is not an address") from None
         return Nat("dnat" if kind == "redirect" else kind, 0, value, port)
+
+    def numgen_dnat(self, body: dict[str, Any]) -> Step:
+        """`dnat to numgen random mod N map @m`: m maps numgen ranges to address . port."""
+        ng, data = body["key"]["numgen"], body["data"]
+        if ng.get("mode") != "random":
+            return Unevaluable(f"numgen {ng.get('mode')} (a counter) is not modelled", False)
+        if isinstance(data, str) and data.startswith("@"):
+            decl = self.rs.sets.get((self.table, data[1:]))
+            if decl is None:
+                raise self.fail(f"map {data[1:]!r} is not declared in table {self.table}")
+            if "_thunk" in decl:
+                decl.update(decl.pop("_thunk")())
+            elems, name = _as_list(decl.get("elem")), data[1:]
+        else:
+            elems, name = _as_list(data.get("set") if isinstance(data, dict) else data), ""
+        choices: list[tuple[int, int, int, int]] = []
+        for key, value in elems:
+            lo, hi = _span(self.convert("integer_num", key))
+            parts = value["concat"] if isinstance(value, dict) and "concat" in value else [value]
+            if len(parts) != 2:
+                raise self.fail(f"map {name or 'in the rule'}: {json.dumps(value)} is not an address . port")
+            choices.append((lo, hi, int(ipaddress.ip_address(parts[0])), int(self.convert("inet_service", parts[1]))))
+        return NumgenDnat(int(ng["mod"]), int(ng.get("offset", 0)), tuple(sorted(choices)), name)
 
     def mangle(self, body: dict[str, Any]) -> Step:
         key = body["key"]
@@ -378,3 +404,9 @@ class Compiler:
                 f = ops[op]
                 return lambda m: f(fa(m), fb(m))
         raise self.fail(f"cannot evaluate mark expression {json.dumps(v)}")
+
+
+def _span(v: object) -> tuple[int, int]:
+    if isinstance(v, tuple):
+        return int(v[0]), int(v[1])  # type: ignore[call-overload]
+    return int(v), int(v)  # type: ignore[call-overload]

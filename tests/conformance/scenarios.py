@@ -26,6 +26,7 @@ SCENARIOS = HERE / "scenarios"
 MANIFESTS = HERE / "manifests"
 FINDINGS = HERE / "known_findings.yaml"
 MODES = ("iptables", "nftables")
+MAPS = "nftables-maps"  # nftables mode with --nftables-layout maps: every nftables flow runs there too
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class Finding:
     reason: str
 
     def covers(self, flow: Flow) -> bool:
-        return flow.mode in self.modes and fnmatch.fnmatchcase(f"{flow.scenario}/{flow.case}/{flow.name}", self.pattern)
+        mode = "nftables" if flow.mode == MAPS else flow.mode  # the maps layout shares nftables' findings
+        return mode in self.modes and fnmatch.fnmatchcase(f"{flow.scenario}/{flow.case}/{flow.name}", self.pattern)
 
 
 def _findings() -> list[Finding]:
@@ -139,6 +141,9 @@ def _flows(scenario: str, case: dict, modes: tuple[str, ...], shared: list[dict]
                         str(f.get("protocol", "TCP")).upper(), str(per_mode["output"]), bool(per_mode.get("masq", False)))
             reasons = [f.reason for f in findings if f.covers(flow)]
             out.append(replace(flow, finding="; ".join(reasons) or None))
+            if mode == "nftables":  # the same flow, and kube-proxy's expectation, in the maps layout
+                reasons = [f.reason for f in findings if f.covers(replace(flow, mode=MAPS))]
+                out.append(replace(flow, mode=MAPS, finding="; ".join(reasons) or None))
     return tuple(out)
 
 
@@ -165,10 +170,17 @@ def load_cases() -> list[Case]:
     return cases
 
 
+def mode_args(mode: str) -> list[str]:
+    """--proxy-mode (and the nftables layout) of a flow's mode."""
+    if mode == MAPS:
+        return ["--proxy-mode", "nftables", "--nftables-layout", "maps"]
+    return ["--proxy-mode", mode]
+
+
 def trace_args(case: Case, flow: Flow) -> list[str]:
     """The `svcproxy trace` command line for one flow (without the program name)."""
     files = [x for m in case.manifests for x in ("-f", str(m))]
-    return ["trace", *files, *case.flags, "--proxy-mode", flow.mode, "--source", flow.source,
+    return ["trace", *files, *case.flags, *mode_args(flow.mode), "--source", flow.source,
             "--destination", flow.destination, "--port", str(flow.port), "--protocol", flow.protocol,
             "--output", "json"]
 

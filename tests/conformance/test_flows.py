@@ -33,7 +33,7 @@ def test_flow(case: Case, flow: Flow) -> None:
 def test_every_scenario_has_flows_in_both_modes() -> None:
     """The data files are read as meant: flows exist, and both proxy modes are exercised."""
     modes = {flow.mode for case in CASES for flow in case.flows}
-    assert modes == {"iptables", "nftables"}
+    assert modes == {"iptables", "nftables", "nftables-maps"}
     assert all(case.flows for case in CASES), [case.id for case in CASES if not case.flows]
 
 

@@ -50,6 +50,9 @@ def test_endpoint_changes_are_elements_only_and_traffic_follows(inside: Netns, b
     text = inside.nft("list", "table", "ip", "kube-proxy").stdout
     assert f"dnat ip to numgen random mod 1000000 map @endpoints-{base('a')}" in text
     assert "0-999999 : 10.0.1.10 . 8080" in text
+    assert "typeof numgen random mod 1000000 : ip daddr . tcp dport" in text  # as nft declares it
+    paths = [path for path, _, _ in dp.timings if path in ("nft", "netlink")]
+    assert paths[0] == "nft" and set(paths[1:]) == {"netlink"}, paths  # only the fixed part through nft
 
     steps = [["10.0.1.10", "10.0.1.11"], ["10.0.1.11"], [], ["10.0.1.10"]]
     for eps in steps:

@@ -146,7 +146,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         #    The worker then prepares the commit (3.) while the kernel digests the last fill.
         if self.use_netlink:
             self._get_session()  # opened here, used by the worker to frame batches
-        view = Kernel(True, dict(kernel.chains), dict(kernel.sets))  # the worker's own record
+        view = Kernel(True, dict(kernel.chains), dict(kernel.sets), dict(kernel.elements))  # the worker's own record
         steps = self._steps(state, view, recreate_base)
         waited = 0.0  # for the timings: how long the kernel waited for the worker
         with ThreadPoolExecutor(1) as pool:
@@ -214,8 +214,11 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         for container, els in plan.adds.items():
             for el in els:
                 kernel.elements.setdefault(container, {})[el.key] = el
-        kernel.refs.update(plan.refs)
-        kernel.refs = +kernel.refs  # drop the claims that went to zero
+        for ref, delta in plan.refs.items():
+            if kernel.refs.get(ref, 0) + delta > 0:
+                kernel.refs[ref] += delta
+            else:
+                kernel.refs.pop(ref, None)
         for key, new in new_rules.items():
             if new is None:
                 self.applied.pop(key, None)

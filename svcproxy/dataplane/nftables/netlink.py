@@ -36,7 +36,7 @@ NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_GOTO, NFT_RETURN = 0, 1, -3, -4, -5
 NFT_DATA_VERDICT = 0xFFFFFF00
 
 # set flags and nft's datatype ids (NFTA_SET_KEY_TYPE)
-SET_ANONYMOUS, SET_CONSTANT, SET_MAP, SET_TIMEOUT, SET_EVAL = 0x1, 0x2, 0x8, 0x10, 0x20
+SET_ANONYMOUS, SET_CONSTANT, SET_INTERVAL, SET_MAP, SET_TIMEOUT, SET_EVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 TYPE_INTEGER, TYPE_IPADDR, TYPE_IP6ADDR = 4, 7, 8
 BYTEORDER_HOST, BYTEORDER_BIG = 1, 2
 
@@ -165,6 +165,15 @@ BASE_CHAIN = re.compile(r"\{ type (filter|nat) hook (prerouting|input|forward|ou
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}  # NF_INET_*
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
+DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+) map @(\S+)")
+ENDPOINTS_MAP = re.compile(r"\{ typeof numgen random mod (\d+) : (ip6?) daddr \. (tcp|udp|sctp) dport; "
+                           r"flags interval; \}")
+# nft 1.0.6's userdata describing "typeof numgen random mod 1000000 : ip daddr . tcp dport", as
+# read back from a map nft declared; the IPv6 and protocol variants differ in two places
+_TYPEOF_IP_TCP = bytes.fromhex(
+    "000401000000010400000000031a0004170000000112000401000000010440420f00020400000000043400040d00"
+    "0000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040800000001040200"
+    "0000060400000000")
 INTERVAL = re.compile(r"(\d+)-(\d+)")
 ELEM_INTERVAL_END = 1  # NFT_SET_ELEM_INTERVAL_END
 
@@ -184,6 +193,7 @@ class Compiler:
         self.saddr_off, self.daddr_off = (12, 16) if family == "ip" else (8, 24)
         self.messages: list[tuple[int, int, bytes]] = []  # (type, flags, attributes)
         self._set_id = 0
+        self.set_ids: dict[str, int] = {}  # sets declared in this batch
 
     def next_set_id(self) -> int:
         self._set_id += 1
@@ -261,6 +271,8 @@ class Compiler:
             self.elements(verb, name, body)
         elif kind == "set" and verb == "add":
             self.affinity_set(name, body)
+        elif kind == "map" and verb == "add":
+            self.endpoints_map(name, body)
         elif kind in ("set", "map") and verb == "delete" and not body:
             self.add(DELSET, 0, table, string(2, name))
         elif kind in ("set", "map") and verb == "flush" and not body:
@@ -286,6 +298,21 @@ class Compiler:
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_TIMEOUT | SET_EVAL),
                  u32(4, TYPE_IPADDR if v4 else TYPE_IP6ADDR), u32(5, 4 if v4 else 16), u32(10, self.next_set_id()),
                  u64(11, int(m.group(2)) * 1000), attr(13, udata(0, struct.pack("=I", BYTEORDER_BIG))))
+
+    def endpoints_map(self, name: str, body: str) -> None:
+        """The maps layout's `typeof numgen random mod N : ip daddr . tcp dport; flags interval`
+        map, with nft's own description of the typeof expressions (so `nft list` prints it)."""
+        m = ENDPOINTS_MAP.fullmatch(body)
+        if not m or m.group(2) != self.family:
+            raise Unsupported(f"map {name} {body}")
+        if m.group(1) != "1000000":
+            raise Unsupported(f"map {name}: numgen modulus {m.group(1)}")
+        proto = m.group(3)
+        set_id = self.next_set_id()
+        self.set_ids[name] = set_id
+        self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_INTERVAL),
+                 u32(4, TYPE_INTEGER), u32(5, 4), u32(6, 0x1CD if self.family == "ip" else 0x20D),
+                 u32(7, self.addr_len + 4), u32(10, set_id), attr(13, typeof_udata(self.family, proto)))
 
     def elements(self, verb: str, set_name: str, body: str) -> None:
         if not (body.startswith("{ ") and body.endswith(" }")):
@@ -334,8 +361,12 @@ class Compiler:
         return [nest(1, *start), end]
 
     def element_message(self, verb: str, set_name: str, items: list[bytes]) -> None:
+        # a set declared in this batch by its id: the kernel finds it near the transaction's
+        # tail, while a name is searched in the table's linear list of every set
+        set_id = self.set_ids.get(set_name)
+        ref = u32(4, set_id) if set_id is not None else string(2, set_name)
         self.add(NEWSETELEM if verb == "add" else DELSETELEM, NLM_F_CREATE if verb == "add" else 0,
-                 string(1, self.table), string(2, set_name), nest(3, *items))
+                 string(1, self.table), ref, nest(3, *items))
 
     def rule(self, chain: str, text: str) -> None:
         exprs = self.common_rule(text)
@@ -437,6 +468,13 @@ class Compiler:
         if m and m.group(1) == self.family:
             return [payload(1, self.saddr_off, self.addr_len), cmp(self.address(m.group(2))),
                     immediate_verdict(NFT_JUMP, m.group(3))]
+        m = DNAT_MAP.fullmatch(text)
+        if m and m.group(2) == self.family and m.group(3) == "1000000":
+            name = m.group(4)
+            return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]),
+                    expr("numgen", u32(1, REG_1), u32(2, 1000000), u32(3, 1), u32(4, 0)),
+                    expr("byteorder", u32(1, REG_1), u32(2, REG_1), u32(3, 1), u32(4, 4), u32(5, 4)),  # hton
+                    lookup(name, self.set_ids.get(name), dreg=REG_1), self.nat_map]
         m = DNAT.fullmatch(text)
         if m:
             return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]), immediate_value(REG_1, self.address(m.group(2))),
@@ -446,6 +484,14 @@ class Compiler:
     @cached_property
     def nat(self) -> bytes:
         return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, REG_2), u32(7, 0x2))
+
+    @cached_property
+    def nat_map(self) -> bytes:
+        """dnat to the address . port a map lookup left in register 1 (the port follows the
+        address: 32-bit register 9 for IPv4, 128-bit register 2 for IPv6)."""
+        port_reg = 9 if self.family == "ip" else REG_2
+        return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(4, REG_1), u32(5, port_reg),
+                    u32(6, port_reg), u32(7, 0x3))
 
     def numgen_vmap(self, tokens: list[str], i: int, text: str) -> list[bytes]:
         """`numgen random mod N vmap { 0 : goto a, 1 : goto b }`: an anonymous constant map,
@@ -476,6 +522,15 @@ class Compiler:
         self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
         return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
                 lookup(name, set_id, dreg=REG_VERDICT)]
+
+
+@lru_cache(maxsize=8)
+def typeof_udata(family: str, proto: str) -> bytes:
+    data = _TYPEOF_IP_TCP
+    if family == "ip6":
+        data = data.replace(bytes.fromhex("0c00040c00000001040c"), bytes.fromhex("0c00040d000000010409"))
+    i = data.rindex(bytes.fromhex("0c000408"))
+    return data[:i] + bytes([0x0C, 0, 4, {"tcp": 8, "udp": 6, "sctp": 10}[proto]]) + data[i + 4:]
 
 
 def split_top(text: str) -> list[str]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ...state import ProxyState
-from . import session
+from . import names, session
 from .layout import Chain, Container
 from .render import ServiceRules, service_order
 from .service import Element
@@ -35,6 +35,21 @@ class FullSyncSteps:
             tx = Tx(self.cfg)
             compiler = self._compiler() if self.use_netlink else None
             filled: list[Chain] = []
+            maps: list[Container] = []
+            if previous is not None and previous.new_maps:
+                # the maps layout's endpoint maps, with their elements, in the transaction whose
+                # rules use them: the encoder refers to them by id, not by a name the kernel
+                # would search for in the table's list of every set. The kernel finds an id by
+                # walking the transaction from its start, so the declarations come first.
+                lines = Tx(self.cfg)
+                for m, _ in previous.new_maps:
+                    lines.add_container(m)
+                    maps.append(m)
+                for m, els in previous.new_maps:
+                    lines.add_elements(m.name, els)
+                if compiler is not None and not compiler.encodes(lines.lines):
+                    compiler = None
+                tx.lines += lines.lines
             if previous is not None:
                 # Chains with a numgen vmap first: binding each anonymous map to its rule walks
                 # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
@@ -64,8 +79,10 @@ class FullSyncSteps:
                 batch = None
                 if compiler is not None:
                     batch = self._get_session().frame(self.family, compiler.messages)
-                yield FillStep(tx, batch, declared, declared_sets, filled)
-                view.sets.update((c.name, c) for c in declared_sets)
+                yield FillStep(tx, batch, declared, declared_sets + maps, filled)
+                view.sets.update((c.name, c) for c in declared_sets + maps)
+                for m, els in previous.new_maps if previous is not None else ():
+                    view.elements[m.name] = {e.key: e for e in els}
                 view.chains.update((name, ()) for name in declared)
                 view.chains.update((c.name, c.rules) for c in filled)
             previous = chunk
@@ -123,11 +140,14 @@ class FullSyncSteps:
             for name, s in r.sets.items():
                 if name not in known_sets and name not in seen_sets:
                     seen_sets.add(name)
-                    chunk.new_sets.append(s)
+                    if names.is_endpoints_map(name):
+                        chunk.new_maps.append((s, [e for e in r.elements if e.container == name]))
+                    else:
+                        chunk.new_sets.append(s)
             if len(chunk.fill) >= FILL_BATCH_CHAINS:
                 yield chunk
                 chunk = _Chunk()
-        if chunk.fill or chunk.new_sets:
+        if chunk.fill or chunk.new_sets or chunk.new_maps:
             yield chunk
 
 
@@ -137,7 +157,8 @@ class _Chunk:
 
     fill: list[Chain] = field(default_factory=list)
     fresh: dict[str, None] = field(default_factory=dict)  # not in the kernel yet, in order
-    new_sets: list[Container] = field(default_factory=list)
+    new_sets: list[Container] = field(default_factory=list)  # declared a transaction ahead
+    new_maps: list[tuple[Container, list[Element]]] = field(default_factory=list)  # declared where used
 
 
 @dataclass

@@ -133,13 +133,18 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
         tx.lines.append(f"flush chain {tx.prefix} {c.name}")
     for c in containers(cfg):
         tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
-    for name in sorted(kernel.sets):  # the maps layout's endpoint maps: refilled below
-        if names.is_endpoints_map(name):
-            tx.lines.append(f"flush map {tx.prefix} {name}")
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
-        tx.add_elements(name, els.values())
+        if not names.is_endpoints_map(name):
+            tx.add_elements(name, els.values())
+    for name in sorted(kernel.sets):  # the maps layout's endpoint maps: only where they differ
+        if names.is_endpoints_map(name):
+            wanted, known = elements.get(name, {}), kernel.elements.get(name)
+            if known != wanted:
+                if known is None or known:
+                    tx.lines.append(f"flush map {tx.prefix} {name}")
+                tx.add_elements(name, wanted.values())
     # chains no longer used are only flushed here; deleted a second later (see NftablesDataplane)
     tx.flush_chains(name for name in sorted(kernel.chains) if name not in chains and kernel.chains[name] != ())
     return tx
