@@ -56,12 +56,15 @@ def lab() -> None:
               help="Manifests (Services, EndpointSlices, Nodes); files or directories. Repeatable.")
 @click.option("--nodes", type=int, default=None, help="Node count (default: the Nodes in the manifests, at least 2).")
 @click.option("--proxy-mode", type=click.Choice(RUN_MODES), default="iptables", show_default=True)
+@click.option("--nftables-layout", type=click.Choice(["kube-proxy", "maps"]), default="kube-proxy",
+              show_default=True, help="The nodes' nftables table layout (with --proxy-mode nftables).")
 @prefix_option()
 @_errors
-def up(paths: tuple[str, ...], nodes: int | None, proxy_mode: str, prefix: str) -> None:
+def up(paths: tuple[str, ...], nodes: int | None, proxy_mode: str, nftables_layout: str, prefix: str) -> None:
     """Build the lab: nodes, pods for every endpoint, svcproxy run on every node."""
     with console.status("building the lab") as status:
-        lab_ = Lab.up(paths, nodes=nodes, mode=proxy_mode, prefix=prefix, progress=_progress(status))
+        lab_ = Lab.up(paths, nodes=nodes, mode=proxy_mode, prefix=prefix, progress=_progress(status),
+                      nftables_layout=nftables_layout)
     _print_status(lab_.status())
     console.print(f"\nTry: svcproxy lab curl {_first_service(lab_)} --prefix {prefix}    "
                   f"(and `svcproxy lab down --prefix {prefix}` when done)")

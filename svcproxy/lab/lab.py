@@ -166,7 +166,8 @@ class Lab:
             return {"prefix": self.names.prefix, "up": False, "namespaces": self._leftover_namespaces()}
         existing = set(netns.list_namespaces())
         procs = {key: {"pid": pid, "alive": netns.alive(pid)} for key, pid in st.pids.items()}
-        return {"prefix": st.prefix, "up": st.up, "mode": st.mode, "programmer": st.programmer,
+        return {"prefix": st.prefix, "up": st.up, "mode": st.mode, "nftables_layout": st.nftables_layout,
+                "programmer": st.programmer,
                 "external_via": st.external_via, "manifests": str(self.store.manifests),
                 "nodes": [{"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr,
                            "namespace": self.names.node_ns(n), "exists": self.names.node_ns(n) in existing,
@@ -182,7 +183,8 @@ class Lab:
     # -- building ------------------------------------------------------------------------------
     @classmethod
     def up(cls, paths: Iterable[str | Path], *, nodes: int | None = None, mode: str = "iptables",
-           prefix: str = DEFAULT_PREFIX, root: Path | None = None, progress: Progress | None = None) -> Lab:
+           prefix: str = DEFAULT_PREFIX, root: Path | None = None, progress: Progress | None = None,
+           nftables_layout: str = "kube-proxy") -> Lab:
         """Build the lab for these manifests (replacing a lab of the same prefix) and wait until
         every proxy has programmed them."""
         Names(prefix)  # a bad prefix is the first thing to say
@@ -197,15 +199,16 @@ class Lab:
             lab.progress(f"removing the previous lab {prefix!r}")
             lab.down()
         try:
-            lab._build(plan, paths, mode)
+            lab._build(plan, paths, mode, nftables_layout)
         except BaseException:
             lab.down()
             raise
         return lab
 
-    def _build(self, plan: LabPlan, paths: list[Path], mode: str) -> None:
+    def _build(self, plan: LabPlan, paths: list[Path], mode: str, nftables_layout: str = "kube-proxy") -> None:
         n = self.names
-        st = LabState(prefix=n.prefix, mode=mode, nodes=list(plan.nodes), started=time.time(),
+        st = LabState(prefix=n.prefix, mode=mode, nftables_layout=nftables_layout, nodes=list(plan.nodes),
+                      started=time.time(),
                       external_via=plan.nodes[0].name)
         st.namespaces = [n.lan_ns, n.outside_ns, *(n.node_ns(x) for x in plan.nodes)]
         self._state = st
@@ -296,7 +299,7 @@ class Lab:
         st = self._state
         assert st is not None
         log = self.store.logs / f"proxy-{node.name}.log"
-        proc = netns.spawn(self.names.node_ns(node), proxies.run_argv(node, st.mode, self.store.manifests), log)
+        proc = netns.spawn(self.names.node_ns(node), proxies.run_argv(node, st.mode, self.store.manifests, st.nftables_layout), log)
         st.pids[f"proxy:{node.name}"] = proc.pid
 
     def _wait_programmed(self, since: float, gone: Iterable[str] = (), timeout: float = 20.0) -> float:

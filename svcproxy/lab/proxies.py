@@ -31,16 +31,17 @@ def svcproxy_argv() -> list[str]:
     return [sys.executable, "-c", "import sys; from svcproxy.cli import main; sys.argv[0] = 'svcproxy'; main()"]
 
 
-def run_argv(node: NodeSpec, mode: str, manifests: Path) -> list[str]:
+def run_argv(node: NodeSpec, mode: str, manifests: Path, nftables_layout: str = "kube-proxy") -> list[str]:
     """`svcproxy run` for one node, fed by the lab's manifest directory."""
-    return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode,
+    layout = ["--nftables-layout", nftables_layout] if mode == "nftables" else []
+    return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode, *layout,
             "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR,
             "--healthz-bind-address", f"{node.ip}:{HEALTHZ_PORT}",
             "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}", "--min-sync-period", MIN_SYNC_PERIOD]
 
 
-def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path) -> int:
-    return netns.spawn(ns, run_argv(node, mode, manifests), log).pid
+def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path, nftables_layout: str = "kube-proxy") -> int:
+    return netns.spawn(ns, run_argv(node, mode, manifests, nftables_layout), log).pid
 
 
 def live_rules(ns: str, mode: str) -> str:

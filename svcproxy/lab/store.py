@@ -25,6 +25,7 @@ def lab_root() -> Path:
 class LabState:
     prefix: str
     mode: str = "iptables"
+    nftables_layout: str = "kube-proxy"  # nftables mode's table layout (svcproxy run --nftables-layout)
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)  # every namespace this lab may have made

@@ -20,17 +20,20 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = [ROOT / "examples" / "cluster", Path(__file__).parent / "manifests"]
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=[*MODES, "nftables-maps"])
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """One lab per mode, and nftables once more with --nftables-layout maps."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespaces)")
-    mode = request.param
+    mode, _, layout = request.param.partition("-")
     missing = dataplane_missing(mode)
     if missing:
         pytest.xfail(f"{missing} (another engineer's work in progress)")
-    prefix = request.module.LAB_PREFIX + mode[0]
-    lab = Lab.up(MANIFESTS, mode=mode, prefix=prefix)
+    prefix = request.module.LAB_PREFIX + mode[0] + layout[:1]
+    lab = Lab.up(MANIFESTS, mode=mode, prefix=prefix, nftables_layout=layout or "kube-proxy")
     try:
+        if layout == "maps":  # the nodes really run the maps layout
+            assert "map endpoints-" in lab.rules(lab.nodes[0])
         yield lab
     finally:
         lab.down()
