@@ -107,11 +107,11 @@ def connect(ns: str, host: str, port: int, proto: str = "tcp", n: int = 30) -> d
     return ast.literal_eval(out.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=[*MODES, "nftables-maps"])
 def v6(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The three namespaces, servers in the pod, svcproxy run on the node; all removed after."""
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"v6{mode}")
+    mode, _, layout = request.param.partition("-")  # "nftables-maps": nftables, maps layout
+    tmp = tmp_path_factory.mktemp(f"v6{mode}{layout}")
     (tmp / "services.yaml").write_text(MANIFESTS)
     with scratch_namespace("v6c") as client, scratch_namespace("v6n") as node, scratch_namespace("v6p") as pod:
         run(["ip", "link", "add", "v6cn0", "netns", client, "type", "veth", "peer", "name", "v6cn1", "netns", node])
@@ -131,6 +131,7 @@ def v6(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         for addr in ("fd00:10:1::10", "fd00:10:1::11"):
             spawn(pod, [sys.executable, "-c", SERVER, addr], tmp / f"server-{addr.replace(':', '_')}.log")
         daemon = spawn(node, [SVCPROXY, "run", "-f", str(tmp / "services.yaml"), "--proxy-mode", mode,
+                              *(["--nftables-layout", layout] if layout else []),
                               "--ip-family", "IPv6", "--node-ip", "fd00:192::2", "--cluster-cidr", "fd00:10::/48",
                               "--hostname-override", "test-node", "--healthz-bind-address", "",
                               "--metrics-bind-address", "", "--min-sync-period", "0s"], tmp / "svcproxy.log")

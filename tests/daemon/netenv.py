@@ -143,7 +143,9 @@ class Daemon:
     def start(self) -> Daemon:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         source = ["-f", str(self.manifests)] if self.manifests else []
-        argv = [str(Path(PYTHON).with_name("svcproxy")), "run", *source, "--proxy-mode", self.mode,
+        mode, _, layout = self.mode.partition("-")  # "nftables-maps": nftables with the maps layout
+        argv = [str(Path(PYTHON).with_name("svcproxy")), "run", *source, "--proxy-mode", mode,
+                *(["--nftables-layout", layout] if layout else []),
                 "--hostname-override", "node-a", "--node-ip", NODE_IP, "--min-sync-period", "0",
                 "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                 *self.extra]

@@ -21,12 +21,12 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 
 def _available(mode: str) -> bool:
-    module = importlib.import_module(f"svcproxy.dataplane.{mode}")
+    module = importlib.import_module(f"svcproxy.dataplane.{mode.partition('-')[0]}")
     return hasattr(module, "IptablesDataplane" if mode == "iptables" else "NftablesDataplane")
 
 
 MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"{m} dataplane not implemented yet"))
-         for m in ("iptables", "nftables")]
+         for m in ("iptables", "nftables", "nftables-maps")]
 WEB_IP, DNS_IP = "172.30.0.10", "172.30.0.53"
 
 
@@ -135,6 +135,7 @@ def test_kill9_and_restart_under_load(env: NetEnv, tmp_path: Path, mode: str) ->
 DAMAGE = {
     "iptables": [["iptables", "-w", "-t", "nat", "-F", "KUBE-SERVICES"]],
     "nftables": [["nft", "flush", "chain", "ip", "kube-proxy", "services"]],
+    "nftables-maps": [["nft", "flush", "chain", "ip", "kube-proxy", "services"]],
 }
 
 
