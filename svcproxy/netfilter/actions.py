@@ -52,7 +52,8 @@ class Nat(Step):
             dst = pkt.dst if self.addr is None else self.addr
             dport = pkt.dport if self.port is None else self.port
             note = f"DNAT to {endpoint_text(pkt.family, dst, dport)}"
-            pkt = pkt.with_step(_note(pkt, rule, note), dst=dst, dport=dport, nat_done=pkt.nat_done | {"dst"})
+            pkt = pkt.with_step(_note(pkt, rule, note), dst=dst, dport=dport, nat_done=pkt.nat_done | {"dst"},
+                                **original(pkt))
             return [(1.0, pkt, Verdict("nat", note=note))]
         if self.kind == "snat":
             note = "SNAT" + (f" to {ip_text(self.family or pkt.family, self.addr)}" if self.addr is not None else "")
@@ -184,10 +185,57 @@ class NumgenDnat(Step):
             covered += hi - lo + 1
             target = endpoint_text(pkt.family, addr, port)
             note = f"numgen {lo}-{hi} of mod {self.mod} in {where} (p={q:.4g}): DNAT to {target}"
-            taken = pkt.with_step(_note(pkt, rule, note, q), dst=addr, dport=port, nat_done=pkt.nat_done | {"dst"})
+            taken = pkt.with_step(_note(pkt, rule, note, q), dst=addr, dport=port, nat_done=pkt.nat_done | {"dst"},
+                                  **original(pkt))
             out.append((q, taken, Verdict("nat", note=f"DNAT to {target}")))
         if covered < self.mod:
             q = (self.mod - covered) / self.mod
             note = f"numgen: no entry in {where}" + (" (it is empty: no endpoints)" if not self.choices else "")
             out.append((q, pkt.with_step(_note(pkt, rule, f"{note} (p={q:.4g})", q)), NOMATCH))
         return out
+
+
+def original(pkt: Packet) -> dict[str, int]:
+    """The connection's original destination, kept by the first DNAT (ct original ...)."""
+    if pkt.orig_dst is not None:
+        return {}
+    return {"orig_dst": pkt.dst, "orig_dport": pkt.dport}
+
+
+STICKY_SEP = " -> "  # a sticky record of the maps layout: "<affinity map> -> <endpoint address>"
+
+
+@dataclass
+class RememberEndpoint(Step):
+    """update @client-affinity-... { ip saddr : ip daddr }: the client is remembered with the
+    endpoint it was DNATed to (the maps layout's ClientIP affinity)."""
+
+    name: str
+
+    def run(self, pkt: Packet, ctx: Context, rule: Rule) -> list[Branch]:
+        record = f"{self.name}{STICKY_SEP}{ip_text(pkt.family, pkt.dst)}"
+        note = f"affinity: client remembered in {self.name} with {ip_text(pkt.family, pkt.dst)}"
+        return [(1.0, pkt.with_step(_note(pkt, rule, note), sticky=(*pkt.sticky, record)), CONT)]
+
+
+@dataclass
+class AffinityDnat(Step):
+    """dnat to ip saddr map @client-affinity-... : port: a client the map remembers goes to its
+    endpoint; a new client is not in it (the rule does not apply)."""
+
+    name: str
+    port: int | None
+
+    def run(self, pkt: Packet, ctx: Context, rule: Rule) -> list[Branch]:
+        returning = pkt.returning or ""
+        if not returning.startswith(self.name + STICKY_SEP):
+            return [(1.0, pkt.with_step(_note(pkt, rule, f"affinity: a new client is not in {self.name}")), NOMATCH)]
+        import ipaddress
+
+        addr = int(ipaddress.ip_address(returning[len(self.name) + len(STICKY_SEP):]))
+        dport = pkt.dport if self.port is None else self.port
+        target = endpoint_text(pkt.family, addr, dport)
+        note = f"affinity: a returning client in {self.name}: DNAT to {target}"
+        pkt = pkt.with_step(_note(pkt, rule, note), dst=addr, dport=dport, nat_done=pkt.nat_done | {"dst"},
+                            **original(pkt))
+        return [(1.0, pkt, Verdict("nat", note=note))]

@@ -97,6 +97,8 @@ class Packet:
     masquerade: bool = False  # the source was rewritten (MASQUERADE or SNAT)
     returning: str | None = None  # affinity scenario: the recent list / set this client is on
     sticky: tuple[str, ...] = ()  # affinity lists this connection was recorded in
+    orig_dst: int | None = None  # the destination before DNAT (conntrack's original tuple)
+    orig_dport: int | None = None
     path: tuple[PathStep, ...] = ()
 
     def with_step(self, step: PathStep, **changes: object) -> Packet:

@@ -60,6 +60,8 @@ FIELDS: dict[str, Callable[[Packet, Context], object]] = {
     "fib daddr type": lambda p, c: _fib_type(p.family, p.dst, p, c),
     "fib saddr type": lambda p, c: _fib_type(p.family, p.src, p, c),
     "ct state": lambda p, c: "new",
+    "ct original daddr": lambda p, c: p.dst if p.orig_dst is None else p.orig_dst,
+    "ct original proto-dst": lambda p, c: p.dport if p.orig_dport is None else p.orig_dport,
     "ct status": lambda p, c: "dnat" if "dst" in p.nat_done else "",  # the DNAT bit, as `ct status dnat` tests it
     "tcp flags": lambda p, c: "syn" if p.proto == 6 else None,  # a new connection's first packet
     "icmp type": lambda p, c: None, "icmp code": lambda p, c: None,  # traced packets are never ICMP

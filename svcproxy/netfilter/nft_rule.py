@@ -109,6 +109,11 @@ class RuleText:
             name = self.take()
             self.expect_tok("{")
             elem = self.concat()
+            if self.peek() == ":":  # a map: update @m { ip saddr : ip daddr } (as nft -j: a map statement)
+                self.take()
+                data = self.concat()
+                self.expect_tok("}")
+                return {"map": {"op": tok, "elem": elem, "data": data, "map": name}}
             timeout = None
             if self.peek() == "timeout":
                 self.take()
@@ -141,6 +146,15 @@ class RuleText:
             out["family"] = self.take()
         if kind in ("snat", "dnat", "redirect") and self.peek() == "to":
             self.take()
+            if self.peek() in ("ip", "ip6") and self.peek(1) == "saddr" and self.peek(2) == "map":
+                # dnat to ip saddr map @m : port (the maps layout's ClientIP affinity)
+                key = self.selector()
+                self.take()
+                out["addr"] = {"map": {"key": key, "data": self.take("a map")}}
+                if self.peek() == ":":
+                    self.take()
+                    out["port"] = int(self.take("a port"))
+                return {kind: out}
             if self.peek() == "numgen":  # dnat to numgen random mod N map @m (svcproxy's maps layout)
                 key = self.selector()
                 self.expect_tok("map")
@@ -207,6 +221,12 @@ class RuleText:
             return {"meta": {"key": nxt}}
         if tok in BARE_META:
             return {"meta": {"key": tok}}
+        if tok == "ct" and nxt in ("original", "reply"):  # ct original ip daddr, ct original proto-dst
+            direction = self.take()
+            key = self.take("a conntrack key")
+            if key in ("ip", "ip6"):
+                key = f"{key} {self.take('saddr/daddr')}"
+            return {"ct": {"key": key, "dir": direction}}
         if tok == "ct" and nxt is not None:
             self.take()
             return {"ct": {"key": nxt}}

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from .actions import Do, Log, Nat, Nop, Notrack, NumgenDnat, NumgenVMap, RecentSet, SetMark, VMap
+from .actions import (
+    AffinityDnat,
+    Do,
+    Log,
+    Nat,
+    Nop,
+    Notrack,
+    NumgenDnat,
+    NumgenVMap,
+    RecentSet,
+    RememberEndpoint,
+    SetMark,
+    VMap,
+)
 from .core import PROTO_NUMBERS, Chain, Rule, Ruleset, Step, TraceError, Verdict, no_gc
 from .matches import INTERFACE_FIELDS, Cmp, InterfaceCmp, RecentCheck, SetData, Unevaluable
 from .nft_text import PRIORITIES, parse_nft_document
@@ -31,7 +45,7 @@ FIELD_TYPE = {
     "sctp sport": "inet_service", "sctp dport": "inet_service", "mark": "mark",
     "iifname": "ifname", "oifname": "ifname", "iif": "ifname", "oif": "ifname",
     "fib daddr type": "fib_addrtype", "fib saddr type": "fib_addrtype", "ct state": "ct_state",
-    "ct status": "ct_status",
+    "ct status": "ct_status", "ct original daddr": "ipv4_addr", "ct original proto-dst": "inet_service",
     "nfproto": "nf_proto", "tcp flags": "tcp_flag", "icmp type": "icmp_type", "icmp code": "icmp_code",
     "icmpv6 type": "icmpv6_type", "icmpv6 code": "icmpv6_code",
 }
@@ -163,6 +177,10 @@ class Compiler:
         return [self.step(e) for e in exprs]
 
     def step(self, e: Any) -> Step:
+        if isinstance(e, str):  # nft -j has no JSON for `update @m { k : v }` and prints the text
+            m = re.fullmatch(r"(?:update|add) @(\S+) \{ .+ : .+ \}", e)
+            if m:
+                return RememberEndpoint(m.group(1))
         if not isinstance(e, dict) or len(e) != 1:
             raise self.fail(f"cannot read expression {e!r}")
         (kind, body), = e.items()
@@ -186,6 +204,8 @@ class Compiler:
             return Log((body or {}).get("prefix", ""))
         if kind == "notrack":
             return Notrack()
+        if kind == "map" and isinstance(body, dict) and body.get("op") in ("add", "update"):
+            return RememberEndpoint(str(body["map"]).lstrip("@"))  # update @m { ip saddr : ip daddr }
         if kind == "set" and isinstance(body, dict) and body.get("op") in ("add", "update"):
             name = str(body["set"]).lstrip("@")
             elem = body.get("elem")
@@ -231,6 +251,10 @@ class Compiler:
                     return f"fib {flags[0]} type"
             elif "ct" in p and p["ct"].get("key") in ("state", "status") and "dir" not in p["ct"]:
                 return f"ct {p['ct']['key']}"
+            elif "ct" in p and p["ct"].get("dir") == "original":
+                key = str(p["ct"].get("key", "")).split()[-1]  # "ip daddr" -> daddr
+                if key in ("daddr", "proto-dst"):
+                    return f"ct original {key}"
         raise self.fail(f"unknown match on {json.dumps(p)}: the tracer cannot evaluate it")
 
     def convert(self, ftype: str, v: Any) -> object:
@@ -346,6 +370,10 @@ class Compiler:
         addr = body.get("addr")
         if kind == "dnat" and isinstance(addr, dict) and "numgen" in addr.get("map", {}).get("key", {}):
             return self.numgen_dnat(addr["map"])
+        if kind == "dnat" and isinstance(addr, dict) and "payload" in addr.get("map", {}).get("key", {}):
+            data = str(addr["map"].get("data", ""))
+            port = body.get("port")
+            return AffinityDnat(data.lstrip("@"), int(port) if port is not None else None)
         if addr is not None and not isinstance(addr, str):
             raise self.fail(f"{kind} to a computed address ({json.dumps(addr)}) is not supported by the tracer")
         port = body.get("port")

@@ -109,8 +109,38 @@ def test_restart_adopts_the_table_and_drops_stale_ranges(inside: Netns, backends
     assert f"endpoints-{base('a')}" not in inside.nft("list", "table", "ip", "kube-proxy").stdout
 
 
-def test_affinity_ports_keep_per_endpoint_chains(inside: Netns, backends: None) -> None:
+def affinity_entries(ns: Netns, family: str, name: str) -> str:
+    return ns.nft("list", "map", family, "kube-proxy", f"client-affinity-{base(name)}").stdout
+
+
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_client_ip_affinity_is_data_only(inside: Netns, backends: None, family: str) -> None:
+    """Sticky to one endpoint; removing it changes elements only and leaves no entry pointing
+    at it; the client then sticks to the one that is left."""
+    cfg, vip, eps = (MAPS, "172.30.0.1", ["10.0.1.10", "10.0.1.11"]) if family == "ip" else \
+        (MAPS6, "fd00:30::1", ["fd00:10::10", "fd00:10::11"])
+    dp = NftablesDataplane(cfg)
+    dp.sync(state_of(service("a", vip, eps, session_affinity_timeout=60)))
+    listing = inside.nft("list", "table", family, "kube-proxy").stdout
+    assert "chain endpoint-" not in listing  # no per-endpoint chains
+    assert "ct state new ct status dnat jump remember-endpoint" in listing  # netlink-encoded as nft would
+    first = fetch(vip)
+    assert {fetch(vip) for _ in range(10)} == {first}  # sticky
+    assert f": {first}" in affinity_entries(inside, family, "a")  # remembered by the packet path
+    other = next(ep for ep in eps if ep != first)
+    dp.sync(state_of(service("a", vip, [other], session_affinity_timeout=60)), {"ns1/a"})
+    assert only_elements(dp.transactions[0]), dp.transactions[0]
+    assert first not in affinity_entries(inside, family, "a")  # the stale entry went with its endpoint
+    assert {fetch(vip) for _ in range(3)} == {other}  # and the client is remembered anew
+    dp.sync(state_of(service("a", vip, eps, session_affinity_timeout=60)), {"ns1/a"})  # it comes back
+    assert only_elements(dp.transactions[0])
+    assert {fetch(vip) for _ in range(10)} == {other}  # still sticky to the endpoint the client had
+
+
+def test_affinity_with_local_policy_keeps_per_endpoint_chains(inside: Netns, backends: None) -> None:
     dp = NftablesDataplane(MAPS)
-    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"], session_affinity_timeout=60)))
+    dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"], local=("10.0.1.10", "10.0.1.11"),
+                             session_affinity_timeout=60, internal_policy_local=True)))
+    assert "chain endpoint-" in inside.nft("list", "table", "ip", "kube-proxy").stdout
     first = fetch("172.30.0.1")
     assert {fetch("172.30.0.1") for _ in range(10)} == {first}  # sticky

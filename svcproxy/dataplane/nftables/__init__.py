@@ -21,9 +21,10 @@ netlink.py and session.py (into the kernel and back)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ...config import NodeConfig
@@ -181,6 +182,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         self.applied = {r.service.key: r for r in rules}
         self.service_cidrs = state.service_cidrs
         self.need_full = False
+        self._sweep_affinity(rules)
         return self._result(True)
 
     # --- partial sync -------------------------------------------------------------------
@@ -224,7 +226,34 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
                 self.applied.pop(key, None)
             else:
                 self.applied[key] = new
+        self._sweep_affinity(r for r in new_rules.values() if r is not None)
         return self._result(False)
+
+    # --- ClientIP affinity (maps layout) ------------------------------------------------
+
+    def _sweep_affinity(self, rules: Iterable[ServiceRules]) -> None:
+        """Delete the affinity entries that point at an endpoint no longer a member of its
+        service port. The packet path writes only members (the members- set guards its
+        update), so after a commit no new stale entry appears; this removes the old ones. An
+        entry can time out between the read and the delete, so a refused sweep reads again."""
+        for r in rules:
+            for name in r.sets:
+                if not name.startswith(names.CLIENT_AFFINITY) or name not in (self.kernel.sets if self.kernel else {}):
+                    continue
+                members = names.MEMBERS + name[len(names.CLIENT_AFFINITY):]
+                allowed = {ipaddress.ip_address(e.key.split(" . ")[0]) for e in r.elements if e.container == members}
+                for attempt in (1, 2):
+                    try:
+                        stale = [client for client, ep in self.affinity_entries(name)
+                                 if ipaddress.ip_address(ep) not in allowed]
+                        if stale:
+                            tx = Tx(self.cfg)
+                            tx.delete_elements(name, stale)
+                            self._run_tx(tx)
+                        break
+                    except ApplyError as e:
+                        if attempt == 2:
+                            log.warning("nftables: could not remove stale affinity entries of %s: %s", name, e)
 
     # --- hand edits --------------------------------------------------------------------
 

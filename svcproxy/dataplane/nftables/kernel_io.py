@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ from ...config import NodeConfig
 from .. import ApplyError
 from . import names, netlink, session
 from .layout import Container
-from .service_maps import endpoints_map
+from .service_maps import affinity_map, endpoints_map, members_set
 from .transaction import Kernel, Tx
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,28 @@ class KernelIO:
                 kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout)
             elif names.is_endpoints_map(name):
                 kernel.sets[name] = endpoints_map(self.family, name)
+            elif name.startswith(names.MEMBERS):
+                kernel.sets[name] = members_set(self.family, name)
+            elif name.startswith(names.CLIENT_AFFINITY):
+                kernel.sets[name] = affinity_map(self.family, name, timeout)
         return kernel
+
+    def affinity_entries(self, name: str) -> list[tuple[str, str]]:
+        """(client, endpoint) addresses a ClientIP affinity map holds (written by the packet path)."""
+        if not self.use_netlink:
+            out = self._run_capture([*self.nft, "-j", "list", "map", self.family, names.TABLE, name])
+            found: list[tuple[str, str]] = []
+            for item in json.loads(out or "{}").get("nftables", []):
+                for key, value in (item.get("map") or {}).get("elem", []):
+                    key = key.get("elem", {}).get("val", key) if isinstance(key, dict) else key
+                    found.append((str(key), str(value)))
+            return found
+        af = socket.AF_INET if self.family == "ip" else socket.AF_INET6
+        try:
+            entries = self._get_session().set_elements(self.family, names.TABLE, name)
+        except OSError as e:
+            raise ApplyError(f"could not read map {name}: {e}") from e
+        return [(socket.inet_ntop(af, k), socket.inet_ntop(af, v)) for k, v in entries if k and v]
 
     def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
         if not tx:

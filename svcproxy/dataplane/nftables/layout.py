@@ -46,6 +46,11 @@ REJECT_NODEPORTS = "reject-nodeports"
 DROP_SERVICES = "drop-services"
 DROP_NODEPORTS = "drop-nodeports"
 HAIRPIN = "hairpin-endpoints"
+# (not "affinity-...": that prefix is the kube-proxy layout's per-endpoint affinity sets)
+AFFINITY_SERVICES = "sticky-services"
+AFFINITY_NODEPORTS = "sticky-nodeports"
+AFFINITY_RECORD = "remember-endpoint"
+PROTOCOLS = ("tcp", "udp", "sctp")
 SHARED_CONTAINERS = frozenset({HAIRPIN})  # elements several services may claim (refcounted)
 
 
@@ -133,6 +138,10 @@ def containers(cfg: NodeConfig) -> tuple[Container, ...]:
             Container(DROP_NODEPORTS, "inet_proto . inet_service", comment="node ports with no local endpoints"),
             Container(HAIRPIN, f"{ip} saddr . {ip} daddr", typeof=True,
                       comment="endpoint . endpoint: a pod reaching itself through a service"),
+            Container(AFFINITY_SERVICES, triple, "verdict",
+                      comment="service addresses with ClientIP affinity: where to remember the endpoint"),
+            Container(AFFINITY_NODEPORTS, "inet_proto . inet_service", "verdict",
+                      comment="node ports with ClientIP affinity: where to remember the endpoint"),
         ]
     return tuple(out)
 
@@ -161,23 +170,34 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
     service_check: tuple[str, ...] = (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)
     nodeport_checks: tuple[str, ...] = (nodeport_check,)
     masquerading: tuple[str, ...] = ()
+    remember: tuple[str, ...] = ()  # after DNAT, new connections of affinity services
+    affinity: tuple[Chain, ...] = ()
     if cfg.nftables_layout == "maps":  # no-endpoint verdicts as fixed rules over data sets
         service_check += (f"{triple} @{DROP_SERVICES} drop", f"{triple} @{REJECT_SERVICES} reject")
         np_match = nodeport_check.rsplit(" vmap ", 1)[0]
         nodeport_checks += (f"{np_match} @{DROP_NODEPORTS} drop", f"{np_match} @{REJECT_NODEPORTS} reject")
         masquerading = (f"ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_MASQ}",)
+        # ClientIP affinity: the endpoint a new connection was DNATed to is remembered by the
+        # service's remember- chain, found by the connection's original destination. Every
+        # DNATed connection passes one of the filter hooks (input, forward or output).
+        remember = (f"{new} ct status dnat jump {AFFINITY_RECORD}",)
+        original = f"ct original {ip} daddr . meta l4proto . ct original proto-dst"
+        affinity = (Chain(AFFINITY_RECORD, tuple(
+            rule for p in PROTOCOLS for rule in (
+                f"meta l4proto {p} {original} vmap @{AFFINITY_SERVICES}",
+                f"meta l4proto {p} meta l4proto . ct original proto-dst vmap @{AFFINITY_NODEPORTS}"))),)
     return (
         # The firewall must see the service address, so it runs before DNAT; the endpoint and
         # ClusterIP checks run after it (priority 0), so traffic that a service chain already
         # rewrote (e.g. short-circuited local traffic) is not dropped as "no endpoints".
         Chain(FILTER_PREROUTING_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "prerouting", "-110")),
         Chain(FILTER_OUTPUT_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "output", "-110")),
-        Chain(FILTER_INPUT, (f"{new} jump {NODEPORT_ENDPOINTS_CHECK}", f"{new} jump {SERVICE_ENDPOINTS_CHECK}"),
-              base("filter", "input", "0")),
-        Chain(FILTER_FORWARD, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}"),
-              base("filter", "forward", "0")),
-        Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}"),
-              base("filter", "output", "0")),
+        Chain(FILTER_INPUT, (f"{new} jump {NODEPORT_ENDPOINTS_CHECK}", f"{new} jump {SERVICE_ENDPOINTS_CHECK}",
+                             *remember), base("filter", "input", "0")),
+        Chain(FILTER_FORWARD, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}",
+                               *remember), base("filter", "forward", "0")),
+        Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}",
+                              *remember), base("filter", "output", "0")),
         Chain(NAT_PREROUTING, (f"jump {SERVICES}",), base("nat", "prerouting", "-100")),
         Chain(NAT_OUTPUT, (f"jump {SERVICES}",), base("nat", "output", "-100")),
         Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), base("nat", "postrouting", "100")),
@@ -193,4 +213,5 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
         Chain(REJECT_CHAIN, ("reject",), comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
         Chain(SERVICE_ENDPOINTS_CHECK, service_check),
         Chain(SERVICES, (f"{triple} vmap @{SERVICE_IPS}", nodeport_dispatch)),
+        *affinity,
     )

@@ -26,6 +26,11 @@ FIREWALL = "firewall-"
 # the maps layout's per-service data maps (endpoint choice by numgen range)
 ENDPOINTS = "endpoints-"
 LOCAL_ENDPOINTS = "local-endpoints-"
+# ... and for ClientIP affinity: client -> endpoint (written by the packet path), the
+# endpoints that may be remembered, and the chain that remembers a client's endpoint
+CLIENT_AFFINITY = "client-affinity-"
+MEMBERS = "members-"
+REMEMBER = "remember-"
 
 
 def family_keyword(family: int) -> str:
@@ -70,3 +75,13 @@ def is_affinity_set(name: str) -> bool:
 
 def is_endpoints_map(name: str) -> bool:
     return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS))
+
+
+def is_data_container(name: str) -> bool:
+    """Per-service sets and maps whose elements a sync writes (the maps layout's endpoint
+    maps and affinity members); a full sync rewrites them only where they differ."""
+    return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS, MEMBERS))
+
+
+def container_kind(name: str) -> str:
+    return "map" if name.startswith((ENDPOINTS, LOCAL_ENDPOINTS, CLIENT_AFFINITY)) else "set"

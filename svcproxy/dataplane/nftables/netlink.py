@@ -165,6 +165,7 @@ BASE_CHAIN = re.compile(r"\{ type (filter|nat) hook (prerouting|input|forward|ou
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}  # NF_INET_*
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
+IPS_DST_NAT = 1 << 5  # conntrack status: the connection's destination was rewritten
 DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+) map @(\S+)")
 ENDPOINTS_MAP = re.compile(r"\{ typeof numgen random mod (\d+) : (ip6?) daddr \. (tcp|udp|sctp) dport; "
                            r"flags interval; \}")
@@ -174,6 +175,14 @@ _TYPEOF_IP_TCP = bytes.fromhex(
     "000401000000010400000000031a0004170000000112000401000000010440420f00020400000000043400040d00"
     "0000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040800000001040200"
     "0000060400000000")
+_TYPEOF_MEMBERS = bytes.fromhex(  # "typeof ip daddr . tcp dport"
+    "000400000000033400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c0004"
+    "08000000010402000000")
+_TYPEOF_AFFINITY = bytes.fromhex(  # "typeof ip saddr : ip daddr"
+    "0004020000000104020000000314000407000000010c00040c00000001040b0000000414000407000000010c00040c000000"
+    "01040c000000060400000000")
+MEMBERS_SET = re.compile(r"\{ typeof (ip6?) daddr \. (tcp|udp|sctp) dport; \}")
+AFFINITY_MAP = re.compile(r"\{ typeof (ip6?) saddr : (ip6?) daddr; flags dynamic,timeout; timeout (\d+)s; \}")
 INTERVAL = re.compile(r"(\d+)-(\d+)")
 ELEM_INTERVAL_END = 1  # NFT_SET_ELEM_INTERVAL_END
 
@@ -272,7 +281,12 @@ class Compiler:
         elif kind == "set" and verb == "add":
             self.affinity_set(name, body)
         elif kind == "map" and verb == "add":
-            self.endpoints_map(name, body)
+            if body.startswith("{ typeof numgen "):
+                self.endpoints_map(name, body)
+            else:
+                self.client_affinity_map(name, body)
+        elif kind == "set" and verb == "add" and body.startswith("{ typeof "):
+            self.members_set(name, body)
         elif kind in ("set", "map") and verb == "delete" and not body:
             self.add(DELSET, 0, table, string(2, name))
         elif kind in ("set", "map") and verb == "flush" and not body:
@@ -313,6 +327,32 @@ class Compiler:
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_INTERVAL),
                  u32(4, TYPE_INTEGER), u32(5, 4), u32(6, 0x1CD if self.family == "ip" else 0x20D),
                  u32(7, self.addr_len + 4), u32(10, set_id), attr(13, typeof_udata(self.family, proto)))
+
+    def members_set(self, name: str, body: str) -> None:
+        """`typeof ip daddr . tcp dport`: the endpoints a ClientIP affinity map may hold."""
+        m = MEMBERS_SET.fullmatch(body)
+        if not m or m.group(1) != self.family:
+            raise Unsupported(f"set {name} {body}")
+        self.set_ids[name] = set_id = self.next_set_id()
+        self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name),
+                 u32(4, 0x1CD if self.family == "ip" else 0x20D), u32(5, self.addr_len + 4), u32(10, set_id),
+                 attr(13, typeof_udata(self.family, m.group(2), _TYPEOF_MEMBERS)))
+
+    def client_affinity_map(self, name: str, body: str) -> None:
+        """`typeof ip saddr : ip daddr; flags dynamic,timeout`: a client's endpoint, written by
+        the packet path."""
+        m = AFFINITY_MAP.fullmatch(body)
+        if not m or m.group(1) != self.family or m.group(2) != self.family:
+            raise Unsupported(f"map {name} {body}")
+        addr_type = TYPE_IPADDR if self.family == "ip" else TYPE_IP6ADDR
+        user = _TYPEOF_AFFINITY
+        if self.family == "ip6":
+            user = user.replace(bytes.fromhex("0c00040c00000001040b"), bytes.fromhex("0c00040d000000010408"))
+            user = user.replace(bytes.fromhex("0c00040c00000001040c"), bytes.fromhex("0c00040d000000010409"))
+        self.set_ids[name] = set_id = self.next_set_id()
+        self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_TIMEOUT | SET_EVAL),
+                 u32(4, addr_type), u32(5, self.addr_len), u32(6, addr_type), u32(7, self.addr_len),
+                 u32(10, set_id), u64(11, int(m.group(3)) * 1000), attr(13, user))
 
     def elements(self, verb: str, set_name: str, body: str) -> None:
         if not (body.startswith("{ ") and body.endswith(" }")):
@@ -425,11 +465,13 @@ class Compiler:
                 exprs += [expr("fib", u32(1, REG_1), u32(2, 3), u32(3, 1)),  # addrtype of saddr
                           cmp(struct.pack("=I", RTN_LOCAL))]
             elif t == "ct":
-                if take(3) != ["ct", "state", "new"]:
+                words = take(3)
+                if words not in (["ct", "state", "new"], ["ct", "status", "dnat"]):
                     raise Unsupported(text)
-                exprs += [expr("ct", u32(2, 0), u32(1, REG_1)),  # NFT_CT_STATE
+                key, bit = (0, CT_STATE_NEW) if words[1] == "state" else (2, IPS_DST_NAT)  # NFT_CT_STATE / _STATUS
+                exprs += [expr("ct", u32(2, key), u32(1, REG_1)),
                           expr("bitwise", u32(1, REG_1), u32(2, REG_1), u32(3, 4),
-                               nest(4, attr(1, struct.pack("=I", CT_STATE_NEW))), nest(5, attr(1, bytes(4)))),
+                               nest(4, attr(1, struct.pack("=I", bit))), nest(5, attr(1, bytes(4)))),
                           cmp(bytes(4), op=1)]  # != 0
             elif t in ("jump", "goto"):
                 word, target = take(2)
@@ -524,9 +566,10 @@ class Compiler:
                 lookup(name, set_id, dreg=REG_VERDICT)]
 
 
-@lru_cache(maxsize=8)
-def typeof_udata(family: str, proto: str) -> bytes:
-    data = _TYPEOF_IP_TCP
+@lru_cache(maxsize=16)
+def typeof_udata(family: str, proto: str, template: bytes = _TYPEOF_IP_TCP) -> bytes:
+    """nft's typeof description for this family and protocol, from the IPv4/TCP template."""
+    data = template
     if family == "ip6":
         data = data.replace(bytes.fromhex("0c00040c00000001040c"), bytes.fromhex("0c00040d000000010409"))
     i = data.rindex(bytes.fromhex("0c000408"))

@@ -140,7 +140,7 @@ class FullSyncSteps:
             for name, s in r.sets.items():
                 if name not in known_sets and name not in seen_sets:
                     seen_sets.add(name)
-                    if names.is_endpoints_map(name):
+                    if not names.is_affinity_set(name):  # the maps layout's: declared where used
                         chunk.new_maps.append((s, [e for e in r.elements if e.container == name]))
                     else:
                         chunk.new_sets.append(s)

@@ -9,11 +9,18 @@ on its endpoints; endpoints are data:
   map @endpoints-<port>`, whose elements split 0..999999 evenly over the chosen endpoints;
 - no endpoints is an empty map (the DNAT does not happen) plus an element of the fixed
   reject-services / drop-services sets that fixed rules in the endpoint checks act on;
-- hairpin (a pod reaching itself) is an element `ep . ep` of the fixed hairpin-endpoints set.
+- hairpin (a pod reaching itself) is an element `ep . ep` of the fixed hairpin-endpoints set;
+- ClientIP affinity: the service chain first DNATs through the client-affinity-<port> map
+  (client address -> endpoint address, written by the packet path with a timeout); a new
+  connection's endpoint is remembered after the DNAT, in the filter hooks, by the port's
+  remember- chain (found through the affinity-services map by the connection's original
+  destination), and only if it is one of the port's members- (its current endpoints). When an
+  endpoint goes, the sync deletes the entries that point at it.
 
-So adding, removing or flipping endpoints changes map and set elements only. Ports with
-ClientIP session affinity keep kube-proxy's per-endpoint chains (service.py), as the affinity
-record needs the chosen endpoint before the DNAT.
+So adding, removing or flipping endpoints changes map and set elements only. The affinity map
+holds addresses only (nft 1.0.6 cannot write an IPv6 address . port), so its DNAT names the
+port: affinity ports whose endpoints listen on different ports, and affinity with a Local
+traffic policy, keep kube-proxy's per-endpoint chains (service.py).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from ...config import NodeConfig
 from ...state import EndpointInfo, ServicePortInfo, select_endpoints
 from . import names
 from .layout import (
+    AFFINITY_NODEPORTS,
+    AFFINITY_SERVICES,
     CLUSTER_IPS,
     DROP_NODEPORTS,
     DROP_SERVICES,
@@ -64,8 +73,35 @@ def endpoints_map(family: str, name: str, proto: str = "") -> Container:
                      flags="interval", typeof=True)
 
 
+def affinity_port(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...]) -> int | None:
+    """The one port every endpoint listens on (the DNAT port of the affinity map), or None
+    where the maps layout cannot express this port's affinity."""
+    if port.uses_local_endpoints:
+        return None
+    ports = {ep.port for ep in endpoints}
+    if len(ports) > 1:
+        return None
+    if ports:
+        return ports.pop()
+    return port.target_port if isinstance(port.target_port, int) and port.target_port else port.port
+
+
+def affinity_map(family: str, name: str, timeout: int) -> Container:
+    return Container(name, f"{family} saddr", f"{family} daddr", flags="dynamic,timeout", timeout=timeout,
+                     typeof=True)
+
+
+def members_set(family: str, name: str, proto: str = "") -> Container:
+    if not proto:  # found in the kernel: the protocol is in the name
+        parts = name.split("/")
+        proto = parts[2] if len(parts) > 3 and parts[2] in ("tcp", "udp", "sctp") else "tcp"
+    return Container(name, f"{family} daddr . {proto} dport", typeof=True)
+
+
 def maps_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig, zone: str) -> Block:
-    if port.session_affinity_timeout:
+    affinity = port.session_affinity_timeout
+    dnat_port = affinity_port(port, endpoints) if affinity else None
+    if affinity and dnat_port is None:
         return service_block(port, endpoints, cfg, zone)
     sel = select_endpoints(port, endpoints, cfg, zone)
     ip = names.family_keyword(cfg.ip_family)
@@ -120,8 +156,21 @@ def maps_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: 
                 rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} jump {MARK_MASQ}")
             elif (not_local := local_match(cfg, negate=True)):
                 rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} {not_local} jump {MARK_MASQ}")
+        if affinity:  # a client seen before goes to the endpoint it went to
+            rules.append(f"meta l4proto {proto} dnat {ip} to {ip} saddr map @{aff_map} : {dnat_port}")
         rules.append(f"meta l4proto {proto} dnat {ip} to numgen random mod {RANGE} map @{map_name}")
         return Chain(name, tuple(rules))
+
+    if affinity:
+        aff_map, members = names.CLIENT_AFFINITY + base, names.MEMBERS + base
+        remember = names.REMEMBER + base
+        maps += [affinity_map(ip, aff_map, affinity), members_set(ip, members, proto)]
+        elements += [Element(members, f"{ep.ip} . {ep.port}") for ep in sel.cluster]
+        elements += [Element(AFFINITY_SERVICES, key(a), f"goto {remember}") for a in (port.cluster_ip, *external)]
+        if port.node_port:
+            elements.append(Element(AFFINITY_NODEPORTS, f"{proto} . {port.node_port}", f"goto {remember}"))
+        chains.append(Chain(remember, (f"{ip} daddr . {proto} dport @{members} "
+                                       f"update @{aff_map} {{ {ip} saddr : {ip} daddr }}",)))
 
     if port.uses_cluster_endpoints:
         chains.append(policy_chain(cluster_chain, cluster_map, sel.cluster))

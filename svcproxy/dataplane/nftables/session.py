@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES, attr
 
 NETLINK_NETFILTER = 12
-GETCHAIN, GETRULE, GETSET = 4, 7, 10  # NFT_MSG_GET*
+GETCHAIN, GETRULE, GETSET, GETSETELEM = 4, 7, 10, 13  # NFT_MSG_GET*
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -25,6 +25,19 @@ class NetlinkError(OSError):
 
 class Refused(NetlinkError):
     """The kernel answered the batch with errors and aborted it: nothing was applied."""
+
+
+def parse_list(data: bytes) -> list[bytes]:
+    """The payloads of a nested attribute list (every item, in order)."""
+    out: list[bytes] = []
+    off = 0
+    while off + 4 <= len(data):
+        length, _kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out.append(data[off + 4:off + length])
+        off += (length + 3) & ~3
+    return out
 
 
 def parse_attrs(data: bytes, wanted: frozenset[int]) -> dict[int, bytes]:
@@ -144,6 +157,17 @@ class Session:
                         raise NetlinkError(f"reading the table failed: {os.strerror(-code)}")
                     out.append(parse_attrs(buf[off + 20:off + length], wanted))
                 off += (length + 3) & ~3
+
+    def set_elements(self, family: str, table: str, name: str) -> list[tuple[bytes, bytes]]:
+        """(key, data) of every element of a set or map (NFT_MSG_GETSETELEM), e.g. the entries
+        the packet path wrote into a ClientIP affinity map."""
+        out: list[tuple[bytes, bytes]] = []
+        one = frozenset({1})
+        for msg in self.dump(family, GETSETELEM, table, frozenset({3}), name):
+            for elem in parse_list(msg.get(3, b"")):
+                a = parse_attrs(elem, frozenset({1, 2}))  # NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA
+                out.append((parse_attrs(a.get(1, b""), one).get(1, b""), parse_attrs(a.get(2, b""), one).get(1, b"")))
+        return out
 
     def _wait_acks(self, begin: int, last: int) -> None:
         """Read answers until the last message's acknowledgement. An error names the failing

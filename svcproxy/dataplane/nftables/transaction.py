@@ -78,8 +78,7 @@ class Tx:
         self.lines += [f"delete chain {self.prefix} {name}" for name in chains]
 
     def delete_set(self, name: str) -> None:
-        kind = "map" if names.is_endpoints_map(name) else "set"
-        self.lines.append(f"delete {kind} {self.prefix} {name}")
+        self.lines.append(f"delete {names.container_kind(name)} {self.prefix} {name}")
 
     def add_elements(self, container: str, elements: Iterable[Element]) -> None:
         items = [element_text(e) for e in elements]
@@ -136,14 +135,14 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
-        if not names.is_endpoints_map(name):
+        if not names.is_data_container(name):
             tx.add_elements(name, els.values())
-    for name in sorted(kernel.sets):  # the maps layout's endpoint maps: only where they differ
-        if names.is_endpoints_map(name):
+    for name in sorted(kernel.sets):  # the maps layout's endpoint maps and members: only where they differ
+        if names.is_data_container(name):
             wanted, known = elements.get(name, {}), kernel.elements.get(name)
             if known != wanted:
                 if known is None or known:
-                    tx.lines.append(f"flush map {tx.prefix} {name}")
+                    tx.lines.append(f"flush {names.container_kind(name)} {tx.prefix} {name}")
                 tx.add_elements(name, wanted.values())
     # chains no longer used are only flushed here; deleted a second later (see NftablesDataplane)
     tx.flush_chains(name for name in sorted(kernel.chains) if name not in chains and kernel.chains[name] != ())
