@@ -94,17 +94,25 @@ def teardown(server: subprocess.Popen | None) -> None:
         sh("ip", "netns", "del", ns, check=False)
 
 
+def cfg_code(mode: str) -> str:
+    """Python for this mode's (dataplane name, node config); "nftables-maps" is nftables with
+    --nftables-layout maps."""
+    name, _, layout = mode.partition("-")
+    cfg = f"dataclasses.replace(b.CFG, nftables_layout={layout!r})" if layout else "b.CFG"
+    return f"import dataclasses; dp = dataplane({name!r}, {cfg}); "
+
+
 def program(mode: str, services: int) -> float:
     """Program the node namespace (in a child process inside it); returns seconds taken."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = (f"import sys, time; sys.path.insert(0, {here!r}); import bench_latency as b; "
-            "from svcproxy.dataplane import dataplane; t = time.time(); "
-            f"dataplane({mode!r}, b.CFG).sync(b.state({services})); print(time.time() - t)")
+            "from svcproxy.dataplane import dataplane; t = time.time(); " + cfg_code(mode) +
+            f"dp.sync(b.state({services})); print(time.time() - t)")
     return float(sh(sys.executable, "-c", code, ns=NODE).stdout.split()[-1])
 
 
 def clear(mode: str) -> None:
-    code = f"from svcproxy.dataplane import dataplane; import bench_latency as b; dataplane({mode!r}, b.CFG).cleanup()"
+    code = "from svcproxy.dataplane import dataplane; import bench_latency as b; " + cfg_code(mode) + "dp.cleanup()"
     subprocess.run(["ip", "netns", "exec", NODE, sys.executable, "-c", code], check=True,
                    cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True)
 
@@ -119,7 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--modes", default="nftables,iptables")
+    ap.add_argument("--modes", default="nftables,nftables-maps,iptables",
+                    help="nftables = kube-proxy layout, nftables-maps = --nftables-layout maps")
     ap.add_argument("--rounds", type=int, default=2, help="repeat the whole sweep (evens out machine noise)")
     a = ap.parse_args()
     server = None

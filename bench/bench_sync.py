@@ -142,7 +142,7 @@ def inside(args: argparse.Namespace) -> None:
         t_start = time.perf_counter()
         daemon = subprocess.Popen(
             [str(Path(py).with_name("svcproxy")), "run", "--master", f"http://127.0.0.1:{PORT}", "--proxy-mode",
-             args.mode, "--hostname-override", "node-0", "--node-ip", "10.0.0.1", "--min-sync-period", "0",
+             *mode_args(args.mode), "--hostname-override", "node-0", "--node-ip", "10.0.0.1", "--min-sync-period", "0",
              "--sync-period", f"{args.sync_period}s", "--healthz-bind-address", "127.0.0.1:10256",
              "--metrics-bind-address", "127.0.0.1:10249"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
         log = Lines(daemon)
@@ -202,11 +202,17 @@ def inside(args: argparse.Namespace) -> None:
                     p.kill()
 
 
+def mode_args(mode: str) -> list[str]:
+    name, _, layout = mode.partition("-")
+    return [name, "--nftables-layout", layout] if layout else [name]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=10)
-    ap.add_argument("--mode", default="iptables", choices=["iptables", "nftables"])
+    ap.add_argument("--mode", default="iptables", choices=["iptables", "nftables", "nftables-maps"],
+                    help="nftables-maps: nftables mode with --nftables-layout maps")
     ap.add_argument("--changes", type=int, default=9)
     ap.add_argument("--sync-period", type=int, default=60, help="seconds; the warm full sync comes this long "
                     "after the first")
