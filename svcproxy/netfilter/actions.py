@@ -184,7 +184,9 @@ class NumgenDnat(Step):
             q = (hi - lo + 1) / self.mod
             covered += hi - lo + 1
             target = endpoint_text(pkt.family, addr, port)
-            note = f"numgen {lo}-{hi} of mod {self.mod} in {where} (p={q:.4g}): DNAT to {target}"
+            shift = f" (offset {self.offset})" if self.offset else ""  # a port's slot of a shared map
+            note = (f"numgen {lo - self.offset}-{hi - self.offset} of mod {self.mod}{shift} in {where} "
+                    f"(p={q:.4g}): DNAT to {target}")
             taken = pkt.with_step(_note(pkt, rule, note, q), dst=addr, dport=port, nat_done=pkt.nat_done | {"dst"},
                                   **original(pkt))
             out.append((q, taken, Verdict("nat", note=f"DNAT to {target}")))

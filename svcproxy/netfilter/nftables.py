@@ -357,7 +357,7 @@ class Compiler:
                 return Unevaluable(f"numgen {ng.get('mode')} (a counter) is not modelled", False)
             sd = self.set_data(("integer_num",), data, True)
             sd = sd() if callable(sd) else sd
-            return NumgenVMap(int(ng["mod"]), int(ng.get("offset", 0)), sd)
+            return NumgenVMap(int(ng["mod"]), _offset(ng), sd)
         names, masks = self.fields(key)
         types = tuple(FIELD_TYPE[n] for n in names)
         sd = self.set_data(types, data, True)
@@ -404,12 +404,14 @@ class Compiler:
             elems, name = _as_list(data.get("set") if isinstance(data, dict) else data), ""
         choices: list[tuple[int, int, int, int]] = []
         for key, value in elems:
+            if isinstance(key, dict) and "elem" in key:  # an element with a comment
+                key = key["elem"]["val"]
             lo, hi = _span(self.convert("integer_num", key))
             parts = value["concat"] if isinstance(value, dict) and "concat" in value else [value]
             if len(parts) != 2:
                 raise self.fail(f"map {name or 'in the rule'}: {json.dumps(value)} is not an address . port")
             choices.append((lo, hi, int(ipaddress.ip_address(parts[0])), int(self.convert("inet_service", parts[1]))))
-        return NumgenDnat(int(ng["mod"]), int(ng.get("offset", 0)), tuple(sorted(choices)), name)
+        return NumgenDnat(int(ng["mod"]), _offset(ng), tuple(sorted(choices)), name)
 
     def mangle(self, body: dict[str, Any]) -> Step:
         key = body["key"]
@@ -438,3 +440,8 @@ def _span(v: object) -> tuple[int, int]:
     if isinstance(v, tuple):
         return int(v[0]), int(v[1])  # type: ignore[call-overload]
     return int(v), int(v)  # type: ignore[call-overload]
+
+
+def _offset(numgen: dict[str, Any]) -> int:
+    """numgen's offset; nft 1.0.6's JSON prints offsets of 2**31 and above as negative numbers."""
+    return int(numgen.get("offset", 0)) % 2**32

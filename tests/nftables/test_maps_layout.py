@@ -4,13 +4,15 @@ numgen range maps, and every endpoint change a transaction of map/set elements o
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import replace
 
 import pytest
 
 from svcproxy.config import NodeConfig
 from svcproxy.dataplane.nftables import NftablesDataplane, names
-from svcproxy.dataplane.nftables.service_maps import RANGE, ranges
+from svcproxy.dataplane.nftables.layout import SLOT
+from svcproxy.dataplane.nftables.service_maps import RANGE, placement, ranges, slot_of
 from svcproxy.state import ServicePortName
 
 from .conftest import Netns, fetch
@@ -27,6 +29,23 @@ def base(name: str) -> str:
     return names.port_base(ServicePortName("ns1", name, "p", "TCP"))
 
 
+def shared(name: str) -> tuple[str, int]:
+    """(shared map, offset) of service ns1/<name>'s port "p"."""
+    return placement(names.ENDPOINTS + base(name))
+
+
+def colliding_names() -> tuple[str, str]:
+    """Two service names whose ports hash to the same shared slot (found by search)."""
+    seen: dict[int, str] = {}
+    for i in range(1_000_000):
+        name = f"c{i}"
+        slot = slot_of(names.ENDPOINTS + base(name))
+        if slot in seen:
+            return seen[slot], name
+        seen[slot] = name
+    raise AssertionError("no collision found")
+
+
 def only_elements(tx: str) -> bool:
     """True when a transaction adds and deletes set/map elements and nothing else."""
     lines = [line for line in tx.splitlines() if line.strip()]
@@ -41,6 +60,7 @@ def test_ranges_cover_the_modulus_evenly() -> None:
         sizes = {hi - lo + 1 for lo, hi in spans}
         assert max(sizes) - min(sizes) <= 1
     assert ranges(0) == []
+    assert ranges(3, SLOT, 70000) == ["70000-73332", "73333-76665", "76666-79999"]
 
 
 def test_endpoint_changes_are_elements_only_and_traffic_follows(inside: Netns, backends: None) -> None:
@@ -48,9 +68,10 @@ def test_endpoint_changes_are_elements_only_and_traffic_follows(inside: Netns, b
     dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.10"]), service("b", "172.30.0.2", ["10.0.1.11"])))
     assert {fetch("172.30.0.1") for _ in range(5)} == {"10.0.1.10"}
     text = inside.nft("list", "table", "ip", "kube-proxy").stdout
-    assert f"dnat ip to numgen random mod 1000000 map @endpoints-{base('a')}" in text
-    assert "0-999999 : 10.0.1.10 . 8080" in text
-    assert "typeof numgen random mod 1000000 : ip daddr . tcp dport" in text  # as nft declares it
+    shard, offset = shared("a")
+    assert f"dnat ip to numgen random mod 10000 offset {offset} map @{shard}" in text
+    assert f'{offset}-{offset + 9999} comment "ns1/a:p" : 10.0.1.10 . 8080' in text
+    assert "typeof numgen random mod 10000 : ip daddr . tcp dport" in text  # as nft declares it
     paths = [path for path, _, _ in dp.timings if path in ("nft", "netlink")]
     assert paths[0] == "nft" and set(paths[1:]) == {"netlink"}, paths  # only the fixed part through nft
 
@@ -102,11 +123,45 @@ def test_restart_adopts_the_table_and_drops_stale_ranges(inside: Netns, backends
     NftablesDataplane(MAPS).sync(state_of(service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"])))
     dp = NftablesDataplane(MAPS)  # a new process: finds the maps, refills them in its commit
     dp.sync(state_of(service("a", "172.30.0.1", ["10.0.1.11"])))
-    listing = inside.nft("list", "map", "ip", "kube-proxy", f"endpoints-{base('a')}").stdout
-    assert "0-999999 : 10.0.1.11 . 8080" in listing and "10.0.1.10" not in listing
+    shard, offset = shared("a")
+    listing = inside.nft("list", "map", "ip", "kube-proxy", shard).stdout
+    assert f'{offset}-{offset + 9999} comment "ns1/a:p" : 10.0.1.11 . 8080' in listing and "10.0.1.10" not in listing
     assert {fetch("172.30.0.1") for _ in range(10)} == {"10.0.1.11"}
-    dp.sync(state_of(), {"ns1/a"})  # the service goes: its chains are flushed, its map deleted
-    assert f"endpoints-{base('a')}" not in inside.nft("list", "table", "ip", "kube-proxy").stdout
+    dp.sync(state_of(), {"ns1/a"})  # the service goes: its chains are flushed, its ranges deleted
+    assert "ns1/a:p" not in inside.nft("list", "table", "ip", "kube-proxy").stdout
+    dp.sync(state_of())  # the next full sync deletes the shared map no port uses any more
+    assert f"map {shard} " not in inside.nft("list", "table", "ip", "kube-proxy").stdout
+
+
+def test_ports_whose_slots_collide_get_maps_of_their_own(inside: Netns, backends: None) -> None:
+    """A new port hashing to a slot in use moves the other port to its own map too (the
+    choice is a function of the whole state); traffic to both stays right throughout."""
+    a, b = colliding_names()
+    sa, sb = service(a, "172.30.0.1", ["10.0.1.10"]), service(b, "172.30.0.2", ["10.0.1.11"])
+    dp = NftablesDataplane(MAPS)
+    dp.sync(state_of(sa))
+    shard, offset = shared(a)
+    assert f"offset {offset} map @{shard}" in inside.nft("list", "table", "ip", "kube-proxy").stdout
+    dp.sync(state_of(sa, sb), {f"ns1/{b}"})
+    text = inside.nft("list", "table", "ip", "kube-proxy").stdout
+    for name in (a, b):
+        assert f"map endpoints-{base(name)} {{" in text  # own maps, mod 1000000
+        assert f"dnat ip to numgen random mod 1000000 map @endpoints-{base(name)}" in text
+    assert f"ns1/{a}:p" not in text  # its ranges left the shared map
+    assert {fetch("172.30.0.1") for _ in range(5)} == {"10.0.1.10"}
+    assert {fetch("172.30.0.2") for _ in range(5)} == {"10.0.1.11"}
+    dp.sync(state_of(sa), {f"ns1/{b}"})  # b goes: a returns to its shared slot
+    text = inside.nft("list", "table", "ip", "kube-proxy").stdout
+    assert f"offset {offset} map @{shard}" in text and f"map endpoints-{base(a)} {{" not in text
+    assert {fetch("172.30.0.1") for _ in range(5)} == {"10.0.1.10"}
+    again = NftablesDataplane(MAPS)  # a full sync from scratch lands on the same table
+    again.sync(state_of(sa))
+    assert without_empty_chains(inside.nft("list", "table", "ip", "kube-proxy").stdout) == without_empty_chains(text)
+
+
+def without_empty_chains(listing: str) -> str:
+    """A listing without the flushed chains a later sync deletes."""
+    return re.sub(r"\n+", "\n", re.sub(r"\n\tchain \S+ \{\n\t\}\n", "\n", listing))
 
 
 def affinity_entries(ns: Netns, family: str, name: str) -> str:

@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 
 from svcproxy.dataplane.nftables import names
-from svcproxy.dataplane.nftables.render import render_ruleset
+from svcproxy.dataplane.nftables.render import BlockCache, render_ruleset
+from svcproxy.dataplane.nftables.service_maps import SlotIndex, placement, slot_of
 from svcproxy.state import ServicePortName
 
 from .helpers import CFG, service, state_of
@@ -59,12 +60,77 @@ def test_rules_do_not_depend_on_the_endpoints(shape: str) -> None:
     assert len(rendered) == 1, f"{shape}: a rule or declaration changed with the endpoints"
 
 
-def test_the_ranges_split_the_modulus_evenly_by_address() -> None:
+def shared(name: str, local: bool = False) -> tuple[str, int]:
+    return placement((names.LOCAL_ENDPOINTS if local else names.ENDPOINTS) + base(name))
+
+
+def test_the_ranges_split_the_ports_slot_evenly_by_address() -> None:
     text = render_ruleset(state_of(service("a", "172.30.0.1", ["10.0.1.5", "10.0.1.3", "10.0.1.4"])), MAPS)
-    assert elements(text, f"endpoints-{base('a')}") == [
-        "0-333332 : 10.0.1.3 . 8080", "333333-666665 : 10.0.1.4 . 8080", "666666-999999 : 10.0.1.5 . 8080"]
+    shard, o = shared("a")
+    assert shard.startswith("endpoints-tcp-") and o % 10000 == 0
+    assert elements(text, shard) == [f'{o}-{o + 3332} comment "ns1/a:p" : 10.0.1.3 . 8080',
+                                     f'{o + 3333}-{o + 6665} comment "ns1/a:p" : 10.0.1.4 . 8080',
+                                     f'{o + 6666}-{o + 9999} comment "ns1/a:p" : 10.0.1.5 . 8080']
     assert chain(text, f"service-{base('a')}")[-1] == (
-        f"meta l4proto tcp dnat ip to numgen random mod 1000000 map @endpoints-{base('a')}")
+        f"meta l4proto tcp dnat ip to numgen random mod 10000 offset {o} map @{shard}")
+
+
+def test_udp_ports_use_the_udp_maps() -> None:
+    text = render_ruleset(state_of(service("a", "172.30.0.1", ["10.0.1.1"], protocol="UDP")), MAPS)
+    shard, o = placement(names.ENDPOINTS + base("a", "UDP"))
+    assert shard.startswith("endpoints-udp-")
+    assert elements(text, shard) == [f'{o}-{o + 9999} comment "ns1/a:p" : 10.0.1.1 . 8080']
+    assert "typeof numgen random mod 10000 : ip daddr . udp dport" in text
+
+
+def colliding_names() -> tuple[str, str]:
+    seen: dict[tuple[str, int], str] = {}
+    for i in range(1_000_000):
+        slot = slot_of(names.ENDPOINTS + base(f"c{i}"))
+        if slot in seen:
+            return seen[slot], f"c{i}"
+        seen[slot] = f"c{i}"
+    raise AssertionError("no collision found")
+
+
+def test_colliding_slots_give_both_ports_maps_of_their_own() -> None:
+    a, b = colliding_names()
+    text = render_ruleset(state_of(service(a, "172.30.0.1", ["10.0.1.1"]), service(b, "172.30.0.2", ["10.0.1.2"])), MAPS)
+    for name, ep in ((a, "10.0.1.1"), (b, "10.0.1.2")):
+        assert elements(text, f"endpoints-{base(name)}") == [f"0-999999 : {ep} . 8080"]
+        assert chain(text, f"service-{base(name)}")[-1] == (
+            f"meta l4proto tcp dnat ip to numgen random mod 1000000 map @endpoints-{base(name)}")
+    alone = render_ruleset(state_of(service(a, "172.30.0.1", ["10.0.1.1"])), MAPS)
+    assert f"map endpoints-{base(a)} " not in alone and "offset" in chain(alone, f"service-{base(a)}")[-1]
+
+
+def test_slot_index_updates_match_a_rebuild() -> None:
+    """update() reports exactly the other services whose ports moved, and ends where a
+    rebuild from the same state does."""
+    a, b = colliding_names()
+    sa, sb, sc = (service(n, f"172.30.0.{i}", ["10.0.1.1"]) for i, n in enumerate((a, b, "plain"), 1))
+    index = SlotIndex()
+    index.rebuild([sa, sc])
+    assert index.own_maps(sa.key) == frozenset()
+    assert index.update({sb.key: sb}) == {sa.key}  # b arrives on a's slot: a moves
+    assert index.own_maps(sa.key) == {names.ENDPOINTS + base(a)} and index.own_maps(sc.key) == frozenset()
+    assert index.update({sc.key: None}) == set()  # unrelated
+    fresh = SlotIndex()
+    fresh.rebuild([sa, sb])
+    assert (fresh.claims, fresh.keys) == (index.claims, index.keys)
+    assert index.update({sb.key: None}) == {sa.key}  # b goes: a moves back
+    assert index.own_maps(sa.key) == frozenset()
+
+
+def test_the_cache_rerenders_a_port_moved_by_another() -> None:
+    a, b = colliding_names()
+    sa, sb = service(a, "172.30.0.1", ["10.0.1.1"]), service(b, "172.30.0.2", ["10.0.1.2"])
+    cache = BlockCache(MAPS)
+    cache.claim(state_of(sa))
+    before = cache.service(sa, "")
+    assert cache.claim(state_of(sa, sb), [sb.key]) == {sa.key}
+    after = cache.service(sa, "")
+    assert after is not before and f"endpoints-{base(a)}" in after.sets
 
 
 def test_no_endpoints_is_an_element_of_the_reject_sets() -> None:
@@ -82,8 +148,10 @@ def test_external_policy_local_without_a_local_endpoint_drops_node_ports() -> No
                           health_check_node_port=30100))
     text = render_ruleset(st, MAPS)
     assert [e.split(" comment")[0] for e in elements(text, "drop-nodeports")] == ["tcp . 30001"]
-    assert elements(text, f"local-endpoints-{base('a')}") == []
-    assert elements(text, f"endpoints-{base('a')}") == ["0-999999 : 10.0.1.1 . 8080"]
+    (cluster, o), (local, lo) = shared("a"), shared("a", local=True)
+    assert f'{o}-{o + 9999} comment "ns1/a:p" : 10.0.1.1 . 8080' in elements(text, cluster)
+    assert not any(e.startswith(f"{lo}-") for e in elements(text, local))  # no local endpoint: no range
+    assert chain(text, f"local-{base('a')}")[-1].endswith(f"offset {lo} map @{local}")
 
 
 def test_hairpin_pairs_and_affinity_members_follow_the_endpoints() -> None:

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,8 @@ def netns() -> Iterator[str]:
         sh("ip", "netns", "del", name, check=False)
 
 
-def _rendered(mode: str) -> str:
-    return renderer(mode)(build_state(load_paths([EXAMPLES]), CFG), CFG)
+def _rendered(mode: str, cfg: NodeConfig = CFG) -> str:
+    return renderer(mode)(build_state(load_paths([EXAMPLES]), cfg), cfg)
 
 
 SCENARIOS = [("10.0.1.99", "172.30.0.10", 80, "TCP"), ("192.168.0.2", "172.30.0.30", 80, "TCP"),
@@ -75,8 +76,11 @@ def _same_traces(a: str, b: str) -> None:
         assert ra.warnings == rb.warnings == [], s
 
 
-def test_nft_text_and_json_from_the_kernel(netns: str) -> None:
-    text = _rendered("nftables")
+@pytest.mark.parametrize("layout", ["kube-proxy", "maps"])
+def test_nft_text_and_json_from_the_kernel(netns: str, layout: str) -> None:
+    text = _rendered("nftables", replace(CFG, nftables_layout=layout))
+    if layout == "maps":  # the endpoints are ranges of the shared maps, read back as such
+        assert "offset" in text and "map @endpoints-tcp-" in text
     nsexec(netns, "nft", "-f", "-", input=text)
     listed = nsexec(netns, "nft", "list", "ruleset")
     as_json = nsexec(netns, "nft", "-j", "list", "ruleset")

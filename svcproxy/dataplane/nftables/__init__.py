@@ -191,7 +191,8 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         kernel = self.kernel
         assert kernel is not None
         new_rules: dict[str, ServiceRules | None] = {}
-        for key in sorted(changed):
+        moved = self.cache.claim(state, changed)  # maps layout: ports whose shared slot now collides (or no longer)
+        for key in sorted({*changed, *moved}):
             svc = state.services.get(key)
             new_rules[key] = self.cache.service(svc, state.zone) if svc is not None else None
         plan = plan_partial(self.cfg, kernel, [(self.applied.get(k), new) for k, new in new_rules.items()])

@@ -17,7 +17,7 @@ from ...config import NodeConfig
 from .. import ApplyError
 from . import names, netlink, session
 from .layout import Container
-from .service_maps import affinity_map, endpoints_map, members_set
+from .service_maps import affinity_map, endpoints_map, members_set, shared_map
 from .transaction import Kernel, Tx
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class KernelIO:
                 kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout)
             elif names.is_endpoints_map(name):
                 kernel.sets[name] = endpoints_map(self.family, name)
+            elif names.is_shared_endpoints_map(name):
+                kernel.sets[name] = shared_map(self.family, name)
             elif name.startswith(names.MEMBERS):
                 kernel.sets[name] = members_set(self.family, name)
             elif name.startswith(names.CLIENT_AFFINITY):

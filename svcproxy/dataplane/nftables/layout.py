@@ -51,6 +51,13 @@ AFFINITY_SERVICES = "sticky-services"
 AFFINITY_NODEPORTS = "sticky-nodeports"
 AFFINITY_RECORD = "remember-endpoint"
 PROTOCOLS = ("tcp", "udp", "sctp")
+# the maps layout's shared endpoint maps, per protocol (nft checks a map's typed data against
+# the rule's protocol), declared while a port uses them: each port has a slot of SLOT keys in
+# one. A change costs what committing its map costs, which grows with the map (0.5 ms at 1,500
+# ranges, 3 ms at 12,500: bench notes in docs/performance.md), hence many small maps.
+SHARDS = {"tcp": 64, "udp": 16, "sctp": 4}
+SLOT = 10_000  # numgen's modulus in a shared map: weights to 1/10,000; offsets read as decimals
+SLOTS = (2**32 - 1) // SLOT  # slots per map: 32-bit keys, and each range's end + 1 must fit too
 SHARED_CONTAINERS = frozenset({HAIRPIN})  # elements several services may claim (refcounted)
 
 

@@ -23,7 +23,9 @@ EXTERNAL = "external-"
 ENDPOINT = "endpoint-"
 AFFINITY = "affinity-"
 FIREWALL = "firewall-"
-# the maps layout's per-service data maps (endpoint choice by numgen range)
+# The maps layout's endpoint maps (endpoint choice by numgen range): the shared maps
+# "endpoints-tcp-0".. (a slot of one per port), and per-port maps of the same prefixes for the
+# ports whose slot collides with another port's
 ENDPOINTS = "endpoints-"
 LOCAL_ENDPOINTS = "local-endpoints-"
 # ... and for ClientIP affinity: client -> endpoint (written by the packet path), the
@@ -73,13 +75,23 @@ def is_affinity_set(name: str) -> bool:
     return name.startswith(AFFINITY)
 
 
+def shared_endpoints_map(proto: str, shard: int) -> str:
+    """"endpoints-tcp-0": per-port maps' names always hold a "/", these never do."""
+    return f"{ENDPOINTS}{proto}-{shard}"
+
+
+def is_shared_endpoints_map(name: str) -> bool:
+    return name.startswith(ENDPOINTS) and "/" not in name
+
+
 def is_endpoints_map(name: str) -> bool:
-    return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS))
+    """A per-port endpoint map (per-service names always hold a "/")."""
+    return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS)) and "/" in name
 
 
 def is_data_container(name: str) -> bool:
-    """Per-service sets and maps whose elements a sync writes (the maps layout's endpoint
-    maps and affinity members); a full sync rewrites them only where they differ."""
+    """Sets and maps whose elements follow the endpoints (the maps layout's endpoint maps and
+    affinity members): a full sync rewrites them only where they differ."""
     return name.startswith((ENDPOINTS, LOCAL_ENDPOINTS, MEMBERS))
 
 

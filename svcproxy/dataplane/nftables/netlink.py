@@ -166,9 +166,9 @@ HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
 IPS_DST_NAT = 1 << 5  # conntrack status: the connection's destination was rewritten
-DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+) map @(\S+)")
+DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+)(?: offset (\d+))? map @(\S+)")
 ENDPOINTS_MAP = re.compile(r"\{ typeof numgen random mod (\d+) : (ip6?) daddr \. (tcp|udp|sctp) dport; "
-                           r"flags interval; \}")
+                           r"flags interval;(?: comment \"([^\"]*)\";)? \}")
 # nft 1.0.6's userdata describing "typeof numgen random mod 1000000 : ip daddr . tcp dport", as
 # read back from a map nft declared; the IPv6 and protocol variants differ in two places
 _TYPEOF_IP_TCP = bytes.fromhex(
@@ -319,14 +319,14 @@ class Compiler:
         m = ENDPOINTS_MAP.fullmatch(body)
         if not m or m.group(2) != self.family:
             raise Unsupported(f"map {name} {body}")
-        if m.group(1) != "1000000":
-            raise Unsupported(f"map {name}: numgen modulus {m.group(1)}")
-        proto = m.group(3)
+        modulus, proto, comment = int(m.group(1)), m.group(3), m.group(4)
         set_id = self.next_set_id()
         self.set_ids[name] = set_id
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_INTERVAL),
                  u32(4, TYPE_INTEGER), u32(5, 4), u32(6, 0x1CD if self.family == "ip" else 0x20D),
-                 u32(7, self.addr_len + 4), u32(10, set_id), attr(13, typeof_udata(self.family, proto)))
+                 u32(7, self.addr_len + 4), u32(10, set_id),
+                 attr(13, typeof_udata(self.family, proto, _TYPEOF_IP_TCP.replace(_MOD_1000000, struct.pack("<I", modulus)))
+                      + (set_comment_udata(comment) if comment else b"")))
 
     def members_set(self, name: str, body: str) -> None:
         """`typeof ip daddr . tcp dport`: the endpoints a ClientIP affinity map may hold."""
@@ -367,8 +367,8 @@ class Compiler:
                 key_text, comment = m.groups()
             span = INTERVAL.fullmatch(key_text)
             if span:  # a numgen range of an endpoint map: its start (with the data) and its end
-                items += self.interval(verb, int(span.group(1)), int(span.group(2)), value)
-                size += 96
+                items += self.interval(verb, int(span.group(1)), int(span.group(2)), value, comment)
+                size += 96 + len(comment)
                 if size > ELEMENTS_MAX_BYTES:
                     self.element_message(verb, set_name, items)
                     items, size = [], 0
@@ -387,7 +387,7 @@ class Compiler:
         if items:
             self.element_message(verb, set_name, items)
 
-    def interval(self, verb: str, first: int, last: int, value: str) -> list[bytes]:
+    def interval(self, verb: str, first: int, last: int, value: str, comment: str = "") -> list[bytes]:
         """One range a-b of a `typeof numgen ... flags interval` map, as nft sends it: the
         start element at a (with the data), then an end element at b+1 (flag INTERVAL_END, no
         data); keys are the numgen value in network byte order. The kernel's rbtree wants this
@@ -398,6 +398,8 @@ class Compiler:
             if not value:
                 raise Unsupported(f"range {first}-{last} without data")
             start.append(nest(2, attr(1, self.key(value))))
+            if comment:
+                start.append(attr(6, comment_udata(comment)))
         return [nest(1, *start), end]
 
     def element_message(self, verb: str, set_name: str, items: list[bytes]) -> None:
@@ -511,10 +513,10 @@ class Compiler:
             return [payload(1, self.saddr_off, self.addr_len), cmp(self.address(m.group(2))),
                     immediate_verdict(NFT_JUMP, m.group(3))]
         m = DNAT_MAP.fullmatch(text)
-        if m and m.group(2) == self.family and m.group(3) == "1000000":
-            name = m.group(4)
+        if m and m.group(2) == self.family:
+            modulus, offset, name = int(m.group(3)), int(m.group(4) or 0), m.group(5)
             return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]),
-                    expr("numgen", u32(1, REG_1), u32(2, 1000000), u32(3, 1), u32(4, 0)),
+                    expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, offset)),
                     expr("byteorder", u32(1, REG_1), u32(2, REG_1), u32(3, 1), u32(4, 4), u32(5, 4)),  # hton
                     lookup(name, self.set_ids.get(name), dreg=REG_1), self.nat_map]
         m = DNAT.fullmatch(text)
@@ -564,6 +566,15 @@ class Compiler:
         self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
         return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
                 lookup(name, set_id, dreg=REG_VERDICT)]
+
+
+_MOD_1000000 = struct.pack("<I", 1_000_000)  # the modulus in _TYPEOF_IP_TCP (host byte order)
+
+
+def set_comment_udata(text: str) -> bytes:
+    """A set's comment, as nft appends it to the set's userdata (NFTNL_UDATA_SET_COMMENT)."""
+    data = text.encode() + b"\0"
+    return bytes([7, len(data)]) + data
 
 
 @lru_cache(maxsize=16)

@@ -28,6 +28,7 @@ class FullSyncSteps:
         then the commit. view is the worker's copy of the kernel record, kept as the fills
         will leave it."""
         self._render_seconds = 0.0
+        self.cache.claim(state)
         previous: _Chunk | None = None
         deferred = Tx(self.cfg)  # fills only nft can encode: one nft run for them all
         deferred_chains: list[Chain] = []
@@ -63,6 +64,13 @@ class FullSyncSteps:
                         continue
                     tx.lines += lines.lines
                     filled.append(c)
+            if previous is not None and previous.ranges:
+                lines = Tx(self.cfg)
+                for name in sorted({e.container for e in previous.ranges}):
+                    lines.add_elements(name, [e for e in previous.ranges if e.container == name])
+                if compiler is not None and not compiler.encodes(lines.lines):
+                    compiler = None
+                tx.lines += lines.lines
             declared: list[str] = []
             declared_sets: list[Container] = []
             if chunk is not None:
@@ -83,6 +91,8 @@ class FullSyncSteps:
                 view.sets.update((c.name, c) for c in declared_sets + maps)
                 for m, els in previous.new_maps if previous is not None else ():
                     view.elements[m.name] = {e.key: e for e in els}
+                for e in previous.ranges if previous is not None else ():
+                    view.elements[e.container].setdefault(e.key, e)
                 view.chains.update((name, ()) for name in declared)
                 view.chains.update((c.name, c.rules) for c in filled)
             previous = chunk
@@ -123,6 +133,7 @@ class FullSyncSteps:
         a service's chains stay in one chunk (they refer to each other)."""
         seen: set[str] = set()
         seen_sets: set[str] = set()
+        fresh: set[str] = set()  # shared endpoint maps new in this sync (known to be empty)
         chunk = _Chunk()
         for key in sorted(state.services, key=service_order):
             start = time.perf_counter()
@@ -138,10 +149,15 @@ class FullSyncSteps:
                 elif known[name] is None:
                     chunk.fill.append(c)
             for name, s in r.sets.items():
-                if name not in known_sets and name not in seen_sets:
+                if name in seen_sets:  # a shared endpoint map declared in this sync: add the ranges
+                    if name in fresh:
+                        chunk.ranges += [e for e in r.elements if e.container == name]
+                elif name not in known_sets:
                     seen_sets.add(name)
                     if not names.is_affinity_set(name):  # the maps layout's: declared where used
                         chunk.new_maps.append((s, [e for e in r.elements if e.container == name]))
+                        if names.is_shared_endpoints_map(name):
+                            fresh.add(name)
                     else:
                         chunk.new_sets.append(s)
             if len(chunk.fill) >= FILL_BATCH_CHAINS:
@@ -159,6 +175,7 @@ class _Chunk:
     fresh: dict[str, None] = field(default_factory=dict)  # not in the kernel yet, in order
     new_sets: list[Container] = field(default_factory=list)  # declared a transaction ahead
     new_maps: list[tuple[Container, list[Element]]] = field(default_factory=list)  # declared where used
+    ranges: list[Element] = field(default_factory=list)  # more ranges for shared maps new in this sync
 
 
 @dataclass

@@ -130,20 +130,25 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
     for c in hooked:
         tx.add_chain(c)
         tx.lines.append(f"flush chain {tx.prefix} {c.name}")
-    for c in containers(cfg):
-        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    fixed = containers(cfg)
+    for c in fixed:
+        if not names.is_data_container(c.name):
+            tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
         if not names.is_data_container(name):
             tx.add_elements(name, els.values())
-    for name in sorted(kernel.sets):  # the maps layout's endpoint maps and members: only where they differ
+    # the maps layout's endpoint maps and members: only the elements that differ
+    for name in sorted({*kernel.sets, *(c.name for c in fixed)}):
         if names.is_data_container(name):
             wanted, known = elements.get(name, {}), kernel.elements.get(name)
-            if known != wanted:
-                if known is None or known:
-                    tx.lines.append(f"flush {names.container_kind(name)} {tx.prefix} {name}")
+            if known is None:  # content unknown (found at startup)
+                tx.lines.append(f"flush {names.container_kind(name)} {tx.prefix} {name}")
                 tx.add_elements(name, wanted.values())
+            elif known != wanted:
+                tx.delete_elements(name, [k for k, el in known.items() if wanted.get(k) != el])
+                tx.add_elements(name, [el for k, el in wanted.items() if known.get(k) != el])
     # chains no longer used are only flushed here; deleted a second later (see NftablesDataplane)
     tx.flush_chains(name for name in sorted(kernel.chains) if name not in chains and kernel.chains[name] != ())
     return tx
@@ -277,7 +282,8 @@ def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRul
         tx.add_elements(container, els)
     stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
     tx.flush_chains(stale_chains)  # before deleting the affinity sets their rules use
-    stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets]
+    # (a shared endpoint map other services may still use stays; a full sync deletes it if unused)
+    stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets and not names.is_shared_endpoints_map(n)]
     for name in stale_sets:
         tx.delete_set(name)
     return PartialPlan(tx, new_chains, new_sets, stale_chains, stale_sets, deletes, adds, refs)
