@@ -9,7 +9,7 @@ Prints, in one run:
   restore input size, beside the full sync of the same cluster;
 - the daemon's RSS.
 
-    sudo .venv/bin/python bench/bench_sync.py [--services 10000] [--endpoints 10] [--mode iptables]
+    sudo .venv/bin/python bench/bench_sync.py [--services 10000] [--endpoints 10] [--mode iptables,nftables,nftables-maps]
 
 Everything runs in a network namespace `dmn-bench-<pid>` that is removed at the end.
 """
@@ -45,7 +45,9 @@ def outside(args: argparse.Namespace) -> int:
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         env = {**os.environ, "DMN_BENCH_INSIDE": ns}
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, *sys.argv[1:]], env=env).returncode
+        argv = ["--services", str(args.services), "--endpoints", str(args.endpoints), "--mode", args.mode,
+                "--changes", str(args.changes), "--sync-period", str(args.sync_period)]
+        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, *argv], env=env).returncode
     finally:
         for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
             with contextlib.suppress(ProcessLookupError):
@@ -211,8 +213,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=10)
-    ap.add_argument("--mode", default="iptables", choices=["iptables", "nftables", "nftables-maps"],
-                    help="nftables-maps: nftables mode with --nftables-layout maps")
+    ap.add_argument("--mode", default="iptables",
+                    help="iptables, nftables or nftables-maps (nftables mode with --nftables-layout maps); "
+                    "several, comma-separated, run one after the other")
     ap.add_argument("--changes", type=int, default=9)
     ap.add_argument("--sync-period", type=int, default=60, help="seconds; the warm full sync comes this long "
                     "after the first")
@@ -222,7 +225,14 @@ def main() -> int:
         return 0
     if os.geteuid() != 0:
         raise SystemExit("bench_sync.py needs root (it creates a network namespace)")
-    return outside(args)
+    modes = args.mode.split(",")
+    if unknown := [m for m in modes if m not in ("iptables", "nftables", "nftables-maps")]:
+        raise SystemExit(f"--mode: unknown mode(s) {', '.join(unknown)}; use iptables, nftables or nftables-maps")
+    rc = 0
+    for mode in modes:
+        args.mode = mode
+        rc = rc or outside(args)
+    return rc
 
 
 if __name__ == "__main__":

@@ -274,7 +274,8 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
                 kernel.fixed = None  # the full sync re-declares them
             return
         try:
-            out = self._run_capture([*self.nft, "list", "table", self.family, names.TABLE])
+            # terse: without the named sets' elements (only rule counts are wanted here)
+            out = self._run_capture([*self.nft, "-t", "list", "table", self.family, names.TABLE])
         except ApplyError:
             log.warning("nftables: table %s %s is gone; reprogramming it", self.family, names.TABLE)
             self.kernel = self.read_kernel()
