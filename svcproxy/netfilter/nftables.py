@@ -404,9 +404,7 @@ class Compiler:
             elems, name = _as_list(data.get("set") if isinstance(data, dict) else data), ""
         choices: list[tuple[int, int, int, int]] = []
         for key, value in elems:
-            if isinstance(key, dict) and "elem" in key:  # an element with a comment
-                key = key["elem"]["val"]
-            lo, hi = _span(self.convert("integer_num", key))
+            lo, hi = _span(self.element(("integer_num",), key)[0])  # (unwraps an element with a comment)
             parts = value["concat"] if isinstance(value, dict) and "concat" in value else [value]
             if len(parts) != 2:
                 raise self.fail(f"map {name or 'in the rule'}: {json.dumps(value)} is not an address . port")

@@ -325,7 +325,7 @@ class Compiler:
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_INTERVAL),
                  u32(4, TYPE_INTEGER), u32(5, 4), u32(6, 0x1CD if self.family == "ip" else 0x20D),
                  u32(7, self.addr_len + 4), u32(10, set_id),
-                 attr(13, typeof_udata(self.family, proto, _TYPEOF_IP_TCP.replace(_MOD_1000000, struct.pack("<I", modulus)))
+                 attr(13, typeof_udata(self.family, proto, modulus=modulus)
                       + (set_comment_udata(comment) if comment else b"")))
 
     def members_set(self, name: str, body: str) -> None:
@@ -578,9 +578,10 @@ def set_comment_udata(text: str) -> bytes:
 
 
 @lru_cache(maxsize=16)
-def typeof_udata(family: str, proto: str, template: bytes = _TYPEOF_IP_TCP) -> bytes:
-    """nft's typeof description for this family and protocol, from the IPv4/TCP template."""
-    data = template
+def typeof_udata(family: str, proto: str, template: bytes = _TYPEOF_IP_TCP, modulus: int = 1_000_000) -> bytes:
+    """nft's typeof description for this family and protocol (and an endpoint map's numgen
+    modulus), from the IPv4/TCP template."""
+    data = template.replace(_MOD_1000000, struct.pack("<I", modulus)) if modulus != 1_000_000 else template
     if family == "ip6":
         data = data.replace(bytes.fromhex("0c00040c00000001040c"), bytes.fromhex("0c00040d000000010409"))
     i = data.rindex(bytes.fromhex("0c000408"))

@@ -66,8 +66,11 @@ class FullSyncSteps:
                     filled.append(c)
             if previous is not None and previous.ranges:
                 lines = Tx(self.cfg)
-                for name in sorted({e.container for e in previous.ranges}):
-                    lines.add_elements(name, [e for e in previous.ranges if e.container == name])
+                by_map: dict[str, list[Element]] = {}
+                for e in previous.ranges:
+                    by_map.setdefault(e.container, []).append(e)
+                for name in sorted(by_map):
+                    lines.add_elements(name, by_map[name])
                 if compiler is not None and not compiler.encodes(lines.lines):
                     compiler = None
                 tx.lines += lines.lines

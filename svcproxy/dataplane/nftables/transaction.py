@@ -130,17 +130,15 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
     for c in hooked:
         tx.add_chain(c)
         tx.lines.append(f"flush chain {tx.prefix} {c.name}")
-    fixed = containers(cfg)
-    for c in fixed:
-        if not names.is_data_container(c.name):
-            tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+    for c in containers(cfg):
+        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
         if not names.is_data_container(name):
             tx.add_elements(name, els.values())
     # the maps layout's endpoint maps and members: only the elements that differ
-    for name in sorted({*kernel.sets, *(c.name for c in fixed)}):
+    for name in sorted(kernel.sets):
         if names.is_data_container(name):
             wanted, known = elements.get(name, {}), kernel.elements.get(name)
             if known is None:  # content unknown (found at startup)
