@@ -72,11 +72,16 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
         for name in ("sync_period", "min_sync_period"):
             values[name] = _duration(ctx, None, values[name])  # type: ignore[arg-type]
     cfg = node_config({**values, "config_file": None})
-    if detect_local_addresses:
-        from ..runtime.addresses import kernel_addresses
+    from ..runtime.addresses import kernel_addresses, kernel_links, node_address_families, run_families
 
-        extra = tuple(a for a in kernel_addresses() if a not in cfg.local_addresses and a not in cfg.node_ips)
+    links = kernel_links() if detect_local_addresses else []
+    if detect_local_addresses:
+        extra = tuple(a for a in kernel_addresses(links) if a not in cfg.local_addresses and a not in cfg.node_ips)
         cfg = replace(cfg, local_addresses=cfg.local_addresses + extra)
+    explicit = int(values["ip_family"][-1]) if values.get("ip_family") else None
+    families = run_families(explicit, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
+                            node_address_families(links))
+    cfg = replace(cfg, ip_family=families[0])
 
     sources: list[Any] = []
     if paths:
@@ -97,10 +102,11 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
             raise click.UsageError(f"{e} (or give -f PATH to run from manifests)") from None
         sources.append(ApiSource(api, cfg.hostname))
     logging.getLogger("svcproxy").info(
-        "svcproxy run: mode %s, node %s (IPv%d), min-sync-period %s, sync-period %s",
-        values["proxy_mode"], cfg.hostname, cfg.ip_family, format_duration(values["min_sync_period"]),
+        "svcproxy run: mode %s, node %s (%s), min-sync-period %s, sync-period %s",
+        values["proxy_mode"], cfg.hostname, " + ".join(f"IPv{f}" for f in families) +
+        (" dual-stack" if len(families) > 1 else ""), format_duration(values["min_sync_period"]),
         format_duration(values["sync_period"]))
     run_daemon(DaemonOptions(
         cfg=cfg, mode=values["proxy_mode"], sources=sources, min_sync_period=values["min_sync_period"],
-        sync_period=values["sync_period"], healthz_bind_address=values["healthz_bind_address"],
+        sync_period=values["sync_period"], families=families, healthz_bind_address=values["healthz_bind_address"],
         metrics_bind_address=values["metrics_bind_address"], status_bind_address=values["status_bind_address"]))

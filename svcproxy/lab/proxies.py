@@ -93,16 +93,17 @@ def mentions(rules: str, ip: str) -> bool:
     return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d])", rules) is not None
 
 
-LAST_SYNC = re.compile(r"^kubeproxy_sync_proxy_rules_last_timestamp_seconds\s+(\S+)", re.M)
+LAST_SYNC = re.compile(r"^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{[^}]*})?\s+(\S+)", re.M)
 
 
 def last_sync(ns: str, node: NodeSpec) -> float:
-    """When the node's proxy last finished a sync (its kube-proxy metric; 0 if not yet)."""
+    """When the node's proxy last finished a sync (its kube-proxy metric; 0 if not yet); for a
+    dual-stack proxy, the family that synced least recently."""
     url = f"http://{node.ip}:{METRICS_PORT}/metrics"
     code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
     out = netns.exec_in(ns, [sys.executable, "-c", code], check=False, timeout=10)
-    m = LAST_SYNC.search(out)
-    return float(m.group(1)) if m else 0.0
+    times = [float(t) for t in LAST_SYNC.findall(out)]
+    return min(times) if times else 0.0
 
 
 def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manifests: Path, since: float,

@@ -1,5 +1,11 @@
 """`svcproxy run` wired together: sources -> store -> syncer -> dataplane, plus health and metrics.
 
+Dual-stack as kube-proxy does it: one process, one store, one health and one metrics server,
+and per IP family a syncer and a dataplane of its own (iptables and ip6tables; the `ip` and
+`ip6` tables; listeners on both families' addresses). Each syncer reads its own feed of the
+store's changes and keeps its own timing and backoff, so a family that cannot be programmed
+(no ip6tables, IPv6 disabled) is reported in the log and by /healthz while the other goes on.
+
 I/O lives here and in the sources; the pieces it wires are testable on their own. SIGTERM and
 SIGINT stop the daemon and leave the rules in place (as kube-proxy does), so traffic keeps
 flowing while it is down, and the next daemon adopts the rules with an atomic first sync.
@@ -10,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import NodeConfig
 from ..dataplane import Dataplane, dataplane
 from ..sources import ObjectStore, Source
 from ..state import ProxyState
-from .health import ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
+from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
 from .status import StatusServer
 from .syncer import Syncer
@@ -40,24 +46,41 @@ class DaemonOptions:
     metrics_bind_address: str = "127.0.0.1:10249"  # "" disables
     status_bind_address: str = ""  # the status page; `svcproxy run` defaults to 127.0.0.1:10257
     clear_conntrack: bool = True
+    # the IP families to program, primary first; empty: cfg.ip_family alone
+    families: tuple[int, ...] = ()
 
 
 class Daemon:
-    def __init__(self, opts: DaemonOptions, dp: Dataplane | None = None) -> None:
+    def __init__(self, opts: DaemonOptions, dp: Dataplane | None = None,
+                 dps: dict[int, Dataplane] | None = None) -> None:
+        """dp / dps: dataplanes to use instead of the mode's (tests); dp is the primary family's."""
         self.opts = opts
         self.store = ObjectStore(s.name for s in opts.sources)
         self.metrics = Metrics()
-        self.dp = dp if dp is not None else dataplane(opts.mode, opts.cfg)
-        self.syncer = Syncer(self.store, self.dp, opts.cfg, min_sync_period=opts.min_sync_period,
-                             sync_period=opts.sync_period, metrics=self.metrics,
-                             clear_conntrack=opts.clear_conntrack)
-        self.health = ProxierHealth(timeout=lambda: 2 * self.syncer.full_sync_interval,
-                                    last_updated=lambda: self.syncer.last_success,
-                                    pending_since=self.syncer.pending_since,
-                                    node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
-        # pending changes are read from the store at scrape time
-        self.metrics.endpoint_changes_pending.set_function(lambda: self.store.pending.endpoint_events)
-        self.metrics.service_changes_pending.set_function(lambda: self.store.pending.service_events)
+        families = tuple(dict.fromkeys(opts.families or (opts.cfg.ip_family,)))
+        given = dict(dps or {})
+        if dp is not None:
+            given[families[0]] = dp
+        self.syncers: dict[int, Syncer] = {}
+        for i, family in enumerate(families):
+            cfg = replace(opts.cfg, ip_family=family)
+            fdp = given[family] if family in given else dataplane(opts.mode, cfg)
+            self.syncers[family] = Syncer(self.store, fdp, cfg, min_sync_period=opts.min_sync_period,
+                                          sync_period=opts.sync_period, metrics=self.metrics,
+                                          clear_conntrack=opts.clear_conntrack,
+                                          feed=self.store.feed if i == 0 else self.store.subscribe())
+        self.syncer = self.syncers[families[0]]  # the primary family's
+        self.dp = self.syncer.dp
+        self.health = ProxierHealth(
+            [FamilyHealth(s.cfg.family_name, timeout=lambda s=s: 2 * s.full_sync_interval,  # type: ignore[misc]
+                          last_updated=lambda s=s: s.last_success, pending_since=s.pending_since)
+             for s in self.syncers.values()],
+            node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
+        for s in self.syncers.values():  # pending changes are read from each feed at scrape time
+            fm = self.metrics.family(s.cfg.family_name)
+            fm.endpoint_changes_pending.set_function(lambda f=s.feed: f.pending.endpoint_events)
+            fm.service_changes_pending.set_function(lambda f=s.feed: f.pending.service_events)
+        # the health-check node ports answer for the primary family's endpoints (on 0.0.0.0)
         self.service_health = ServiceHealth(self.health)
         self.syncer.listeners.append(self.service_health.update)
         self.status: StatusServer | None = None
@@ -87,7 +110,7 @@ class Daemon:
                 log.error("status page: cannot listen on %s (%s); running without it (choose another "
                           "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
         tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
-        tasks.append(asyncio.create_task(self.syncer.run(), name="syncer"))
+        tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
         done: set[asyncio.Task] = set()
         try:

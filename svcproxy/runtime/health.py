@@ -45,17 +45,40 @@ def split_host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 @dataclass
-class ProxierHealth:
-    """kube-proxy's ProxierHealthServer semantics, fed by the syncer."""
+class FamilyHealth:
+    """One IP family's sync loop, as the health server sees it."""
 
+    name: str  # "IPv4" or "IPv6"
     timeout: Callable[[], float]  # 2 x the (possibly stretched) full sync interval
     last_updated: Callable[[], float | None]  # wall time of the last successful sync
     pending_since: Callable[[], float | None]  # monotonic time of the oldest unprogrammed change
-    node_eligible: Callable[[], bool] = lambda: True
 
     def healthy(self) -> bool:
         since = self.pending_since()
         return since is None or time.monotonic() - since < self.timeout()
+
+
+@dataclass
+class ProxierHealth:
+    """kube-proxy's ProxyHealthServer semantics, fed by one syncer per IP family: healthy while
+    every family is; when one is not, lastUpdated is that family's last successful sync."""
+
+    families: list[FamilyHealth]
+    node_eligible: Callable[[], bool] = lambda: True
+
+    def healthy(self) -> bool:
+        return not self.failing()
+
+    def failing(self) -> list[str]:
+        """The families with a change waiting longer than their timeout."""
+        return [f.name for f in self.families if not f.healthy()]
+
+    def last_updated(self) -> float | None:
+        stale = [f for f in self.families if not f.healthy()]
+        times = [t for f in (stale or self.families) if (t := f.last_updated()) is not None]
+        if not times:
+            return None
+        return min(times) if stale else max(times)
 
 
 async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:

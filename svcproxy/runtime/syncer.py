@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from ..config import NodeConfig, ip_family
 from ..dataplane import Dataplane, SyncResult
-from ..sources.store import Changes, ObjectStore
+from ..sources.store import ChangeFeed, Changes, ObjectStore
 from ..state import ProxyState, ServiceState, build_service_state
 from . import conntrack
-from .metrics import Metrics
+from .metrics import FamilyMetrics, Metrics
 
 log = logging.getLogger("svcproxy.runtime.syncer")
 
@@ -47,11 +47,14 @@ class SyncStats:
 class Syncer:
     def __init__(self, store: ObjectStore, dp: Dataplane, cfg: NodeConfig, *, min_sync_period: float = 1.0,
                  sync_period: float = 30.0, metrics: Metrics | None = None,
-                 clear_conntrack: bool = True) -> None:
+                 clear_conntrack: bool = True, feed: ChangeFeed | None = None) -> None:
+        """One IP family's sync loop (cfg.ip_family); a dual-stack daemon runs one per family,
+        each on its own feed of the store's changes."""
         self.store, self.dp, self.cfg = store, dp, cfg
+        self.feed = feed if feed is not None else store.feed
         self.min_sync_period = max(0.0, min_sync_period)
         self.sync_period = max(sync_period, self.min_sync_period, 0.001)
-        self.metrics = metrics
+        self.metrics: FamilyMetrics | None = metrics.family(cfg.family_name) if metrics is not None else None
         self.clear_conntrack = clear_conntrack
         self.state = ProxyState(zone=cfg.zone)  # the desired state as last built
         self.programmed: ProxyState | None = None  # the state last applied successfully
@@ -72,17 +75,17 @@ class Syncer:
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
         while not self.store.synced:
-            await self.store.changed.wait()
-            self.store.changed.clear()
-        log.info("all sources synced; programming rules")
+            await self.feed.changed.wait()
+            self.feed.changed.clear()
+        log.info("all sources synced; programming %s rules", self.cfg.family_name)
         while True:
             now = time.monotonic()
             due = self.last_full + self.full_sync_interval if self.retry_at is None else self.retry_at
-            if not self.store.changed.is_set() and due > now:
+            if not self.feed.changed.is_set() and due > now:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(due - now):
-                        await self.store.changed.wait()
+                        await self.feed.changed.wait()
             earliest = self.last_start + self.min_sync_period
             if self.retry_at is not None:
                 earliest = max(earliest, self.retry_at)
@@ -101,7 +104,7 @@ class Syncer:
         return max(self.sync_period, 4 * self.last_full_seconds)
 
     def _note_pending(self) -> None:
-        pend = self.store.pending
+        pend = self.feed.pending
         if pend.oldest is not None and self.oldest_pending is None:
             self.oldest_pending = pend.oldest
         if self.metrics:
@@ -143,7 +146,7 @@ class Syncer:
     async def sync_once(self, full: bool = False) -> bool:
         """Build and apply; True on success. A failure keeps the old rules and schedules a full retry."""
         self.last_start = time.monotonic()
-        changes = self.store.take_changes()
+        changes = self.feed.take()
         oldest = self.oldest_pending if self.oldest_pending is not None else changes.oldest
         self.oldest_pending = None
         t0 = time.perf_counter()
@@ -173,8 +176,8 @@ class Syncer:
             self.last_full_seconds = apply_s
         n_changed = len(state.services) if full else len(changed or ())
         self.last = SyncStats(full, len(state.services), n_changed, build_s, apply_s, result)
-        log.info("%s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",
-                 "full" if full else "partial", len(state.services), n_changed, build_s * 1e3, apply_s * 1e3,
+        log.info("%s %s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",
+                 self.cfg.family_name, "full" if full else "partial", len(state.services), n_changed, build_s * 1e3, apply_s * 1e3,
                  result.input_bytes if result else 0)
         if m:
             self._record(m, full, time.perf_counter() - t0, result, changes, state)
@@ -186,7 +189,7 @@ class Syncer:
         return True
 
     def _failed(self, changes: Changes, oldest: float | None, full: bool, e: Exception) -> None:
-        self.store.requeue(changes)
+        self.feed.requeue(changes)
         if oldest is not None:
             self.oldest_pending = oldest
         self.need_full = True
@@ -197,10 +200,10 @@ class Syncer:
             self.metrics.restore_failures.inc()
             if not full:
                 self.metrics.partial_restore_failures.inc()
-        log.error("sync failed (%s); the previous rules stay in place; retrying a full sync in %.1fs",
-                  e, backoff, exc_info=not isinstance(e, RuntimeError))
+        log.error("%s sync failed (%s); the previous %s rules stay in place; retrying a full sync in %.1fs",
+                  self.cfg.family_name, e, self.cfg.family_name, backoff, exc_info=not isinstance(e, RuntimeError))
 
-    def _record(self, m: Metrics, full: bool, seconds: float, result: SyncResult | None, changes: Changes,
+    def _record(self, m: FamilyMetrics, full: bool, seconds: float, result: SyncResult | None, changes: Changes,
                 state: ProxyState) -> None:
         m.sync_duration.observe(seconds)
         (m.sync_full_duration if full else m.sync_partial_duration).observe(seconds)
@@ -241,4 +244,4 @@ class Syncer:
         """Monotonic time of the oldest change not yet in the kernel, or None if all is programmed."""
         if self.oldest_pending is not None:
             return self.oldest_pending
-        return self.store.pending.oldest
+        return self.feed.pending.oldest

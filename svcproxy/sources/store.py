@@ -1,9 +1,11 @@
 """The objects the sources delivered, and which services changed since the last sync.
 
-The store is the only thing sources and the sync loop share. Sources put and delete objects;
-the sync loop takes the set of changed service keys (a Service or any of its EndpointSlices
-changed) and rebuilds just those services' state. A Node change (this node's zone) affects
-every service, so it asks for a full rebuild.
+The store is the only thing sources and the sync loops share. Sources put and delete objects;
+each sync loop takes the set of changed service keys (a Service or any of its EndpointSlices
+changed) from its own feed and rebuilds just those services' state. A Node change (this
+node's zone) affects every service, so it asks for a full rebuild. A dual-stack daemon runs one
+sync loop per IP family, each with a feed of its own (as kube-proxy's metaproxier hands every
+event to both proxiers), so one family's failure or backlog never holds the other back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,27 @@ class Changes:
     trigger_times: list[float] = field(default_factory=list)  # wall time each slice change happened
 
 
+class ChangeFeed:
+    """One sync loop's view of what changed: the changes since it last took them."""
+
+    def __init__(self) -> None:
+        self.pending = Changes(all=True)
+        self.changed = asyncio.Event()  # set whenever something changed; the sync loop waits on it
+
+    def take(self) -> Changes:
+        """The changes since the last call; the feed starts collecting afresh."""
+        changes, self.pending = self.pending, Changes()
+        self.changed.clear()
+        return changes
+
+    def requeue(self, changes: Changes) -> None:
+        """Put back changes a failed sync could not program (the next sync is full anyway)."""
+        self.pending.all = True
+        self.pending.services |= changes.services
+        if changes.oldest is not None and (self.pending.oldest is None or changes.oldest < self.pending.oldest):
+            self.pending.oldest = changes.oldest
+
+
 class ObjectStore:
     """Services, EndpointSlices and Nodes by key, each remembered with the source that owns it."""
 
@@ -51,8 +74,9 @@ class ObjectStore:
         self.slices_by_service: dict[str, set[str]] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, key) -> source name
         self._pending = set(sources)  # sources that have not delivered a complete state yet
-        self._changes = Changes(all=True)
-        self.changed = asyncio.Event()  # set whenever something changed; the sync loop waits on it
+        self.feed = ChangeFeed()  # the first sync loop's; subscribe() makes more
+        self.feeds = [self.feed]
+        self.changed = self.feed.changed
         self.node_eligible: dict[str, bool] = {}  # node name -> not being deleted (for /healthz)
         # What each source could not use, by the object it names: shown by the status page.
         self.problems: dict[str, dict[str, str]] = {}  # source -> {"Kind ns/name": message}
@@ -99,7 +123,8 @@ class ObjectStore:
         elif isinstance(obj, Service):
             self._touch_service(key)
         else:
-            self._changes.nodes = True
+            for feed in self.feeds:
+                feed.pending.nodes = True
         self._notify()
 
     def delete(self, source: str, kind: str, key: str) -> None:
@@ -114,7 +139,8 @@ class ObjectStore:
         elif isinstance(old, Service):
             self._touch_service(key)
         else:
-            self._changes.nodes = True
+            for feed in self.feeds:
+                feed.pending.nodes = True
         self._notify()
 
     def replace(self, source: str, objects: Objects | Iterable[Obj], keep: set[tuple[str, str]] = frozenset()) -> None:
@@ -134,23 +160,25 @@ class ObjectStore:
     def owned(self, source: str) -> set[tuple[str, str]]:
         return {k for k, owner in self._owner.items() if owner == source}
 
-    # -- what the sync loop calls -----------------------------------------
+    # -- what the sync loops call ----------------------------------------
+    def subscribe(self) -> ChangeFeed:
+        """A feed for another sync loop; it starts with a full rebuild, like the first."""
+        feed = ChangeFeed()
+        self.feeds.append(feed)
+        if self.synced:
+            feed.changed.set()
+        return feed
+
     def take_changes(self) -> Changes:
-        """The changes since the last call; the store starts collecting afresh."""
-        changes, self._changes = self._changes, Changes()
-        self.changed.clear()
-        return changes
+        """The first feed's changes since the last call (single-family callers and tests)."""
+        return self.feed.take()
 
     def requeue(self, changes: Changes) -> None:
-        """Put back changes a failed sync could not program (the next sync is full anyway)."""
-        self._changes.all = True
-        self._changes.services |= changes.services
-        if changes.oldest is not None and (self._changes.oldest is None or changes.oldest < self._changes.oldest):
-            self._changes.oldest = changes.oldest
+        self.feed.requeue(changes)
 
     @property
     def pending(self) -> Changes:
-        return self._changes
+        return self.feed.pending
 
     def node(self, name: str) -> Node | None:
         return self.nodes.get(name)
@@ -178,18 +206,22 @@ class ObjectStore:
                 del self.slices_by_service[sl.service_key]
 
     def _touch_service(self, key: str, endpoint: bool = False, trigger_time: float | None = None) -> None:
-        c = self._changes
-        c.services.add(key)
-        if endpoint:
-            c.endpoint_events += 1
-            c.trigger_times.append(trigger_time if trigger_time is not None else time.time())
-        else:
-            c.service_events += 1
-        if c.oldest is None:
-            c.oldest = time.monotonic()
+        now = time.monotonic()
+        when = trigger_time if trigger_time is not None else time.time()
+        for feed in self.feeds:
+            c = feed.pending
+            c.services.add(key)
+            if endpoint:
+                c.endpoint_events += 1
+                c.trigger_times.append(when)
+            else:
+                c.service_events += 1
+            if c.oldest is None:
+                c.oldest = now
 
     def _notify(self) -> None:
-        self.changed.set()
+        for feed in self.feeds:
+            feed.changed.set()
 
 
 def _flatten(objects: Objects | Iterable[Obj]) -> list[Obj]:

@@ -98,7 +98,8 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
                          "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                          "kubeproxy_sync_proxy_rules_endpoint_changes_total",
                          "kubeproxy_sync_proxy_rules_service_changes_total",
-                         'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}'):
+                         'kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}',
+                         'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}'):
                 assert name in text, name
             partial = [ln for ln in text.splitlines()
                        if ln.startswith("kubeproxy_sync_partial_proxy_rules_duration_seconds_count")]
@@ -114,7 +115,8 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
                 await asyncio.sleep(0.02)
             assert status == 503
             status, text = await get(f"http://127.0.0.1:{mp}/metrics")
-            assert "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0.0" not in text
+            assert 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"} 0.0' not in text
+            assert 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}' in text
             dp.fail_next = 0
             await until(lambda: dp.endpoints("default/lb") == ["10.0.2.6:8080"], 5)
             status, _ = await get(f"http://127.0.0.1:{hz}/healthz")

@@ -144,13 +144,13 @@ def test_periodic_full_sync_and_retry_after_failure(manifests: Path) -> None:
             await until(lambda: len(dp.calls) >= 3)
             assert all(changed is None for _, changed in dp.calls), "sync-period syncs are full"
             dp.fail_next = 2
-            failures = daemon.metrics.restore_failures._value.get()
+            failures = daemon.syncer.metrics.restore_failures._value.get()
             n = len(dp.calls)
             daemon.store.put("manifests", _slice(7))
             await until(lambda: len(dp.calls) > n, timeout=10)
             assert dp.calls[-1][1] is None, "the sync after a failure is full"
             assert dp.endpoints("default/web") == ["10.0.9.7:8080"]
-            assert daemon.metrics.restore_failures._value.get() == failures + 2
+            assert daemon.syncer.metrics.restore_failures._value.get() == failures + 2
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

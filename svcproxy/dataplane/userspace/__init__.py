@@ -30,7 +30,7 @@ import threading
 from collections.abc import Collection, Coroutine
 from typing import Any
 
-from ...config import NodeConfig
+from ...config import NodeConfig, ip_family
 from ...state import ProxyState
 from .. import ApplyError, SyncResult
 from .interface import IFNAME, ServiceInterface
@@ -101,7 +101,8 @@ class UserspaceDataplane:
             try:
                 if changed is None or self._addresses is None:
                     self.interface.ensure()
-                    self._addresses = self.interface.addresses()
+                    # this family's only: a dual-stack daemon's other family owns the rest
+                    self._addresses = {a for a in self.interface.addresses() if ip_family(a) == self.cfg.ip_family}
                 self.interface.change(add=wanted.addresses - self._addresses, remove=())
                 self._addresses |= wanted.addresses
             except ApplyError:
