@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "daemon"))
 PORT = 18080
-SYNC = re.compile(r"(?<=syncer: )(full|partial) sync: (\d+) service\(s\), (\d+) changed, build ([\d.]+) ms, "
+SYNC = re.compile(r"(?<=syncer: )(?:IPv\d )?(full|partial) sync: (\d+) service\(s\), (\d+) changed, build ([\d.]+) ms, "
                   r"apply ([\d.]+) ms, input (\d+) bytes")
 LISTED = re.compile(r"(\w+): listed (\d+) object\(s\) at resourceVersion \S+ in ([\d.]+)s")
 
@@ -184,7 +184,7 @@ def inside(args: argparse.Namespace) -> None:
               f"{med(e2e):.0f} / {max(e2e):.0f} ms; daemon build {med(builds):.1f} ms + apply "
               f"{med(applies):.0f} ms; restore input {med(sizes)} / {max(sizes)} bytes", flush=True)
         print("waiting for the periodic full sync ...", flush=True)
-        _, found = log.wait(re.compile(r"syncer: (full sync|sync failed)"), args.sync_period + 600)
+        _, found = log.wait(re.compile(r"syncer: (?:IPv\d )?(full sync|sync failed)"), args.sync_period + 600)
         warm = SYNC.search(found.string)
         if warm is None:
             raise SystemExit(f"the periodic full sync failed: {found.string}")
