@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from svcproxy.lab.netns import exec_in, ip_batch, namespace_pids, run, scratch_namespace, spawn, stop_processes, sysctls
+from svcproxy.lab.netns import (
+    exec_in,
+    ip_batch,
+    namespace_pids,
+    run,
+    scratch_namespace,
+    spawn,
+    stop_processes,
+    sysctls,
+)
 
 pytestmark = pytest.mark.kernel
 

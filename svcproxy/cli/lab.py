@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
+from ..config import format_endpoint
 from ..dataplane import MODES, RUN_MODES
 from ..lab import DEFAULT_PREFIX, Lab, LabError
 from ..lab.targets import VIAS
@@ -58,13 +60,17 @@ def lab() -> None:
 @click.option("--proxy-mode", type=click.Choice(RUN_MODES), default="iptables", show_default=True)
 @click.option("--nftables-layout", type=click.Choice(["kube-proxy", "maps"]), default="kube-proxy",
               show_default=True, help="The nodes' nftables table layout (with --proxy-mode nftables).")
+@click.option("--dual-stack", is_flag=True, default=False,
+              help="IPv4 and IPv6 on every node, pod and the outside client (also chosen when the "
+                   "manifests hold IPv6 EndpointSlices or ClusterIPs); one svcproxy run per node serves both.")
 @prefix_option()
 @_errors
-def up(paths: tuple[str, ...], nodes: int | None, proxy_mode: str, nftables_layout: str, prefix: str) -> None:
+def up(paths: tuple[str, ...], nodes: int | None, proxy_mode: str, nftables_layout: str, dual_stack: bool,
+       prefix: str) -> None:
     """Build the lab: nodes, pods for every endpoint, svcproxy run on every node."""
     with console.status("building the lab") as status:
         lab_ = Lab.up(paths, nodes=nodes, mode=proxy_mode, prefix=prefix, progress=_progress(status),
-                      nftables_layout=nftables_layout)
+                      nftables_layout=nftables_layout, dual_stack=dual_stack)
     _print_status(lab_.status())
     console.print(f"\nTry: svcproxy lab curl {_first_service(lab_)} --prefix {prefix}    "
                   f"(and `svcproxy lab down --prefix {prefix}` when done)")
@@ -158,20 +164,26 @@ def down(prefix: str) -> None:
 @click.option("--via", type=click.Choice(VIAS), default=None,
               help="Which address (default: ClusterIP; from outside the LB IP, externalIP or NodePort).")
 @click.option("--node", default=None, help="With --via nodeport: which node's NodePort (default: the first).")
-@click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait per attempt.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds to wait per attempt (default 1; 2 with -6: Linux reports an IPv6 refusal of a "
+                   "TCP SYN only at the SYN's retry, after 1 s).")
+@click.option("-6", "--ipv6", is_flag=True, default=False,
+              help="Use the Service's IPv6 address (and the node's) in a dual-stack lab.")
 @prefix_option()
 @_errors
 def curl(service: str, where: str | None, count: int, udp: bool, via: str | None, node: str | None,
-         timeout: float, prefix: str) -> None:
+         timeout: float | None, ipv6: bool, prefix: str) -> None:
     """Connect to SERVICE[:PORT] COUNT times; show which pods served and the source they saw."""
     from ..lab import report
 
     lab_ = Lab(prefix)
     where = where or lab_.pods[0].name
-    _, client_ip = lab_.namespace_of(where)
-    target = lab_.target(service, where, udp=udp, via=via, node=node)
+    family = 6 if ipv6 else 4
+    timeout = timeout if timeout is not None else (2.0 if ipv6 else 1.0)
+    target = lab_.target(service, where, udp=udp, via=via, node=node, family=family)
+    _, client_ip = lab_.namespace_of(where, family)
     probes = lab_.probe(where, target.ip, target.port, udp=udp, count=count, timeout=timeout)
-    title = (f"{target.service} via {target.kind} {target.ip}:{target.port}/{target.protocol} "
+    title = escape(f"{target.service} via {target.kind} {format_endpoint(target.ip, target.port)}/{target.protocol} "
              f"from {where} ({client_ip})")
     report.show(console, title, probes, client_ip)
 

@@ -42,7 +42,7 @@ def attempt(host: str, port: int, udp: bool, timeout: float, source: str | None)
     start = time.monotonic()
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        with socket.socket(socket.AF_INET, kind) as s:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
             s.settimeout(timeout)
             if source:
                 s.bind((source, 0))

@@ -28,6 +28,7 @@ from ..model.objects import Service
 from . import checks, netns, proxies, wiring
 from .plan import (
     OUTSIDE_IP,
+    OUTSIDE_IP6,
     LabError,
     LabPlan,
     Names,
@@ -105,14 +106,14 @@ class Lab:
     def node(self, name: str) -> NodeSpec:
         st = self._state
         for n in st.nodes if st else []:
-            if name in (n.name, n.ip, f"n{n.index}"):
+            if name in (n.name, n.ip, f"n{n.index}") or (n.ip6 and name == n.ip6):
                 return n
         raise LabError(f"no node {name!r} in lab {self.names.prefix} (nodes: "
                        f"{', '.join(n.name for n in (st.nodes if st else []))})")
 
     def pod(self, name: str) -> PodSpec:
         for p in self.state.pods:
-            if name in (p.name, p.ip):
+            if name in (p.name, p.ip) or (p.ip6 and name == p.ip6):
                 return p
         raise LabError(f"no pod {name!r} in lab {self.names.prefix} (pods: "
                        f"{', '.join(p.name for p in self.state.pods)})")
@@ -123,18 +124,19 @@ class Lab:
     def pod_ns(self, pod: PodSpec | str) -> str:
         return self.names.pod_ns(self.pod(pod) if isinstance(pod, str) else pod)
 
-    def namespace_of(self, where: str) -> tuple[str, str]:
-        """(namespace, address) of a pod name/IP, a node name/IP, or 'outside'."""
+    def namespace_of(self, where: str, family: int = 4) -> tuple[str, str]:
+        """(namespace, address of that family) of a pod name/IP, a node name/IP, or 'outside'."""
+        six = family == 6
         if where == "outside":
-            return self.names.outside_ns, OUTSIDE_IP
+            return self.names.outside_ns, OUTSIDE_IP6 if six else OUTSIDE_IP
         try:
             n = self.node(where)
-            return self.names.node_ns(n), n.ip
+            return self.names.node_ns(n), n.ip6 if six else n.ip
         except LabError:
             pass
         try:
             p = self.pod(where)
-            return self.names.pod_ns(p), p.ip
+            return self.names.pod_ns(p), p.ip6 if six else p.ip
         except LabError:
             raise LabError(f"--from {where!r}: not a pod, a node or 'outside' (pods: "
                            f"{', '.join(p.name for p in self.pods)}; nodes: "
@@ -143,21 +145,27 @@ class Lab:
     def local_addresses(self, node: NodeSpec | str) -> list[str]:
         """A node's own addresses, as the tracer needs them to know which packets start at OUTPUT."""
         n = self.node(node) if isinstance(node, str) else node
-        return [n.ip, n.gateway, "127.0.0.1"]
+        return [n.ip, n.gateway, "127.0.0.1", *((n.ip6, n.gateway6, "::1") if n.ip6 else ())]
 
     def services(self) -> list[Service]:
         """The Services the lab's proxies currently see."""
         return load_paths([self.store.manifests]).services
 
-    def target(self, spec: str, where: str, *, udp: bool = False, via: str | None = None,
-               node: str | None = None) -> Target:
-        """Where `lab curl SERVICE[:PORT] --from where` connects (see targets.resolve)."""
-        return resolve(self.services(), spec, outside=where == "outside", nodes=self.nodes, udp=udp, via=via,
-                       node=node)
+    @property
+    def dual_stack(self) -> bool:
+        return bool(self.nodes and self.nodes[0].ip6)
 
-    def rules(self, node: NodeSpec | str) -> str:
-        """The node's live ruleset (iptables-save or nft list ruleset)."""
-        return proxies.live_rules(self.node_ns(node), self.mode)
+    def target(self, spec: str, where: str, *, udp: bool = False, via: str | None = None,
+               node: str | None = None, family: int = 4) -> Target:
+        """Where `lab curl SERVICE[:PORT] --from where` connects (see targets.resolve)."""
+        if family == 6 and not self.dual_stack:
+            raise LabError("this lab is IPv4 only; for IPv6 start one with `svcproxy lab up --dual-stack -f ...`")
+        return resolve(self.services(), spec, outside=where == "outside", nodes=self.nodes, udp=udp, via=via,
+                       node=node, family=family)
+
+    def rules(self, node: NodeSpec | str, family: int = 4) -> str:
+        """The node's live ruleset (iptables-save / ip6tables-save, or nft list ruleset)."""
+        return proxies.live_rules(self.node_ns(node), self.mode, family)
 
     def status(self) -> dict:
         """What exists and what runs: for `lab status`."""
@@ -169,10 +177,12 @@ class Lab:
         return {"prefix": st.prefix, "up": st.up, "mode": st.mode, "nftables_layout": st.nftables_layout,
                 "programmer": st.programmer,
                 "external_via": st.external_via, "manifests": str(self.store.manifests),
-                "nodes": [{"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr,
+                "dual_stack": self.dual_stack,
+                "nodes": [{"name": n.name, "ip": n.ip, **({"ip6": n.ip6, "pod_cidr6": n.pod_cidr6} if n.ip6 else {}),
+                           "pod_cidr": n.pod_cidr,
                            "namespace": self.names.node_ns(n), "exists": self.names.node_ns(n) in existing,
                            "proxy": procs.get(f"proxy:{n.name}")} for n in st.nodes],
-                "pods": [{"name": p.name, "ip": p.ip, "node": p.node, "namespace": self.names.pod_ns(p),
+                "pods": [{"name": p.name, "ip": p.ip, **({"ip6": p.ip6} if p.ip6 else {}), "node": p.node, "namespace": self.names.pod_ns(p),
                           "exists": self.names.pod_ns(p) in existing, "tcp": list(p.tcp_ports),
                           "udp": list(p.udp_ports), "server": procs.get(f"pod:{p.ip}")} for p in st.pods],
                 "namespaces": sorted(ns for ns in existing if self.names.owns(ns))}
@@ -184,7 +194,7 @@ class Lab:
     @classmethod
     def up(cls, paths: Iterable[str | Path], *, nodes: int | None = None, mode: str = "iptables",
            prefix: str = DEFAULT_PREFIX, root: Path | None = None, progress: Progress | None = None,
-           nftables_layout: str = "kube-proxy") -> Lab:
+           nftables_layout: str = "kube-proxy", dual_stack: bool = False) -> Lab:
         """Build the lab for these manifests (replacing a lab of the same prefix) and wait until
         every proxy has programmed them."""
         Names(prefix)  # a bad prefix is the first thing to say
@@ -193,7 +203,7 @@ class Lab:
         if missing:
             raise LabError(f"svcproxy run cannot program --proxy-mode {mode}: {missing}")
         paths = [Path(p) for p in paths]
-        plan = make_plan(paths, nodes)
+        plan = make_plan(paths, nodes, dual_stack=dual_stack)
         lab = cls(prefix, root, progress)
         if lab._state is not None or lab._leftover_namespaces():
             lab.progress(f"removing the previous lab {prefix!r}")
@@ -218,14 +228,16 @@ class Lab:
         if not checks.br_netfilter_available():
             self.progress("warning: br_netfilter is not available: a pod reaching a Service whose chosen "
                           "endpoint is on the same node gets no answer (the reply skips un-DNAT)")
-        self.progress(f"creating the LAN and {len(plan.nodes)} node(s)")
+        self.progress(f"creating the LAN and {len(plan.nodes)} node(s)" + (", dual-stack" if plan.dual_stack else ""))
         for ns in st.namespaces:
             netns.add_namespace(ns)
         netns.ip_batch(n.lan_ns, wiring.lan(n, plan.nodes))
         for node in plan.nodes:
             netns.ip_batch(n.node_ns(node), wiring.node(n, node, plan.nodes))
-            netns.sysctls(n.node_ns(node), {**wiring.NODE_SYSCTLS, **(
-                wiring.BR_NETFILTER_SYSCTLS if checks.br_netfilter_available() else {})})
+            br = checks.br_netfilter_available()
+            netns.sysctls(n.node_ns(node), {**wiring.NODE_SYSCTLS, **(wiring.BR_NETFILTER_SYSCTLS if br else {}),
+                                            **(wiring.NODE_SYSCTLS6 if plan.dual_stack else {}),
+                                            **(wiring.BR_NETFILTER_SYSCTLS6 if br and plan.dual_stack else {})})
         netns.ip_batch(n.outside_ns, wiring.outside(n, plan.nodes[0]))
         self.store.write_manifests(manifest_text(paths, plan.nodes))
         written = time.time()

@@ -8,13 +8,14 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import NodeConfig
 from ..model.load import load_paths
 from ..state import build_state
 from . import netns
-from .plan import CLUSTER_CIDR, LabError, NodeSpec
+from .plan import CLUSTER_CIDR, CLUSTER_CIDR6, LabError, NodeSpec
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
@@ -34,8 +35,10 @@ def svcproxy_argv() -> list[str]:
 def run_argv(node: NodeSpec, mode: str, manifests: Path, nftables_layout: str = "kube-proxy") -> list[str]:
     """`svcproxy run` for one node, fed by the lab's manifest directory."""
     layout = ["--nftables-layout", nftables_layout] if mode == "nftables" else []
+    # a dual-stack node: one daemon, both families (a node IP and a cluster CIDR per family)
+    dual = ["--node-ip", node.ip6, "--cluster-cidr", CLUSTER_CIDR6] if node.ip6 else []
     return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode, *layout,
-            "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR,
+            "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR, *dual,
             "--healthz-bind-address", f"{node.ip}:{HEALTHZ_PORT}",
             "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}", "--min-sync-period", MIN_SYNC_PERIOD]
 
@@ -44,35 +47,47 @@ def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path, nftabl
     return netns.spawn(ns, run_argv(node, mode, manifests, nftables_layout), log).pid
 
 
-def live_rules(ns: str, mode: str) -> str:
-    """The node's ruleset as the kernel has it now (what the tracer reads, too)."""
+def live_rules(ns: str, mode: str, family: int = 4) -> str:
+    """The node's ruleset as the kernel has it now (what the tracer reads, too); iptables mode
+    has one per family (nft's ruleset holds both tables)."""
     if mode == "userspace":
         raise LabError(f"userspace mode programs no rules; nothing to show or trace (its listeners: "
                        f"`ip netns exec {ns} ss -ltnu`; its addresses: `ip -n {ns} addr show {USERSPACE_IFNAME}`)")
     if mode == "iptables":
-        return netns.exec_in(ns, ["iptables-save"])
+        return netns.exec_in(ns, ["ip6tables-save" if family == 6 else "iptables-save"])
     return netns.exec_in(ns, ["nft", "list", "ruleset"])
 
 
+def node_configs(node: NodeSpec) -> list[NodeConfig]:
+    """The node's view of itself, per family its proxy programs."""
+    cfg = NodeConfig(hostname=node.name, node_ips=node.ips, cluster_cidrs=(CLUSTER_CIDR,), zone=node.zone)
+    if not node.ip6:
+        return [cfg]
+    dual = NodeConfig(hostname=node.name, node_ips=node.ips, cluster_cidrs=(CLUSTER_CIDR, CLUSTER_CIDR6),
+                      zone=node.zone)
+    return [dual, replace(dual, ip_family=6)]
+
+
 def node_config(node: NodeSpec) -> NodeConfig:
-    return NodeConfig(hostname=node.name, node_ips=(node.ip,), cluster_cidrs=(CLUSTER_CIDR,), zone=node.zone)
+    return node_configs(node)[0]
 
 
 def expected_endpoints(manifests: Path, node: NodeSpec) -> set[str]:
     """Endpoint IPs this node's rules must name: every endpoint its proxy can send traffic to."""
-    cfg = node_config(node)
-    state = build_state(load_paths([manifests]), cfg)
+    objects = load_paths([manifests])
     out: set[str] = set()
-    for port in state.ports:
-        out.update(ep.ip for ep in state.select(port, cfg).all_reachable)
+    for cfg in node_configs(node):
+        state = build_state(objects, cfg)
+        for port in state.ports:
+            out.update(ep.ip for ep in state.select(port, cfg).all_reachable)
     return out
 
 
 def expected_addresses(manifests: Path, node: NodeSpec) -> set[str]:
     """Service addresses userspace mode must put on the node's svcproxy0."""
-    cfg = node_config(node)
-    state = build_state(load_paths([manifests]), cfg)
-    return {ip for p in state.ports for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips)}
+    objects = load_paths([manifests])
+    return {ip for cfg in node_configs(node) for p in build_state(objects, cfg).ports
+            for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips)}
 
 
 def userspace_addresses(ns: str) -> set[str]:
@@ -136,8 +151,7 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
             if userspace:
                 programmed = expected[node.name] <= userspace_addresses(ns)
             else:
-                rules = rule_lines(netns.exec_in(ns, ["iptables-save", "-t", "nat"] if mode == "iptables"
-                                                 else ["nft", "list", "ruleset"], check=False))
+                rules = rule_lines(_nat_rules(ns, mode, bool(node.ip6)))
                 programmed = (RULES_MARKER[mode] in rules and all(mentions(rules, ip) for ip in expected[node.name])
                               and not any(mentions(rules, ip) for ip in gone))
             if programmed:
@@ -151,6 +165,13 @@ def wait_programmed(nodes: Iterable[tuple[str, NodeSpec, int]], mode: str, manif
             raise LabError(f"the proxies on {', '.join(sorted(pending))} did not program the manifests "
                            f"within {timeout:.0f}s; their logs end with:\n{tails}")
         time.sleep(0.01)
+
+
+def _nat_rules(ns: str, mode: str, dual: bool) -> str:
+    if mode != "iptables":
+        return netns.exec_in(ns, ["nft", "list", "ruleset"], check=False)
+    tools = ("iptables-save", "ip6tables-save") if dual else ("iptables-save",)
+    return "".join(netns.exec_in(ns, [t, "-t", "nat"], check=False) for t in tools)
 
 
 def log_tail(log_dir: Path | None, node: str, lines: int = 15) -> str:

@@ -51,8 +51,9 @@ def find_port(svc: Service, port: str | None, udp: bool) -> ServicePort:
 
 
 def resolve(services: Iterable[Service], spec: str, *, outside: bool, nodes: list[NodeSpec],
-            udp: bool = False, via: str | None = None, node: str | None = None) -> Target:
-    """SERVICE[:PORT] -> the address to connect to. node: which node's NodePort (default: first)."""
+            udp: bool = False, via: str | None = None, node: str | None = None, family: int = 4) -> Target:
+    """SERVICE[:PORT] -> the address to connect to. node: which node's NodePort (default: first).
+    family: 4 or 6, which of a dual-stack Service's addresses (and a node's) to use."""
     name, _, port_spec = spec.partition(":")
     svc = find_service(services, name)
     p = find_port(svc, port_spec or None, udp)
@@ -60,17 +61,20 @@ def resolve(services: Iterable[Service], spec: str, *, outside: bool, nodes: lis
     if via is None:
         if not outside:
             via = "cluster"
-        elif any(i.ip for i in svc.load_balancer_ingress) and svc.type == "LoadBalancer":
+        elif any(i.ip and (":" in i.ip) == (family == 6) for i in svc.load_balancer_ingress) \
+                and svc.type == "LoadBalancer":
             via = "lb"
-        elif svc.external_ips:
+        elif any((":" in i) == (family == 6) for i in svc.external_ips):
             via = "external"
         else:
             via = "nodeport"
+    mine = lambda ips: [i for i in ips if i and i != "None" and (":" in i) == (family == 6)]  # noqa: E731
     if via == "cluster":
-        ip = next((i for i in svc.cluster_ips if ":" not in i and i != "None"), "")
-        if not ip:
-            raise LabError(f"service {svc.key} has no IPv4 ClusterIP")
-        return Target(label, ip, p.port, p.protocol, via)
+        ips = mine(svc.cluster_ips)
+        if not ips:
+            raise LabError(f"service {svc.key} has no IPv{family} ClusterIP"
+                           + (" (its ipFamilies would need IPv6 and an IPv6 clusterIPs entry)" if family == 6 else ""))
+        return Target(label, ips[0], p.port, p.protocol, via)
     if via == "nodeport":
         if not p.node_port or svc.type not in ("NodePort", "LoadBalancer"):
             raise LabError(f"service {svc.key} has no NodePort; it is reachable from outside only through "
@@ -78,14 +82,17 @@ def resolve(services: Iterable[Service], spec: str, *, outside: bool, nodes: lis
         target = next((n for n in nodes if node in (None, n.name, n.ip)), None)
         if target is None:
             raise LabError(f"no node {node!r} in this lab")
-        return Target(label, target.ip, p.node_port, p.protocol, via)
+        if family == 6 and not target.ip6:
+            raise LabError("this lab's nodes have no IPv6 address (start it with `lab up --dual-stack`)")
+        return Target(label, target.ip6 if family == 6 else target.ip, p.node_port, p.protocol, via)
     if via == "lb":
-        ips = [i.ip for i in svc.load_balancer_ingress if i.ip] if svc.type == "LoadBalancer" else []
+        ips = mine([i.ip for i in svc.load_balancer_ingress if i.ip]) if svc.type == "LoadBalancer" else []
         if not ips:
-            raise LabError(f"service {svc.key} has no LoadBalancer ingress IP")
+            raise LabError(f"service {svc.key} has no IPv{family} LoadBalancer ingress IP")
         return Target(label, ips[0], p.port, p.protocol, via)
     if via == "external":
-        if not svc.external_ips:
-            raise LabError(f"service {svc.key} has no externalIPs")
-        return Target(label, svc.external_ips[0], p.port, p.protocol, via)
+        ips = mine(svc.external_ips)
+        if not ips:
+            raise LabError(f"service {svc.key} has no IPv{family} externalIPs")
+        return Target(label, ips[0], p.port, p.protocol, via)
     raise LabError(f"--via {via!r}: choose one of {', '.join(VIAS)}")

@@ -22,7 +22,7 @@ def trace_live(lab: Lab, node: NodeSpec | str, source: str, destination: str, po
     """Trace a packet arriving at (or sent by) node through the rules its proxy programmed."""
     trace_packet = tracer()
     n = lab.node(node) if isinstance(node, str) else node
-    rules = lab.rules(n)
+    rules = lab.rules(n, 6 if ":" in destination else 4)
     try:
         return trace_packet(rules, source, destination, port, protocol, local_addresses=lab.local_addresses(n))
     except ImportError as e:  # e.g. a ruleset format whose parser is not there

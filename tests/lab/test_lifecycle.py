@@ -10,27 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from svcproxy.cli import main
-from svcproxy.lab import Lab
 from svcproxy.lab.checks import dataplane_missing
 from svcproxy.lab.demo import scaled_down
 from svcproxy.lab.netns import list_namespaces
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "cluster"
 SVCPROXY = [sys.executable, "-c", "import sys; from svcproxy.cli import main; sys.argv[0] = 'svcproxy'; main()"]
-
-
-@pytest.fixture
-def lab_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Lab state under tmp_path, for this process and the commands it runs."""
-    monkeypatch.setenv("SVCPROXY_LAB_DIR", str(tmp_path / "labs"))
-    return tmp_path / "labs"
 
 
 def svcproxy(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -53,15 +44,6 @@ def leftovers(prefix: str, lab_dir: Path) -> tuple[list[str], list[int]]:
             except OSError:
                 pass
     return [ns for ns in list_namespaces() if ns.startswith(prefix + "-")], pids
-
-
-@pytest.fixture
-def cleanup_prefix(lab_dir: Path) -> Iterator[list[str]]:
-    """Whatever a test leaves behind is removed (the test itself checks that `lab down` did it)."""
-    prefixes: list[str] = []
-    yield prefixes
-    for p in prefixes:
-        Lab(p).down()
 
 
 def need_dataplane(mode: str = "iptables") -> None:
