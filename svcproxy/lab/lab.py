@@ -43,6 +43,9 @@ from .targets import Target, resolve
 LAB_DIR = Path(__file__).parent
 CLIENT = LAB_DIR / "client.py"
 DEFAULT_PREFIX = "svl"
+# one datagram to each address (port 9, discard): makes the kernel resolve the neighbour
+NEIGHBOUR_PROBE = ("import socket, sys, time\nfor a in sys.argv[1:]:\n"
+                   "    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'', (a, 9))\ntime.sleep(0.2)")
 Progress = Callable[[str], None]
 
 
@@ -243,6 +246,8 @@ class Lab:
         written = time.time()
         self.progress(f"starting {len(plan.pods)} pod(s)")
         self._add_pods(plan.pods)
+        if plan.dual_stack:
+            self._resolve_neighbours()
         self.progress(f"starting svcproxy run ({mode}) on every node")
         for node in plan.nodes:
             self._start_proxy(node)
@@ -251,6 +256,20 @@ class Lab:
         self.progress(f"proxies programmed the manifests in {took * 1000:.0f} ms")
         st.up = True
         self.store.save(st)
+
+    def _resolve_neighbours(self, pods: Iterable[PodSpec] | None = None) -> None:
+        """Dual-stack labs: have every node resolve its IPv6 neighbours (the other nodes, its pods)
+        before traffic. Measured here: the first forwarded IPv6 packet towards a neighbour not yet
+        resolved is lost, which costs a client's first connection a 1 s SYN retry."""
+        st = self._state
+        assert st is not None
+        pods = list(st.pods if pods is None else pods)
+        for node in st.nodes:
+            targets = [o.ip6 for o in st.nodes if o.name != node.name] + [p.ip6 for p in pods if p.node == node.name]
+            if targets:
+                netns.exec_in(self.names.node_ns(node), [sys.executable, "-c", NEIGHBOUR_PROBE, *targets], check=False)
+        netns.exec_in(self.names.outside_ns, [sys.executable, "-c", NEIGHBOUR_PROBE, *(n.ip6 for n in st.nodes)],
+                      check=False)
 
     def route_external_via(self, node: NodeSpec | str) -> None:
         """Send the outside client's LoadBalancer/external-IP traffic through this node."""
@@ -340,6 +359,8 @@ class Lab:
         if added:
             self.progress(f"starting {len(added)} pod(s)")
             self._add_pods(added)
+            if self.dual_stack:
+                self._resolve_neighbours(added)
         self.store.write_manifests(manifest_text(paths, st.nodes))
         written = time.time()
         self.progress("waiting for the proxies to follow")
