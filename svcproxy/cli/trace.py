@@ -70,6 +70,8 @@ def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, sourc
         except OSError as e:
             raise click.UsageError(f"cannot read --rules {rules_file}: {e.strerror}") from None
     else:
+        if not params.get("ip_family"):  # the rules of the family the packet is in
+            params = {**params, "ip_family": "IPv6" if ":" in destination else "IPv4"}
         rules, local = _rules_from_manifests(paths, proxy_mode, params)
     try:
         result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table)
