@@ -86,15 +86,18 @@ class Daemon:
         self.status: StatusServer | None = None
         if opts.status_bind_address:
             cfg = opts.cfg
-            self.status = StatusServer(lambda: self.syncer.programmed or ProxyState(), lambda: self.store.problems,
-                                       opts.mode, cfg.hostname, [*cfg.node_ips, *cfg.local_addresses, "127.0.0.1"])
-            self.syncer.listeners.append(self._record_sync)
+            local = [*cfg.node_ips, *cfg.local_addresses, "127.0.0.1", *(["::1"] if len(self.syncers) > 1 else [])]
+            self.status = StatusServer(lambda: [s.programmed or ProxyState() for s in self.syncers.values()],
+                                       lambda: self.store.problems, opts.mode, cfg.hostname, local)
+            for s in self.syncers.values():
+                s.listeners.append(lambda state, changed, s=s: self._record_sync(s, state, changed))
 
-    def _record_sync(self, state: ProxyState, changed: set[str] | None) -> None:
-        if self.status is not None and self.syncer.last is not None:
-            last = self.syncer.last
+    def _record_sync(self, syncer: Syncer, state: ProxyState, changed: set[str] | None) -> None:
+        if self.status is not None and syncer.last is not None:
+            last = syncer.last
+            family = syncer.cfg.family_name if len(self.syncers) > 1 else ""
             self.status.syncs.record(changed is None, last.build_seconds + last.apply_seconds,
-                                     sorted(changed) if changed is not None else [], len(state.services))
+                                     sorted(changed) if changed is not None else [], len(state.services), family)
 
     async def run(self) -> None:
         """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""

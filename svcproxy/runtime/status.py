@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -38,8 +38,9 @@ class SyncLog:
     size: int = 20
     entries: deque = field(default_factory=deque)
 
-    def record(self, full: bool, seconds: float, changed: list[str], services: int) -> None:
-        self.entries.appendleft({"time": time.time(), "kind": "full" if full else "partial",
+    def record(self, full: bool, seconds: float, changed: list[str], services: int, family: str = "") -> None:
+        """family: "IPv4"/"IPv6" in a dual-stack daemon (each family syncs on its own)."""
+        self.entries.appendleft({"time": time.time(), "kind": "full" if full else "partial", "family": family,
                                  "ms": round(seconds * 1e3, 1), "services": services,
                                  "changed": changed[:10], "changed_count": len(changed)})
         while len(self.entries) > self.size:
@@ -123,33 +124,36 @@ def _endpoint(ep: EndpointInfo, proto: str, counters: EndpointCounters) -> dict[
             "packets": counters.packets_to(ep.ip, ep.port, proto)}
 
 
-def snapshot(state: ProxyState, counters: EndpointCounters, syncs: SyncLog, problems: dict[str, dict[str, str]],
-             mode: str, node: str) -> dict[str, Any]:
-    """Everything the page shows, as plain data (the page puts it in as text)."""
+def snapshot(state: ProxyState | Sequence[ProxyState], counters: EndpointCounters, syncs: SyncLog,
+             problems: dict[str, dict[str, str]], mode: str, node: str) -> dict[str, Any]:
+    """Everything the page shows, as plain data (the page puts it in as text). state: one per
+    IP family the daemon programs; a dual-stack Service lists its ports of both families."""
+    states = [state] if isinstance(state, ProxyState) else list(state)
     services = []
-    for key in sorted(state.services):
-        st = state.services[key]
+    for key in sorted({k for one in states for k in one.services}):
+        mine = [(one, one.services[key]) for one in states if key in one.services]
         ports = []
-        for p in st.ports:
-            eps = state.endpoints(p.name)
-            ports.append({
-                "name": p.name.port, "protocol": p.protocol, "cluster_ip": p.cluster_ip, "port": p.port,
-                "node_port": p.node_port, "external_ips": list(p.external_ips), "lb_ips": list(p.load_balancer_ips),
-                "external_policy": "Local" if p.external_policy_local else "Cluster",
-                "internal_policy": "Local" if p.internal_policy_local else "Cluster",
-                "affinity_seconds": p.session_affinity_timeout,
-                "endpoints": [_endpoint(e, p.protocol, counters) for e in eps]})
-        services.append({"key": key, "type": service_type(st.ports[0]), "ports": ports})
+        for one, st in mine:
+            for p in st.ports:
+                eps = one.endpoints(p.name)
+                ports.append({
+                    "name": p.name.port, "protocol": p.protocol, "cluster_ip": p.cluster_ip, "port": p.port,
+                    "node_port": p.node_port, "external_ips": list(p.external_ips), "lb_ips": list(p.load_balancer_ips),
+                    "external_policy": "Local" if p.external_policy_local else "Cluster",
+                    "internal_policy": "Local" if p.internal_policy_local else "Cluster",
+                    "affinity_seconds": p.session_affinity_timeout,
+                    "endpoints": [_endpoint(e, p.protocol, counters) for e in eps]})
+        services.append({"key": key, "type": service_type(mine[0][1].ports[0]), "ports": ports})
     bad = sorted({m for per_source in problems.values() for m in per_source.values()})
     return {"node": node, "mode": mode, "time": time.time(), "counters_error": counters.error,
             "services": services, "syncs": list(syncs.entries), "problems": bad}
 
 
-def live_rules(mode: str) -> str:
-    """This node's ruleset as the kernel holds it, for the trace form."""
+def live_rules(mode: str, family: int = 4) -> str:
+    """This node's ruleset of one family as the kernel holds it, for the trace form."""
     if mode == "userspace":
         raise ValueError("userspace mode programs no netfilter rules: there is nothing to trace")
-    cmd = ["iptables-save"] if mode == "iptables" else ["nft", "list", "ruleset"]
+    cmd = [("ip6tables-save" if family == 6 else "iptables-save")] if mode == "iptables" else ["nft", "list", "ruleset"]
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
 
 
@@ -172,7 +176,7 @@ def trace_answer(rules: str, form: dict[str, Any], local: list[str]) -> dict[str
 class StatusServer:
     """The aiohttp app of the page; reads the daemon's state, changes nothing."""
 
-    def __init__(self, state: Callable[[], ProxyState], problems: Callable[[], dict[str, dict[str, str]]],
+    def __init__(self, state: Callable[[], ProxyState | Sequence[ProxyState]], problems: Callable[[], dict[str, dict[str, str]]],
                  mode: str, node: str, local: list[str], counters: EndpointCounters | None = None) -> None:
         self.state, self.problems, self.mode, self.node, self.local = state, problems, mode, node, local
         self.counters = counters or EndpointCounters()
@@ -198,7 +202,8 @@ class StatusServer:
         async def trace(request: web.Request) -> web.Response:
             try:
                 form = await request.json()
-                rules = await asyncio.to_thread(live_rules, self.mode)
+                family = 6 if ":" in str(form.get("destination", "") if isinstance(form, dict) else "") else 4
+                rules = await asyncio.to_thread(live_rules, self.mode, family)
             except (ValueError, subprocess.SubprocessError, OSError) as e:
                 return web.json_response({"error": str(e)}, headers=_SAFE_HEADERS)
             answer = await asyncio.to_thread(trace_answer, rules, form if isinstance(form, dict) else {}, self.local)

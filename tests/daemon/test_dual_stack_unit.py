@@ -130,3 +130,24 @@ def test_a_failing_family_is_reported_and_the_other_keeps_programming(tmp_path: 
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_status_snapshot_lists_both_families_ports() -> None:
+    from dataclasses import replace
+
+    from svcproxy.model.load import load_paths
+    from svcproxy.runtime.status import EndpointCounters, SyncLog, snapshot
+    from svcproxy.state import build_state
+
+    dual = Path(__file__).resolve().parents[2] / "examples" / "dual-stack"
+    objects = load_paths([dual])
+    cfg = NodeConfig(hostname="test-node", node_ips=("192.168.0.2", "fd00:192:168::2"))
+    states = [build_state(objects, cfg), build_state(objects, replace(cfg, ip_family=6))]
+    log = SyncLog()
+    log.record(True, 0.01, [], 3, "IPv6")
+    snap = snapshot(states, EndpointCounters(dump=lambda: []), log, {}, "iptables", "test-node")
+    web = next(s for s in snap["services"] if s["key"] == "default/web")
+    assert {p["cluster_ip"] for p in web["ports"]} == {"172.30.0.10", "fd00:172:30::10"}
+    v6 = [p for p in web["ports"] if p["cluster_ip"] == "fd00:172:30::10" and p["protocol"] == "TCP"]
+    assert {e["ip"] for e in v6[0]["endpoints"]} == {"fd00:10:0:1::10", "fd00:10:0:2::10"}
+    assert snap["syncs"][0]["family"] == "IPv6"
