@@ -238,3 +238,69 @@ def test_one_process_programs_both_families(dual: dict[str, str]) -> None:
     assert "IPv4 + IPv6 dual-stack" in log, log[-2000:]
     assert "IPv4 full sync" in log and "IPv6 full sync" in log, log[-2000:]
     assert len(namespace_pids(dual["node"])) == 1, "one svcproxy process serves both families"
+
+
+BROKEN_TOOL = """#!/bin/sh
+echo "$(basename "$0"): can't initialize ip6tables table 'nat': Table does not exist (svcproxy test)" >&2
+exit 1
+"""
+
+
+def test_a_family_that_cannot_be_programmed_does_not_stop_the_other(tmp_path: Path) -> None:
+    """ip6tables broken on this node: IPv4 is programmed and serves traffic, the log names the
+    IPv6 failure, and /healthz answers 503 once the IPv6 change has waited past its timeout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ip6tables", "ip6tables-restore", "ip6tables-save"):
+        (bin_dir / tool).write_text(BROKEN_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "services.yaml").write_text(MANIFESTS)
+    import os
+
+    with scratch_namespace("dsf") as node, scratch_namespace("dsq") as pod:
+        run(["ip", "link", "add", "dsfp0", "netns", node, "type", "veth", "peer", "name", "dsfp1", "netns", pod])
+        ip_batch(node, ["link set dsfp0 up", "addr add 10.1.0.1/24 dev dsfp0", "addr add fd00:10:1::1/64 dev dsfp0 nodad",
+                        # a way out, so that the node routes the ClusterIP before the DNAT
+                        "link add dsfu type veth peer name dsfu1", "link set dsfu up", "link set dsfu1 up",
+                        "addr add 192.168.99.2/24 dev dsfu", "route add default via 192.168.99.1 dev dsfu"])
+        ip_batch(pod, ["link set dsfp1 up", *(f"addr add {ip}/24 dev dsfp1" for ip in PODS[4]),
+                       "route add default via 10.1.0.1"])
+        for addr in PODS[4]:
+            spawn(pod, [sys.executable, "-c", SERVER, addr], tmp_path / f"server-{addr}.log")
+        log = tmp_path / "svcproxy.log"
+        env_path = f"{bin_dir}:{os.environ.get('PATH', '')}"
+        daemon = spawn(node, ["env", f"PATH={env_path}", SVCPROXY, "run", "-f", str(tmp_path / "services.yaml"),
+                              "--proxy-mode", "iptables", "--node-ip", "10.1.0.1", "--node-ip", "fd00:10:1::1",
+                              "--hostname-override", "test-node", "--healthz-bind-address", "127.0.0.1:10256",
+                              "--metrics-bind-address", "", "--status-bind-address", "",
+                              "--min-sync-period", "0s", "--sync-period", "1s"], log)
+        try:
+            deadline = time.monotonic() + 30
+            while "KUBE-SVC-" not in exec_in(node, ["iptables-save", "-t", "nat"], check=False):
+                assert daemon.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            served, _ = _answers(connect(node, CLUSTER_IP[4], 80), 4, 20)
+            assert served == set(PODS[4])
+            code = ("import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen("
+                    "'http://127.0.0.1:10256/healthz', timeout=2).status)\nexcept urllib.error.HTTPError as e:\n"
+                    " print(e.code)")
+            deadline = time.monotonic() + 30
+            while (status := exec_in(node, [sys.executable, "-c", code]).strip()) != "503":
+                assert time.monotonic() < deadline, f"/healthz stayed {status}: {log.read_text()[-2000:]}"
+                time.sleep(0.3)
+            assert daemon.poll() is None, "the daemon keeps running"
+            text = log.read_text()
+            assert "IPv6 sync failed" in text and "Table does not exist" in text, text[-2000:]
+            assert "IPv4 sync failed" not in text
+            # IPv4 still follows changes while IPv6 fails
+            (tmp_path / "services.yaml").write_text(MANIFESTS.replace('"10.1.0.11"', '"10.1.0.10"'))
+            deadline = time.monotonic() + 15
+            while True:
+                served, _ = _answers(connect(node, CLUSTER_IP[4], 80, n=10), 4, 10)
+                if served == {"10.1.0.10"}:
+                    break
+                assert time.monotonic() < deadline, "IPv4 did not follow the change"
+                time.sleep(0.3)
+        finally:
+            stop_processes([*namespace_pids(node), *namespace_pids(pod)])
