@@ -72,7 +72,7 @@ class Daemon:
         self.syncer = self.syncers[families[0]]  # the primary family's
         self.dp = self.syncer.dp
         self.health = ProxierHealth(
-            [FamilyHealth(s.cfg.family_name, timeout=lambda s=s: 2 * s.full_sync_interval,  # type: ignore[misc]
+            [FamilyHealth(s.cfg.family_name, timeout=lambda s=s: 2 * s.full_sync_interval,
                           last_updated=lambda s=s: s.last_success, pending_since=s.pending_since)
              for s in self.syncers.values()],
             node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
