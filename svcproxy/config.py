@@ -7,7 +7,7 @@ a KubeProxyConfiguration file and the kernel; `render` fills it from flags alone
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 DEFAULT_MASQUERADE_BIT = 14
@@ -51,9 +51,6 @@ class NodeConfig:
         if self.nftables_layout not in NFTABLES_LAYOUTS:
             raise ValueError(f"nftables layout must be one of {', '.join(NFTABLES_LAYOUTS)}, "
                              f"got {self.nftables_layout!r}")
-
-    def with_node(self, zone: str, labels: tuple[tuple[str, str], ...]) -> NodeConfig:
-        return replace(self, zone=zone, node_labels=labels)
 
     @property
     def family_name(self) -> str:

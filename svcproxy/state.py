@@ -83,10 +83,6 @@ class ServicePortInfo:
     def uses_local_endpoints(self) -> bool:
         return self.internal_policy_local or (self.external_policy_local and self.externally_accessible)
 
-    @property
-    def cluster_endpoint(self) -> str:
-        return format_endpoint(self.cluster_ip, self.port)
-
 
 def service_is_proxied(svc: Service) -> bool:
     """kube-proxy skips headless, ExternalName and other-proxy services."""

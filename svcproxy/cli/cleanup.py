@@ -16,13 +16,7 @@ def cleanup(proxy_mode: str | None) -> None:
     svcproxy0 interface; foreign rules stay."""
     failed = False
     for mode in [proxy_mode] if proxy_mode else list(RUN_MODES):
-        try:
-            dp = dataplane(mode, NodeConfig())
-        except ImportError as e:
-            click.echo(f"error: {mode} mode: its dataplane cannot be loaded ({e}); nothing of {mode} mode "
-                       "was removed. Update svcproxy, or clean up with `--proxy-mode` for the other mode.", err=True)
-            failed = True
-            continue
+        dp = dataplane(mode, NodeConfig())
         try:
             dp.cleanup()
         except ApplyError as e:

@@ -22,12 +22,7 @@ def _rules_from_manifests(paths: tuple[str, ...], proxy_mode: str, params: dict[
 
     cfg = node_config(params)
     state = load_state(paths, cfg)
-    try:
-        render = renderer(proxy_mode)
-    except ImportError:
-        raise click.ClickException(f"the {proxy_mode} renderer is not available in this build; "
-                                   "try --proxy-mode nftables, or pass --rules FILE") from None
-    return render(state, cfg), list(cfg.local_ips)
+    return renderer(proxy_mode)(state, cfg), list(cfg.local_ips)
 
 
 def _to_png(svg: str) -> bytes:

@@ -91,10 +91,6 @@ class Lab:
         return self._state
 
     @property
-    def is_up(self) -> bool:
-        return self._state is not None and self._state.up
-
-    @property
     def mode(self) -> str:
         return self.state.mode
 

@@ -28,7 +28,6 @@ IPTABLES_TABLES: dict[str, tuple[tuple[str, int], ...]] = {
 
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                  "dccp": 33, "udplite": 136, "esp": 50, "ah": 51, "gre": 47}
-PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6", 33: "dccp", 136: "udplite"}
 
 
 no_gc = gc_paused  # parsing and walking a 100k-rule ruleset: see gcpause.py

@@ -137,11 +137,8 @@ class IptablesDataplane:
 
 def _cleanup_other_mode(cfg: NodeConfig) -> None:
     """Switching from nftables mode: remove its tables (cheap when there are none)."""
-    try:
-        from ..nftables import NftablesDataplane
-    except ImportError as e:
-        log.warning("cannot check for nftables-mode leftovers (svcproxy.dataplane.nftables: %s)", e)
-        return
+    from ..nftables import NftablesDataplane  # imported here: the two modes clean up after each other
+
     try:
         NftablesDataplane(cfg).cleanup()
     except Exception as e:  # noqa: BLE001 - leftovers must not stop the iptables mode

@@ -328,11 +328,8 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
 
 def remove_iptables_leftovers(cfg: NodeConfig) -> None:
     """Switching from iptables mode: remove its chains, as kube-proxy does at startup."""
-    try:
-        from ..iptables import IptablesDataplane  # type: ignore[attr-defined]
-    except ImportError:
-        log.warning("iptables mode is not available; its leftovers (if any) were not removed")
-        return
+    from ..iptables import IptablesDataplane  # imported here: the two modes clean up after each other
+
     try:
         IptablesDataplane(cfg).cleanup()
     except Exception as e:  # leftovers must not stop this mode from working
