@@ -14,6 +14,7 @@ endpoints always see the node (kube-proxy's old userspace mode did the same).
 from __future__ import annotations
 
 import ast
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -255,8 +256,6 @@ def test_a_family_that_cannot_be_programmed_does_not_stop_the_other(tmp_path: Pa
         (bin_dir / tool).write_text(BROKEN_TOOL)
         (bin_dir / tool).chmod(0o755)
     (tmp_path / "services.yaml").write_text(MANIFESTS)
-    import os
-
     with scratch_namespace("dsf") as node, scratch_namespace("dsq") as pod:
         run(["ip", "link", "add", "dsfp0", "netns", node, "type", "veth", "peer", "name", "dsfp1", "netns", pod])
         ip_batch(node, ["link set dsfp0 up", "addr add 10.1.0.1/24 dev dsfp0", "addr add fd00:10:1::1/64 dev dsfp0 nodad",

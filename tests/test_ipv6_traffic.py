@@ -11,7 +11,6 @@ a NodePort, masquerading, UDP, and a service without endpoints that refuses at o
 
 from __future__ import annotations
 
-import ast
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from svcproxy.lab.netns import (
     stop_processes,
     sysctls,
 )
+from tests.test_dual_stack_traffic import SERVER, connect  # its servers and client speak either family
 
 pytestmark = pytest.mark.kernel
 
@@ -64,48 +64,6 @@ spec:
   clusterIP: fd00:172:30::50
   ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
 """
-
-# Each server answers "<its own address> <the peer address it saw>".
-SERVER = """
-import socket, sys, threading
-addr = sys.argv[1]
-t = socket.socket(socket.AF_INET6); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind((addr, 8080)); t.listen(64)
-u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind((addr, 5353))
-def udp():
-    while True:
-        data, peer = u.recvfrom(100); u.sendto(f"{addr} {peer[0]}".encode(), peer)
-threading.Thread(target=udp, daemon=True).start()
-while True:
-    c, peer = t.accept(); c.sendall(f"{addr} {peer[0]}".encode()); c.close()
-"""
-
-CLIENT = """
-import collections, socket, sys
-host, port, proto, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-seen = collections.Counter()
-for _ in range(n):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-    s.settimeout(2)
-    try:
-        if proto == "tcp":
-            s.connect((host, port)); seen[s.recv(200).decode()] += 1
-        else:
-            s.sendto(b"q", (host, port)); seen[s.recvfrom(200)[0].decode()] += 1
-    except ConnectionRefusedError:
-        seen["refused"] += 1
-    except OSError as e:
-        seen[type(e).__name__] += 1
-    finally:
-        s.close()
-print(repr(dict(seen)))
-"""
-
-
-def connect(ns: str, host: str, port: int, proto: str = "tcp", n: int = 30) -> dict[str, int]:
-    out = exec_in(ns, [sys.executable, "-c", CLIENT, host, str(port), proto, str(n)], timeout=120)
-    return ast.literal_eval(out.strip().splitlines()[-1])
-
 
 @pytest.fixture(scope="module", params=[*MODES, "nftables-maps"])
 def v6(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
@@ -153,7 +111,7 @@ def _rules(node: str, mode: str) -> str:
 
 
 def test_clusterip_from_outside_is_spread_and_masqueraded(v6: dict[str, str]) -> None:
-    seen = connect(v6["client"], "fd00:172:30::10", 80)
+    seen = connect(v6["client"], "fd00:172:30::10", 80, n=30)
     # both endpoints answer; the client is outside the cluster CIDR, so the pod sees the node
     assert seen == {"fd00:10:1::10 fd00:10:1::1": seen.get("fd00:10:1::10 fd00:10:1::1", 0),
                     "fd00:10:1::11 fd00:10:1::1": seen.get("fd00:10:1::11 fd00:10:1::1", 0)}, seen
