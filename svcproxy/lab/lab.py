@@ -16,7 +16,9 @@ The root namespace is never touched.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -321,6 +323,33 @@ class Lab:
             st.pods = [q for q in st.pods if q.ip != p.ip]
             st.namespaces = [x for x in st.namespaces if x != ns]
         self.store.save(st)
+
+    def kill_proxy(self, node: NodeSpec | str) -> None:
+        """SIGKILL the node's svcproxy run, as a crash or an OOM kill would; its rules stay."""
+        st = self.state
+        n = self.node(node) if isinstance(node, str) else node
+        pid = st.pids.pop(f"proxy:{n.name}", 0)
+        if pid and netns.pid_is(pid, "svcproxy"):
+            os.kill(pid, signal.SIGKILL)
+            while netns.alive(pid):
+                time.sleep(0.005)
+        self.store.save(st)
+
+    def start_proxy(self, node: NodeSpec | str, timeout: float = 20.0) -> float:
+        """Start the node's svcproxy run again and wait until it has synced; returns the seconds
+        from its start to its rules being in (its first sync after the lab's manifests)."""
+        n = self.node(node) if isinstance(node, str) else node
+        started = time.time()
+        self._start_proxy(n)
+        self.store.save(self.state)
+        ns = self.names.node_ns(n)
+        deadline = time.monotonic() + timeout
+        while (synced := proxies.last_sync(ns, n)) < started:
+            if not netns.alive(self.state.pids[f"proxy:{n.name}"]) or time.monotonic() > deadline:
+                raise LabError(f"svcproxy run on {n.name} did not sync after its restart:\n"
+                               f"{proxies.log_tail(self.store.logs, n.name)}")
+            time.sleep(0.005)
+        return synced - started  # the proxy's own timestamp of that sync, not when we looked
 
     def _start_proxy(self, node: NodeSpec) -> None:
         st = self._state

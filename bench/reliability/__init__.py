@@ -1,0 +1,14 @@
+"""Reliability in figures: faults, load and bad input, measured in lab namespaces with real traffic.
+
+Each scenario is a function that builds what it needs (a lab, or a node with the stand-in API
+server), breaks something on purpose under steady TCP and UDP load, and returns its figures as
+a dict. `python -m bench.reliability` runs them at full length and prints the table behind
+docs/reliability.md; tests/soak runs each one short, with the same targets, in CI.
+
+    rolling.py    rolling updates; kill -9 and restart (adoption)
+    apisource.py  API server outage, 410 relist, dropped watches
+    badinput.py   generated bad and odd manifests
+    foreign.py    other tools' rules left byte-identical
+    soak.py       memory under churn
+    harness.py    the parts they share: load generators, rule snapshots, manifests
+"""
