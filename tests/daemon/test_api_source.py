@@ -91,6 +91,40 @@ def test_bookmarks_and_dropped_connections_resume_without_relist(server: StandIn
     run_with_daemon(server, body)
 
 
+def test_dropped_watches_resume_at_once_every_time(server: StandInApiServer) -> None:
+    """Found by bench/reliability: the retry delay doubled on every dropped watch and was never
+    reset by a watch that had worked, so after a few drops (or one outage) every later drop
+    cost up to 30 s before changes flowed again. A watch that was open resumes at once."""
+    async def body(dp, source, daemon) -> None:
+        await asyncio.sleep(1.1)  # the watches have been open a while (client-go's "short watch" is 1 s)
+        for i in range(5):
+            assert server.drop_watches() >= 1
+            server.apply(endpoint_slice("web-1", "web", [endpoint(f"10.0.1.{30 + i}", "node-a")]))
+            t = asyncio.get_running_loop().time()
+            await until(lambda n=i: dp.endpoints("default/web") == [f"10.0.1.{30 + n}:8080"], 5)
+            assert asyncio.get_running_loop().time() - t < 0.4, f"drop {i + 1}: the change waited for a backoff"
+            await asyncio.sleep(1.1)
+
+    run_with_daemon(server, body)
+
+
+def test_a_server_that_drops_every_watch_at_once_is_backed_off() -> None:
+    """The other side of resuming at once: a watch cut as soon as it opens is a failure, so a
+    broken server is not hammered in a tight loop."""
+    with StandInApiServer(bookmark_interval=0.2) as server:
+        server.apply(service("web", "172.30.0.10"))
+
+        async def body(dp, source, daemon) -> None:
+            watches = server.count("watch Service")
+            t0 = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() - t0 < 2.0:
+                server.drop_watches()
+                await asyncio.sleep(0.01)
+            assert server.count("watch Service") - watches <= 5, "backed off (0.5 s, 1 s, ...)"
+
+        run_with_daemon(server, body)
+
+
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-status"])
 def test_410_gone_relists_and_converges(server: StandInApiServer, as_status: bool) -> None:
     server.gone_as_status = as_status
