@@ -12,3 +12,24 @@ docs/reliability.md; tests/soak runs each one short, with the same targets, in C
     soak.py       memory under churn
     harness.py    the parts they share: load generators, rule snapshots, manifests
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _rolling(mode: str, quick: bool, progress: Callable[[str], None]) -> dict:
+    from .rolling import rolling_updates
+    return rolling_updates(mode, 3 if quick else 100, progress)
+
+
+def _kill9(mode: str, quick: bool, progress: Callable[[str], None]) -> dict:
+    from .rolling import kill9_restarts
+    return kill9_restarts(mode, 3 if quick else 20, progress)
+
+
+# name -> (run(mode=, quick=, progress=) or run(quick=, progress=), whether it runs per proxy mode)
+SCENARIOS: dict[str, tuple[Callable[..., dict], bool]] = {
+    "rolling": (_rolling, True),
+    "kill9": (_kill9, True),
+}

@@ -94,6 +94,7 @@ class StandInApiServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None  # None while unreachable
         self._started = threading.Event()
 
     @property
@@ -120,7 +121,7 @@ class StandInApiServer:
             app.router.add_delete(item, functools.partial(self._delete_http, kind))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = self._site = web.TCPSite(self._runner, self.host, self.port)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._started.set()
@@ -165,6 +166,15 @@ class StandInApiServer:
         """Cut every open watch connection mid-stream, as a load balancer or restart would."""
         return self.call(self._drop)
 
+    def unreachable(self) -> None:
+        """Stop listening and cut every open connection: clients get "connection refused", as
+        when the API server (or the path to it) is down. The objects stay; reachable() is the
+        server coming back with them."""
+        asyncio.run_coroutine_threadsafe(self._go_down(), self._loop).result(30)  # type: ignore[arg-type]
+
+    def reachable(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._go_up(), self._loop).result(30)  # type: ignore[arg-type]
+
     def fail_requests(self, n: int) -> None:
         self.call(setattr, self, "fail_next", n)
 
@@ -199,6 +209,17 @@ class StandInApiServer:
     def _compact(self) -> None:
         self.compacted = self.rv + 1
         self.history.clear()
+
+    async def _go_down(self) -> None:
+        if self._site is not None:
+            site, self._site = self._site, None
+            self._drop()
+            await site.stop()
+
+    async def _go_up(self) -> None:
+        if self._site is None and self._runner is not None:
+            self._site = web.TCPSite(self._runner, self.host, self.port)
+            await self._site.start()
 
     def _drop(self) -> int:
         n = 0
@@ -346,7 +367,9 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=0)
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--commands", action="store_true",
-                    help='read JSON lines from stdin: {"apply": [objects]} or {"delete": [kind, ns, name]}')
+                    help='read JSON lines from stdin: {"apply": [objects]}, {"delete": [kind, ns, name]}, '
+                         '{"compact": true}, {"drop_watches": true}, {"reachable": false|true}, '
+                         '{"list_delay": seconds}')
     args = ap.parse_args()
     server = StandInApiServer(args.host, args.port, bookmark_interval=30)
     objs = []
@@ -368,6 +391,12 @@ def main() -> None:
                 server.apply(*cmd["apply"])
             elif "delete" in cmd:
                 server.delete(*cmd["delete"])
+            elif "compact" in cmd:
+                server.compact()
+            elif "drop_watches" in cmd:
+                server.drop_watches()
+            elif "reachable" in cmd:
+                (server.reachable if cmd["reachable"] else server.unreachable)()
             elif "list_delay" in cmd:
                 server.call(setattr, server, "list_delay", float(cmd["list_delay"]))
             print("ok", flush=True)

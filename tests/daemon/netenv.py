@@ -214,5 +214,16 @@ class ApiServer:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self._send({"delete": [kind, namespace, name]})
 
+    def compact(self) -> None:
+        """Forget the history: a watch resuming from an older resourceVersion gets 410 Gone."""
+        self._send({"compact": True})
+
+    def drop_watches(self) -> None:
+        self._send({"drop_watches": True})
+
+    def reachable(self, up: bool) -> None:
+        """False: connections are refused (the objects stay, and can still be changed)."""
+        self._send({"reachable": up})
+
     def slow_lists(self, seconds: float) -> None:
         self._send({"list_delay": seconds})
