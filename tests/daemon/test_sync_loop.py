@@ -226,3 +226,37 @@ def test_single_file_path_followed_through_rename_and_in_place_edits(tmp_path: P
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_stale_udp_conntrack_is_cleared_before_the_sync_counts_as_done(manifests: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by bench/reliability: the last-sync timestamp (and the sync's log line) came before
+    the conntrack cleanup, so whoever waited for the sync to remove a pod (a lab, a test, an
+    operator watching the metric) cut UDP flows still DNATed to it."""
+    from svcproxy.runtime import conntrack
+
+    seen: list[tuple[int, int]] = []  # (syncs counted, entries asked to clear) when clear ran
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        opts = DaemonOptions(cfg=CFG, mode="fake", sources=[ManifestSource([manifests])], healthz_bind_address="",
+                             metrics_bind_address="", clear_conntrack=True, min_sync_period=0.0)
+        daemon = Daemon(opts, dp=dp)
+        monkeypatch.setattr(conntrack, "clear", lambda stale, family: seen.append(
+            (daemon.syncer.syncs, len(stale.endpoints))) or len(stale.endpoints))
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
+                  endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53"), endpoint("10.0.1.54")], 53, "UDP"))
+            await until(lambda: "default/dns" in dp.last.services)
+            done = daemon.syncer.syncs
+            write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
+                  endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53")], 53, "UDP"))
+            await until(lambda: daemon.syncer.syncs > done)
+            assert seen[-1] == (done, 1), "the removed endpoint's entries were cleared before the sync was counted"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
