@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from .names import DNS1035_LABEL, DNS1123_LABEL, DNS1123_SUBDOMAIN, valid
 from .objects import LABEL_SERVICE_NAME, PROTOCOLS, Endpoint, EndpointPort, EndpointSlice
 
 
@@ -25,6 +26,17 @@ class NotCommon(Exception):
 _EMPTY: frozenset[str] = frozenset()
 _NO_CONDITIONS: dict = {}
 _intern = sys.intern
+_GOOD_NODE_NAMES: set[str] = {""}  # checked once each: a cluster has few node names
+
+
+def _node_name(ep: dict) -> str:
+    name = _str(ep, "nodeName", "")
+    if name not in _GOOD_NODE_NAMES:
+        if not valid(name, DNS1123_SUBDOMAIN):
+            raise NotCommon
+        if len(_GOOD_NODE_NAMES) < 100_000:
+            _GOOD_NODE_NAMES.add(name)
+    return _intern(name)
 
 
 def _str(obj: Mapping[str, Any], key: str, default: str) -> str:
@@ -42,14 +54,16 @@ def fast_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
     if type(meta) is not dict:
         raise NotCommon
     name = meta.get("name")
-    if type(name) is not str or not name:
+    if not valid(name, DNS1123_SUBDOMAIN):
         raise NotCommon
     ns = _str(meta, "namespace", "default") or "default"
+    if not valid(ns, DNS1123_LABEL):
+        raise NotCommon
     labels = meta.get("labels")
     if type(labels) is not dict or any(type(v) is not str for v in labels.values()):
         raise NotCommon
     service = labels.get(LABEL_SERVICE_NAME)
-    if not service:
+    if not valid(service, DNS1035_LABEL):
         raise NotCommon
     if raw.get("addressType") != "IPv4":  # IPv6/FQDN: rare enough for the general parser
         raise NotCommon
@@ -68,6 +82,8 @@ def fast_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
             if proto not in PROTOCOLS:
                 raise NotCommon
             pname = _str(p, "name", "")
+            if pname and not valid(pname, DNS1123_LABEL):
+                raise NotCommon
             if number:
                 ports.append(EndpointPort(pname, proto, number))  # type: ignore[arg-type]
     raw_eps = raw.get("endpoints")
@@ -103,7 +119,7 @@ def _endpoint(ep: Any, _pton: Any = socket.inet_pton, _af: int = socket.AF_INET)
             raise NotCommon
         try:
             _pton(_af, a)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL inside the string
             raise NotCommon from None
     conds = ep.get("conditions")
     if conds is None:
@@ -114,4 +130,4 @@ def _endpoint(ep: Any, _pton: Any = socket.inet_pton, _af: int = socket.AF_INET)
         raise NotCommon
     ready = _flag(conds, "ready", True)
     return Endpoint(tuple(addrs), ready, _flag(conds, "serving", ready), _flag(conds, "terminating", False),
-                    _intern(_str(ep, "nodeName", "")), _intern(_str(ep, "zone", "")), _EMPTY, _EMPTY)
+                    _node_name(ep), _intern(_str(ep, "zone", "")), _EMPTY, _EMPTY)

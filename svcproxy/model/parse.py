@@ -7,10 +7,12 @@ find the line to fix. A bad object raises ObjectError; callers skip it and go on
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .fast_slice import NotCommon, fast_endpoint_slice
+from .names import DNS1035_LABEL, DNS1123_LABEL, DNS1123_SUBDOMAIN, problem, shown
 from .objects import (
     LABEL_SERVICE_NAME,
     PROTOCOLS,
@@ -47,7 +49,7 @@ class _Reader:
         meta = meta if isinstance(meta, Mapping) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
-        self.ref = f"{ns}/{name}" if ns and isinstance(ns, str) else str(name)
+        self.ref = f"{shown(ns)}/{shown(name)}" if ns and isinstance(ns, str) else shown(name) if name else ""
 
     def fail(self, field: str, message: str) -> ObjectError:
         return ObjectError(self.kind, self.ref, field, message)
@@ -59,7 +61,7 @@ class _Reader:
                 raise self.fail(path, "is required")
             return default
         if typ is int and isinstance(value, bool) or not isinstance(value, typ):
-            raise self.fail(path, f"must be {_type_name(typ)}, got {type(value).__name__} {value!r}")
+            raise self.fail(path, f"must be {_type_name(typ)}, got {type(value).__name__} {shown(value)}")
         return value
 
     def port(self, obj: Any, key: str, path: str, default: Any = _MISSING, low: int = 1) -> int:
@@ -91,7 +93,14 @@ class _Reader:
 
     def choice(self, value: str, path: str, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
-            raise self.fail(path, f"{value!r} is not one of {', '.join(allowed)}")
+            raise self.fail(path, f"{shown(value)} is not one of {', '.join(allowed)}")
+        return value
+
+    def name(self, value: str, path: str, rule: re.Pattern[str]) -> str:
+        """value, when it keeps Kubernetes' naming rule (names reach rule text)."""
+        why = problem(value, rule)
+        if why:
+            raise self.fail(path, why)
         return value
 
     def items(self, obj: Any, key: str, path: str) -> list[tuple[str, Any]]:
@@ -125,22 +134,26 @@ def _parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(f"{_parse_ip(addr)}/{int(prefix)}", strict=False)
 
 
-def _metadata(r: _Reader, obj: Mapping[str, Any], namespaced: bool = True) -> tuple[str, str, dict]:
+def _metadata(r: _Reader, obj: Mapping[str, Any], namespaced: bool = True,
+              rule: re.Pattern[str] = DNS1123_SUBDOMAIN) -> tuple[str, str, dict]:
     meta = r.get(obj, "metadata", "metadata", dict)
     name = r.get(meta, "name", "metadata.name", str)
     if not name:
         raise r.fail("metadata.name", "must not be empty")
+    r.name(name, "metadata.name", rule)
     ns = r.get(meta, "namespace", "metadata.namespace", str, "default") if namespaced else ""
+    if ns:
+        r.name(ns, "metadata.namespace", DNS1123_LABEL)
     labels = r.get(meta, "labels", "metadata.labels", dict, {})
     for k, v in labels.items():
         if not isinstance(v, str):
-            raise r.fail(f"metadata.labels[{k}]", f"must be a string, got {v!r}")
+            raise r.fail(f"metadata.labels[{shown(k)}]", f"must be a string, got {shown(v)}")
     return ns or "default", name, labels
 
 
 def parse_service(obj: Mapping[str, Any]) -> Service:
     r = _Reader("Service", obj)
-    ns, name, labels = _metadata(r, obj)
+    ns, name, labels = _metadata(r, obj, rule=DNS1035_LABEL)
     spec = r.get(obj, "spec", "spec", dict, {})
     svc_type = r.choice(r.get(spec, "type", "spec.type", str, "ClusterIP"), "spec.type", SERVICE_TYPES)
 
@@ -162,13 +175,15 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     seen_names: set[tuple[str, str]] = set()
     for p, port in r.items(spec, "ports", "spec.ports"):
         if not isinstance(port, dict):
-            raise r.fail(p, f"must be a mapping, got {port!r}")
+            raise r.fail(p, f"must be a mapping, got {shown(port)}")
         pname = r.get(port, "name", f"{p}.name", str, "")
+        if pname:
+            r.name(pname, f"{p}.name", DNS1123_LABEL)
         proto = r.choice(r.get(port, "protocol", f"{p}.protocol", str, "TCP"), f"{p}.protocol", PROTOCOLS)
         number = r.port(port, "port", f"{p}.port")
         target = port.get("targetPort", number)
         if isinstance(target, bool) or not isinstance(target, int | str):
-            raise r.fail(f"{p}.targetPort", f"must be an integer or a string, got {target!r}")
+            raise r.fail(f"{p}.targetPort", f"must be an integer or a string, got {shown(target)}")
         if isinstance(target, int) and not 1 <= target <= 65535:
             raise r.fail(f"{p}.targetPort", f"{target} is out of range (1-65535)")
         node_port = r.port(port, "nodePort", f"{p}.nodePort", 0)
@@ -187,7 +202,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     lb = r.get(status, "loadBalancer", "status.loadBalancer", dict, {})
     for p, ing in r.items(lb, "ingress", "status.loadBalancer.ingress"):
         if not isinstance(ing, dict):
-            raise r.fail(p, f"must be a mapping, got {ing!r}")
+            raise r.fail(p, f"must be a mapping, got {shown(ing)}")
         ip = r.get(ing, "ip", f"{p}.ip", str, "")
         if ip:  # hostname-only ingress is not programmed, as in kube-proxy
             mode = r.choice(r.get(ing, "ipMode", f"{p}.ipMode", str, "VIP"), f"{p}.ipMode", ("VIP", "Proxy"))
@@ -239,15 +254,18 @@ def parse_endpoint_slice_general(obj: Mapping[str, Any]) -> EndpointSlice:
     service = labels.get(LABEL_SERVICE_NAME, "")
     if not service:
         raise r.fail(f"metadata.labels[{LABEL_SERVICE_NAME}]", "is required (which Service owns this slice?)")
+    r.name(service, f"metadata.labels[{LABEL_SERVICE_NAME}]", DNS1035_LABEL)
     addr_type = r.choice(r.get(obj, "addressType", "addressType", str), "addressType", ("IPv4", "IPv6", "FQDN"))
     family = {"IPv4": 4, "IPv6": 6}.get(addr_type)
 
     ports = []
     for p, port in r.items(obj, "ports", "ports"):
         if not isinstance(port, dict):
-            raise r.fail(p, f"must be a mapping, got {port!r}")
+            raise r.fail(p, f"must be a mapping, got {shown(port)}")
         number = r.port(port, "port", f"{p}.port", None)
         pname = r.get(port, "name", f"{p}.name", str, "")
+        if pname:
+            r.name(pname, f"{p}.name", DNS1123_LABEL)
         proto = r.choice(r.get(port, "protocol", f"{p}.protocol", str, "TCP"), f"{p}.protocol", PROTOCOLS)
         if number:  # a port without a number means "all ports"; kube-proxy ignores it
             ports.append(EndpointPort(pname, proto, number))  # type: ignore[arg-type]
@@ -255,7 +273,7 @@ def parse_endpoint_slice_general(obj: Mapping[str, Any]) -> EndpointSlice:
     endpoints = []
     for p, ep in r.items(obj, "endpoints", "endpoints"):
         if not isinstance(ep, dict):
-            raise r.fail(p, f"must be a mapping, got {ep!r}")
+            raise r.fail(p, f"must be a mapping, got {shown(ep)}")
         raw = r.get(ep, "addresses", f"{p}.addresses", list)
         if not raw:
             raise r.fail(f"{p}.addresses", "must hold at least one address")
@@ -270,9 +288,12 @@ def parse_endpoint_slice_general(obj: Mapping[str, Any]) -> EndpointSlice:
         hints = r.get(ep, "hints", f"{p}.hints", dict, {})
         zones = _hint_names(r, hints, "forZones", f"{p}.hints.forZones")
         nodes = _hint_names(r, hints, "forNodes", f"{p}.hints.forNodes")
+        node_name = r.get(ep, "nodeName", f"{p}.nodeName", str, "")
+        if node_name:
+            r.name(node_name, f"{p}.nodeName", DNS1123_SUBDOMAIN)
         endpoints.append(Endpoint(
             addresses=addrs, ready=ready, serving=serving, terminating=terminating,
-            node_name=r.get(ep, "nodeName", f"{p}.nodeName", str, ""),
+            node_name=node_name,
             zone=r.get(ep, "zone", f"{p}.zone", str, ""), zone_hints=zones, node_hints=nodes,
         ))
     return EndpointSlice(ns, name, service, addr_type, tuple(ports), tuple(endpoints))

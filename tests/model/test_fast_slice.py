@@ -86,3 +86,14 @@ def test_fast_parser_agrees_on_generated_slices(eps, ports) -> None:
 def test_the_common_shape_takes_the_fast_path() -> None:
     """The agreement tests above would pass with a dead fast path; this one would not."""
     assert fast_endpoint_slice(copy.deepcopy(BASE)) == parse_endpoint_slice_general(copy.deepcopy(BASE))
+
+
+def test_nul_in_an_address_is_a_named_error_not_a_crash() -> None:
+    """Found by bench/reliability's generated manifests: inet_pton raises ValueError (not
+    OSError) on an embedded NUL, which escaped the parser."""
+    from svcproxy.model.parse import ObjectError, parse_endpoint_slice
+
+    raw = {"metadata": {"name": "s", "namespace": "d", "labels": {"kubernetes.io/service-name": "web"}},
+           "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1\x00"]}]}
+    with pytest.raises(ObjectError, match=r"EndpointSlice d/s: endpoints\[0\]\.addresses\[0\]"):
+        parse_endpoint_slice(raw)
