@@ -87,17 +87,33 @@ def rolling_updates(mode: str, rollouts: int, progress: Progress = print) -> dic
     with web_lab(mode, progress) as (lab, manifest):
         loads = start_load(lab)
         took: list[float] = []
+        steps: list[tuple[float, float, int]] = []  # (start, end, which step of its rollout)
         try:
             for g in range(rollouts):
-                for step in rollout_steps(g):
+                for i, step in enumerate(rollout_steps(g)):
+                    t = time.time()
                     took.append(lab.apply([write_docs(manifest, web_docs(step))]).follow_seconds)
+                    steps.append((t, time.time(), i))
                 if (g + 1) % 10 == 0 or g + 1 == rollouts:
                     progress(f"{mode}: {g + 1}/{rollouts} rolling updates, worst apply {max(took) * 1000:.0f} ms")
             time.sleep(0.3)
         finally:
             traffic = stop_all(loads)
     return {"scenario": "rolling", "mode": mode, "rollouts": rollouts, "applies": len(took),
-            "manifest_to_every_node": summary(took), **traffic}
+            "manifest_to_every_node": summary(took), "failures_by_step": by_step(traffic, steps), **traffic}
+
+
+def by_step(traffic: dict, steps: list[tuple[float, float, int]]) -> dict[str, int]:
+    """Which step of a rollout each failed attempt was made in ("k-terminating": replica k's new
+    pod ready and old one terminating, the step before removed; "all-new": the last)."""
+    names = [f"{k}-terminating" for k in range(REPLICAS)] + ["all-new"]
+    out: dict[str, int] = {}
+    for row in traffic["loads"]:
+        for e in row["errors"]:
+            where = next((names[i] for t0, t1, i in steps if t0 <= e["t"] <= t1), "between steps")
+            key = f"{row['label'].split()[0]} {where}"
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 def kill9_restarts(mode: str, kills: int, progress: Progress = print) -> dict:

@@ -3,8 +3,9 @@
 UDP has no connection teardown, so a client that keeps sending to a service IP keeps hitting
 the conntrack entry that was DNATed to a pod that is gone. Like kube-proxy, after the new
 rules are in the kernel we delete:
-- for a UDP endpoint that went away (or changed readiness), the entries DNATed to it from
-  each of the service's IPs, and from its NodePort;
+- for a UDP endpoint that went away or stopped serving, the entries DNATed to it from each of
+  the service's IPs, and from its NodePort (one that is terminating but still serving keeps
+  them, as in kube-proxy);
 - for a UDP service port that went from no ready endpoint to some, the entries for the
   service's IPs/NodePort (they were blackholed by the reject rule and would stick there).
 """
@@ -43,10 +44,13 @@ def stale_entries(old: ServiceState | None, new: ServiceState | None, out: Stale
     for name, port in old_ports.items():
         if port.protocol != "UDP":
             continue
-        now = set(new.endpoints.get(name, ())) if new and name in new_ports else set()
+        # kube-proxy's rule (conntrack.CleanStaleEntries): a flow is stale when its endpoint no
+        # longer serves. Readiness, terminating and topology are not considered: a pod that is
+        # terminating but still serving keeps its UDP flows, as its TCP connections keep going.
+        serving_now = {ep.ip for ep in new.endpoints.get(name, ()) if ep.serving} if new and name in new_ports else set()
         for ep in old.endpoints.get(name, ()):  # type: ignore[union-attr]
             # An endpoint that was not serving got no traffic, so it has no entries to clear.
-            if ep.serving and ep not in now:
+            if ep.serving and ep.ip not in serving_now:
                 out.endpoints.append((port, ep))
     for name, port in new_ports.items():
         if port.protocol != "UDP":

@@ -32,11 +32,15 @@ def test_removed_udp_endpoint_is_stale() -> None:
     assert ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.0.1.2"] in cmds
 
 
-def test_endpoint_turning_terminating_is_stale_but_never_serving_is_not() -> None:
-    old = dns(endpoint("10.0.1.1"), endpoint("10.0.1.3", ready=False, serving=False))
-    new = dns(endpoint("10.0.1.1", ready=False, serving=True, terminating=True))
+def test_endpoint_that_stops_serving_is_stale_but_terminating_and_serving_is_not() -> None:
+    """kube-proxy's CleanStaleEntries: only flows to endpoints no longer serving are cleared.
+    Found by bench/reliability: clearing the flows of a pod that turned terminating (while
+    still serving) re-pinned UDP clients mid-flight, and now and then a reply was lost."""
+    old = dns(endpoint("10.0.1.1"), endpoint("10.0.1.2"), endpoint("10.0.1.3", ready=False, serving=False))
+    new = dns(endpoint("10.0.1.1", ready=False, serving=True, terminating=True),
+              endpoint("10.0.1.2", ready=False, serving=False, terminating=True))
     stale = stale_entries(old, new)
-    assert [str(ep) for _, ep in stale.endpoints] == ["10.0.1.1:5353"]
+    assert [str(ep) for _, ep in stale.endpoints] == ["10.0.1.2:5353"]
 
 
 def test_first_ready_endpoint_clears_blackholed_entries() -> None:
