@@ -28,8 +28,36 @@ def _kill9(mode: str, quick: bool, progress: Callable[[str], None]) -> dict:
     return kill9_restarts(mode, 3 if quick else 20, progress)
 
 
-# name -> (run(mode=, quick=, progress=) or run(quick=, progress=), whether it runs per proxy mode)
-SCENARIOS: dict[str, tuple[Callable[..., dict], bool]] = {
+def _api(mode: str, quick: bool, progress: Callable[[str], None]) -> dict:
+    from .apisource import api_faults
+    return api_faults(mode, 5 if quick else 60, 3 if quick else 15, progress)
+
+
+def _badinput(quick: bool, progress: Callable[[str], None]) -> list[dict]:
+    from .badinput import daemon_batches, generated
+    found = generated(500 if quick else 10_000, progress)
+    corpus = found.pop("corpus")
+    return [found, *[daemon_batches(mode, corpus, 2 if quick else 10, progress) for mode in MODES]]
+
+
+def _foreign(mode: str, quick: bool, progress: Callable[[str], None]) -> dict:
+    from .foreign import foreign_rules
+    return foreign_rules(mode, progress)
+
+
+def _soak(quick: bool, progress: Callable[[str], None]) -> list[dict]:
+    from .soak import memory_soak
+    return memory_soak(MODES, 60 if quick else 1800, progress=progress)
+
+
+MODES = ("iptables", "nftables", "nftables-maps")
+# name -> (run(mode=, quick=, progress=) or run(quick=, progress=), whether it runs per proxy mode);
+# a run returns one result or a list of them
+SCENARIOS: dict[str, tuple[Callable[..., dict | list[dict]], bool]] = {
     "rolling": (_rolling, True),
     "kill9": (_kill9, True),
+    "api": (_api, True),
+    "foreign": (_foreign, True),
+    "badinput": (_badinput, False),
+    "soak": (_soak, False),
 }

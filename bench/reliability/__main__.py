@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import SCENARIOS
-
-MODES = ("iptables", "nftables", "nftables-maps")
+from . import MODES, SCENARIOS
 
 
 def main() -> int:
@@ -39,8 +37,9 @@ def main() -> int:
         for mode in (args.mode or MODES) if per_mode else (None,):
             progress(f"{name}{f' ({mode})' if mode else ''} ...")
             res = fn(mode=mode, quick=args.quick, progress=progress) if mode else fn(quick=args.quick, progress=progress)
-            results.append(res)
-            print(json.dumps(res), flush=True)
+            for r in res if isinstance(res, list) else [res]:
+                results.append(r)
+                print(json.dumps(r), flush=True)
             if args.out:
                 args.out.write_text(json.dumps(results, indent=1))
     return 0
