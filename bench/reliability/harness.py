@@ -37,13 +37,15 @@ class Load:
         if not lines or "attempts" not in lines[-1]:
             raise RuntimeError(f"load {self.label} ended without its totals: {out[-500:]}")
         totals = lines[-1]
-        return {**totals, "label": self.label, "errors": lines[:-1]}
+        return {**totals, "label": self.label, "errors": [x for x in lines[:-1] if "error" in x],
+                "lost_at": [x["t"] for x in lines[:-1] if x.get("lost")]}
 
 
 def stop_all(loads: Iterable[Load]) -> dict:
     """Totals over several loads: attempts, failures, the first few errors, per-load rows."""
     rows = [load.stop() for load in loads]
     return {"attempts": sum(r["attempts"] for r in rows), "failures": sum(r["failures"] for r in rows),
+            "udp_lost": sum(r.get("lost", 0) for r in rows),
             "errors": [f"{r['label']}: {e['error']}" for r in rows for e in r["errors"]][:5], "loads": rows}
 
 

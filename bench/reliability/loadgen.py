@@ -3,7 +3,11 @@
 Runs inside a lab namespace as a plain script (stdlib only, so it starts fast):
 `python loadgen.py tcp 172.30.0.10 80`. Every attempt must get the lab pod's one-line answer;
 a failed attempt is printed at once as a JSON line `{"t": ..., "error": ...}`, and when stdin
-closes the totals follow: `{"attempts": N, "failures": F, "served": {pod: count}}`.
+closes the totals follow: `{"attempts": N, "failures": F, "lost": L, "served": {pod: count}}`.
+
+A UDP datagram without an answer within 0.5 s is "lost" (`{"t": ..., "lost": true}`) and asked
+again once, as a DNS resolver does; the attempt fails only when the second one gets no answer
+either. Lost datagrams are reported beside failures, never hidden in them.
 
 UDP keeps one socket (one conntrack flow) as a real client does, so it stays on one endpoint
 until the proxy removes that endpoint's conntrack entries.
@@ -31,13 +35,19 @@ def main() -> None:
     if udp:
         udp.settimeout(TIMEOUT["udp"])
     attempts, served = 0, Counter()
-    failures = 0
+    failures = lost = 0
     while not done.is_set():
         t = time.time()
         try:
             if udp:
-                udp.sendto(b"ping", (host, port))
-                reply = udp.recv(256)
+                try:
+                    udp.sendto(b"ping", (host, port))
+                    reply = udp.recv(256)
+                except TimeoutError:  # one datagram lost: ask again once, as a DNS resolver does
+                    lost += 1
+                    print(json.dumps({"t": t, "lost": True}), flush=True)
+                    udp.sendto(b"ping", (host, port))
+                    reply = udp.recv(256)
             else:
                 with socket.create_connection((host, port), timeout=TIMEOUT["tcp"]) as s:
                     s.settimeout(TIMEOUT["tcp"])
@@ -50,7 +60,7 @@ def main() -> None:
             print(json.dumps({"t": t, "error": f"{type(e).__name__}: {e}"}), flush=True)
         attempts += 1
         time.sleep(GAP[kind])
-    print(json.dumps({"attempts": attempts, "failures": failures, "served": dict(served)}), flush=True)
+    print(json.dumps({"attempts": attempts, "failures": failures, "lost": lost, "served": dict(served)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,11 @@ def by_step(traffic: dict, steps: list[tuple[float, float, int]]) -> dict[str, i
     names = [f"{k}-terminating" for k in range(REPLICAS)] + ["all-new"]
     out: dict[str, int] = {}
     for row in traffic["loads"]:
-        for e in row["errors"]:
-            where = next((names[i] for t0, t1, i in steps if t0 <= e["t"] <= t1), "between steps")
-            key = f"{row['label'].split()[0]} {where}"
-            out[key] = out.get(key, 0) + 1
+        for what, times in (("failed", [e["t"] for e in row["errors"]]), ("lost", row["lost_at"])):
+            for t in times:
+                where = next((names[i] for t0, t1, i in steps if t0 <= t <= t1), "between steps")
+                key = f"{row['label'].split()[0]} {what} {where}"
+                out[key] = out.get(key, 0) + 1
     return out
 
 
