@@ -204,3 +204,44 @@ def test_service_cidr_objects_reach_the_state() -> None:
     assert objs.errors == ["document 2: ServiceCIDR bad: spec.cidrs[0]: 'nope' is not a valid CIDR"]
     assert build_state(objs, NodeConfig()).service_cidrs == ("172.30.0.0/16",)
     assert build_state(objs, NodeConfig(ip_family=6)).service_cidrs == ("fd00:30::/112",)
+
+
+INJECTED = 'x"; -j ACCEPT\n-A INPUT -j DROP'
+
+
+@pytest.mark.parametrize(("kind", "path", "field"), [
+    ("Service", ("metadata", "name"), "metadata.name"),
+    ("Service", ("metadata", "namespace"), "metadata.namespace"),
+    ("Service", ("spec", "ports", 0, "name"), "spec.ports[0].name"),
+    ("EndpointSlice", ("metadata", "labels", "kubernetes.io/service-name"),
+     "metadata.labels[kubernetes.io/service-name]"),
+    ("EndpointSlice", ("ports", 0, "name"), "ports[0].name"),
+    ("EndpointSlice", ("endpoints", 0, "nodeName"), "endpoints[0].nodeName"),
+])
+def test_names_that_would_be_rule_text_are_refused(kind: str, path: tuple, field: str) -> None:
+    """Found by bench/reliability: a Service named `x"; -j ACCEPT<newline>-A INPUT -j DROP` in a
+    manifest became iptables rules (and nft chain names). Names keep Kubernetes' rules now; the
+    error names the field and shows the value escaped, on one line."""
+    import json
+
+    from svcproxy.config import NodeConfig
+    from svcproxy.dataplane.iptables.render import render_ruleset as iptables
+    from svcproxy.dataplane.nftables.render import render_ruleset as nftables
+    from svcproxy.model import load_text
+    from svcproxy.state import build_state
+
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "d"},
+           "spec": {"clusterIP": "172.30.0.5", "ports": [{"name": "http", "port": 80}]}}
+    sl = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+          "metadata": {"name": "web-1", "namespace": "d", "labels": {"kubernetes.io/service-name": "web"}},
+          "ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["10.0.0.5"], "nodeName": "n"}]}
+    node: object = svc if kind == "Service" else sl
+    for key in path[:-1]:
+        node = node[key]  # type: ignore[index]
+    node[path[-1]] = INJECTED  # type: ignore[index]
+    cfg = NodeConfig(hostname="test-node", node_ips=("192.168.0.2",))
+    state = build_state(load_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": [svc, sl]})), cfg)
+    errors = [e for e in state.errors if f": {field}: " in e]
+    assert errors and "\n" not in errors[0] and "must be a lowercase" in errors[0], state.errors
+    for text in (iptables(state, cfg), nftables(state, cfg)):
+        assert "-A INPUT -j DROP" not in text.splitlines() and "x\"" not in text
