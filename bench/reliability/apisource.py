@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from svcproxy.lab.proxies import mentions, rule_lines
 from tests.daemon.netenv import ApiServer, Daemon, NetEnv
 
 from .harness import (
+    HANDLE,
     TCP_PORT,
     TCP_TARGET,
     UDP_PORT,
@@ -42,8 +44,10 @@ def _landed(env: NetEnv, mode: str, want: tuple[str, ...], since: float, timeout
     """Seconds from `since` until the node's rules name exactly the endpoint set `want`."""
     other = next(s for s in SETS if s != want)
     while True:
-        rules = rules_snapshot(env.node, mode)
-        if all(ip in rules for ip in want) and not any(ip in rules for ip in other):
+        # without chain declarations: nftables keeps a stale chain (named after its endpoint)
+        # empty for a while before deleting it, as kube-proxy does
+        rules = rule_lines(HANDLE.sub("", rules_snapshot(env.node, mode)))
+        if all(mentions(rules, ip) for ip in want) and not any(mentions(rules, ip) for ip in other):
             return time.time() - since
         if time.time() - since > timeout:
             raise AssertionError(f"the change to {want} did not reach the rules within {timeout:.0f}s")

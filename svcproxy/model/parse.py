@@ -170,6 +170,11 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         if ip == "":
             continue
         cluster_ips.append(r.ip(ip, f"{path}[{i}]" if path.endswith("s") else path))
+    if not cluster_ips and svc_type != "ExternalName":
+        # The API server allocates one; a manifest read from a file must say it. kube-proxy
+        # skips such a Service without a word; here it is named, so the missing field is found.
+        raise r.fail("spec.clusterIP", "is not set (the API server would allocate one; in a manifest, give it, "
+                     "or None for a headless Service)")
 
     ports = []
     seen_names: set[tuple[str, str]] = set()

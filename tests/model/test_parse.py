@@ -245,3 +245,17 @@ def test_names_that_would_be_rule_text_are_refused(kind: str, path: tuple, field
     assert errors and "\n" not in errors[0] and "must be a lowercase" in errors[0], state.errors
     for text in (iptables(state, cfg), nftables(state, cfg)):
         assert "-A INPUT -j DROP" not in text.splitlines() and "x\"" not in text
+
+
+@pytest.mark.parametrize("spec", [{"clusterIP": ""}, {}, {"clusterIPs": []}, {"clusterIPs": [""]}])
+def test_service_without_a_cluster_ip_is_named(spec: dict) -> None:
+    """Found by bench/reliability's generated manifests: a Service without a ClusterIP (which the
+    API server would allocate) was skipped without a word; from a file that hides a missing field."""
+    from svcproxy.model.parse import ObjectError, parse_service
+
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "d"},
+           "spec": {**spec, "ports": [{"port": 80}]}}
+    with pytest.raises(ObjectError, match=r"Service d/web: spec\.clusterIP: is not set"):
+        parse_service(obj)
+    headless = {**obj, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}
+    assert parse_service(headless).cluster_ips == ("None",)
