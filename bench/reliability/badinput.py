@@ -188,7 +188,7 @@ def one_example(docs: list[dict], base_iptables: set[str], base_nft: set[str], k
         raise Finding(f"the web Service lost iptables rules: {sorted(missing)[:3]}")
     if missing := base_nft - nft_lines(nft):
         raise Finding(f"the web Service lost nftables rules: {sorted(missing)[:3]}")
-    programmed = any(k.startswith("odd/") or "victim" in k for k in state.services)
+    programmed = any(k.startswith("odd/") or "victim" in k for k in state.services) or _skipped_by_design(docs[0])
     errors = list(state.errors)
     is_named = named(docs, errors)
     if not programmed and not is_named:
@@ -196,6 +196,15 @@ def one_example(docs: list[dict], base_iptables: set[str], base_nft: set[str], k
     if keep is not None:
         keep.append((ipt, nft))
     return "both" if programmed and is_named else "programmed" if programmed else "named"
+
+
+def _skipped_by_design(svc: object) -> bool:
+    """A Service kube-proxy leaves alone on purpose (ExternalName, headless): nothing to name."""
+    spec = svc.get("spec") if isinstance(svc, dict) else None
+    if not isinstance(spec, dict):
+        return False
+    ips = spec.get("clusterIPs") if spec.get("clusterIPs") else [spec.get("clusterIP")]
+    return spec.get("type") == "ExternalName" or (isinstance(ips, list) and "None" in ips)
 
 
 def web_lines() -> tuple[set[str], set[str]]:

@@ -70,12 +70,12 @@ def tables(results: list[dict]) -> str:
 COLOURS = {"iptables": "#1f77b4", "nftables": "#d62728", "nftables-maps": "#2ca02c", "userspace": "#9467bd"}
 
 
-def soak_svg(results: list[dict], width: int = 640, height: int = 260) -> str:
+def soak_svg(results: list[dict], width: int = 680, height: int = 260) -> str:
     """RSS over the soak, one line per mode: whether memory levels off is seen, not read."""
     rows = [r for r in results if r["scenario"] == "soak"]
     if not rows:
         return ""
-    pad_l, pad_b, pad_t, pad_r = 48, 30, 24, 120
+    pad_l, pad_b, pad_t, pad_r = 48, 30, 24, 160
     t_max = max(t for r in rows for t, _ in r["samples"]) or 1
     lo = min(k for r in rows for _, k in r["samples"]) / 1024
     hi = max(k for r in rows for _, k in r["samples"]) / 1024

@@ -196,6 +196,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
             raise r.fail(f"{p}.name", f"duplicate port name {pname!r} for {proto}")
         seen_names.add((pname, proto))
         ports.append(ServicePort(pname, proto, number, target, node_port))  # type: ignore[arg-type]
+    if not ports and svc_type != "ExternalName" and cluster_ips != ["None"]:
+        raise r.fail("spec.ports", "must hold at least one port (the API server requires one, except for a "
+                     "headless Service)")
 
     external_ips = tuple(r.ip(ip, f"spec.externalIPs[{i}]") for i, ip in
                          enumerate(r.get(spec, "externalIPs", "spec.externalIPs", list, [])))

@@ -259,3 +259,14 @@ def test_service_without_a_cluster_ip_is_named(spec: dict) -> None:
         parse_service(obj)
     headless = {**obj, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}
     assert parse_service(headless).cluster_ips == ("None",)
+
+
+def test_service_without_ports_is_named_unless_headless() -> None:
+    """Found by bench/reliability: `spec.ports: null` was skipped without a word."""
+    from svcproxy.model.parse import ObjectError, parse_service
+
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "d"},
+           "spec": {"clusterIP": "172.30.0.5", "ports": None}}
+    with pytest.raises(ObjectError, match=r"Service d/web: spec\.ports: must hold at least one port"):
+        parse_service(obj)
+    assert parse_service({**obj, "spec": {"clusterIP": "None"}}).ports == ()
