@@ -13,6 +13,12 @@ def _ms(s: dict, key: str = "max_ms") -> str:
     return f"{s[key]:.0f} ms" if s else "-"
 
 
+def _rewritten(chains: list[str]) -> str:
+    per_service = [c for c in chains if c.startswith(("service-", "endpoint-", "external-"))]
+    fixed = len(chains) - len(per_service)
+    return f"{fixed} fixed, {len(per_service)} per-service" if chains else "none"
+
+
 def tables(results: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in results:
@@ -30,7 +36,7 @@ def tables(results: list[dict]) -> str:
                 "| rules changed | chains rewritten in place |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['mode']} | {r['kills']} | {r['attempts']:,} | {r['failures']} | {r.get('udp_lost', 0)} | "
                 f"{_ms(r['restart_to_synced'], 'median_ms')} / {_ms(r['restart_to_synced'])} | "
-                f"{len(r['rules_changed'])} | {', '.join(r['chains_rewritten_in_place']) or 'none'} |" for r in rows]
+                f"{len(r['rules_changed'])} | {_rewritten(r['chains_rewritten_in_place'])} |" for r in rows]
         out.append("")
     if rows := by.get("api"):
         out += ["| mode | outage | change made in the outage landed, after the API is back | 410 relist: change landed "

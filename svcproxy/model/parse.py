@@ -116,7 +116,10 @@ def _type_name(typ: type | tuple[type, ...]) -> str:
 
 
 def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Like kube-proxy's ParseIPSloppy: IPv4 octets with leading zeros are accepted as decimal."""
+    """Like kube-proxy's ParseIPSloppy: IPv4 octets with leading zeros are accepted as decimal;
+    an IPv6 zone (`fe80::1%eth0`) is not an address Kubernetes accepts."""
+    if "%" in value:
+        raise ValueError(f"{value!r}: an IPv6 zone is not allowed")
     try:
         return ipaddress.ip_address(value)
     except ValueError:

@@ -270,3 +270,13 @@ def test_service_without_ports_is_named_unless_headless() -> None:
     with pytest.raises(ObjectError, match=r"Service d/web: spec\.ports: must hold at least one port"):
         parse_service(obj)
     assert parse_service({**obj, "spec": {"clusterIP": "None"}}).ports == ()
+
+
+def test_an_ipv6_zone_is_not_an_address() -> None:
+    """Found by bench/reliability: `fe80::1%eth0` was taken as a ClusterIP."""
+    from svcproxy.model.parse import ObjectError, parse_service
+
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "d"},
+           "spec": {"clusterIP": "fe80::1%eth0", "ports": [{"port": 80}]}}
+    with pytest.raises(ObjectError, match=r"spec\.clusterIP: 'fe80::1%eth0' is not a valid IP address"):
+        parse_service(obj)
