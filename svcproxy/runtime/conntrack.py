@@ -84,6 +84,50 @@ def commands(stale: Stale, family: int) -> list[list[str]]:
     return out
 
 
+# Above this many deletions, list the UDP entries once and run only the deletions that match
+# one: a `conntrack -D` costs a process (~5 ms), and most stale endpoints have no flow at all.
+# Found by bench/reliability: 2,000 changed objects meant 4,000 deletions, 17 s per sync.
+LIST_FIRST = 8
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A UDP conntrack entry as far as the deletions look at it."""
+    orig_dst: str
+    orig_dport: int
+    reply_src: str
+
+
+def parse_entries(listing: str) -> list[Entry]:
+    """`conntrack -L -p udp` lines -> entries (first src/dst/dport: original; second src: reply)."""
+    out = []
+    for line in listing.splitlines():
+        fields: dict[str, list[str]] = {}
+        for word in line.split():
+            key, sep, value = word.partition("=")
+            if sep:
+                fields.setdefault(key, []).append(value)
+        try:
+            out.append(Entry(fields["dst"][0], int(fields["dport"][0]), fields["src"][1]))
+        except (KeyError, IndexError, ValueError):
+            continue
+    return out
+
+
+def matches(cmd: list[str], entry: Entry) -> bool:
+    """Whether `conntrack -D` with these filters would delete the entry."""
+    opts = dict(zip(cmd[2::1], cmd[3::1], strict=False))
+    if "--orig-dst" in opts and opts["--orig-dst"] != entry.orig_dst:
+        return False
+    if "--orig-port-dst" in opts and int(opts["--orig-port-dst"]) != entry.orig_dport:
+        return False
+    return "--dst-nat" not in opts or opts["--dst-nat"] == entry.reply_src
+
+
+def needed(cmds: list[list[str]], entries: list[Entry]) -> list[list[str]]:
+    return [cmd for cmd in cmds if any(matches(cmd, e) for e in entries)]
+
+
 def clear(stale: Stale, family: int) -> int:
     """Run the deletions; returns how many commands ran. Failures are logged, never raised."""
     if not stale:
@@ -92,6 +136,11 @@ def clear(stale: Stale, family: int) -> int:
         log.warning("conntrack tool not found: stale UDP conntrack entries were not cleared")
         return 0
     cmds = commands(stale, family)
+    if len(cmds) > LIST_FIRST:
+        listing = subprocess.run(["conntrack", "-L", *(["-f", "ipv6"] if family == 6 else []), "-p", "udp"],
+                                 capture_output=True, text=True)
+        if listing.returncode == 0:
+            cmds = needed(cmds, parse_entries(listing.stdout))
     for cmd in cmds:
         res = subprocess.run(cmd, capture_output=True, text=True)
         # Exit status 1 with "0 flow entries" just means there was nothing to delete.
