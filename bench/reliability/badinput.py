@@ -23,6 +23,7 @@ import json
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -279,7 +280,7 @@ def daemon_batches(mode: str, corpus: list[list[dict]], batches: int, progress: 
 
     env = NetEnv()
     try:
-        with __import__("tempfile").TemporaryDirectory(prefix="svcproxy-rel-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="svcproxy-rel-") as tmp:
             m = Path(tmp) / "m"
             m.mkdir()
             env.serve("tcp", ["10.0.1.10"], TCP_TARGET)

@@ -35,7 +35,7 @@ def problem(value: str, rule: re.Pattern[str]) -> str | None:
 
 
 def valid(value: object, rule: re.Pattern[str]) -> bool:
-    return type(value) is str and len(value) <= RULES[rule][0] and rule.fullmatch(value) is not None
+    return type(value) is str and problem(value, rule) is None
 
 
 def shown(value: object) -> str:

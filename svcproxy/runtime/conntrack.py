@@ -65,29 +65,23 @@ def _service_ips(port: ServicePortInfo) -> list[str]:
     return list(dict.fromkeys([port.cluster_ip, *port.external_ips, *port.load_balancer_ips]))
 
 
-def commands(stale: Stale, family: int) -> list[list[str]]:
-    """The `conntrack -D` invocations that clear the stale entries."""
-    fam = ["-f", "ipv6"] if family == 6 else []
-    out: list[list[str]] = []
-    for port, ep in stale.endpoints:
-        for ip in _service_ips(port):
-            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-dst", ip,
-                        "--orig-port-dst", str(port.port), "--dst-nat", ep.ip])
-        if port.node_port:
-            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-port-dst", str(port.node_port),
-                        "--dst-nat", ep.ip])
-    for port in stale.services:
-        for ip in _service_ips(port):
-            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-dst", ip, "--orig-port-dst", str(port.port)])
-        if port.node_port:
-            out.append(["conntrack", "-D", *fam, "-p", "udp", "--orig-port-dst", str(port.node_port)])
-    return out
+@dataclass(frozen=True)
+class Deletion:
+    """One `conntrack -D` filter: UDP entries to this original port, and (when set) this original
+    destination and this DNAT target. The same object gives the command and, after a listing,
+    whether an entry would match it."""
+    orig_port: int
+    orig_dst: str = ""
+    dst_nat: str = ""
 
+    def argv(self, family: int) -> list[str]:
+        return ["conntrack", "-D", *(["-f", "ipv6"] if family == 6 else []), "-p", "udp",
+                *(["--orig-dst", self.orig_dst] if self.orig_dst else []), "--orig-port-dst", str(self.orig_port),
+                *(["--dst-nat", self.dst_nat] if self.dst_nat else [])]
 
-# Above this many deletions, list the UDP entries once and run only the deletions that match
-# one: a `conntrack -D` costs a process (~5 ms), and most stale endpoints have no flow at all.
-# Found by bench/reliability: 2,000 changed objects meant 4,000 deletions, 17 s per sync.
-LIST_FIRST = 8
+    def matches(self, entry: Entry) -> bool:
+        return (entry.orig_dport == self.orig_port and self.orig_dst in ("", entry.orig_dst)
+                and self.dst_nat in ("", entry.reply_src))
 
 
 @dataclass(frozen=True)
@@ -96,6 +90,32 @@ class Entry:
     orig_dst: str
     orig_dport: int
     reply_src: str
+
+
+def deletions(stale: Stale) -> list[Deletion]:
+    """What clears the stale entries: per stale endpoint its flows from each service IP and from
+    the NodePort; per unblackholed service port every flow to it."""
+    out: list[Deletion] = []
+    for port, ep in stale.endpoints:
+        out += [Deletion(port.port, ip, ep.ip) for ip in _service_ips(port)]
+        if port.node_port:
+            out.append(Deletion(port.node_port, dst_nat=ep.ip))
+    for port in stale.services:
+        out += [Deletion(port.port, ip) for ip in _service_ips(port)]
+        if port.node_port:
+            out.append(Deletion(port.node_port))
+    return out
+
+
+def commands(stale: Stale, family: int) -> list[list[str]]:
+    """The `conntrack -D` invocations that clear the stale entries."""
+    return [d.argv(family) for d in deletions(stale)]
+
+
+# Above this many deletions, list the UDP entries once and run only the deletions that match
+# one: a `conntrack -D` costs a process (~5 ms), and most stale endpoints have no flow at all.
+# Found by bench/reliability: 2,000 changed objects meant 4,000 deletions, 17 s per sync.
+LIST_FIRST = 8
 
 
 def parse_entries(listing: str) -> list[Entry]:
@@ -114,18 +134,8 @@ def parse_entries(listing: str) -> list[Entry]:
     return out
 
 
-def matches(cmd: list[str], entry: Entry) -> bool:
-    """Whether `conntrack -D` with these filters would delete the entry."""
-    opts = dict(zip(cmd[2::1], cmd[3::1], strict=False))
-    if "--orig-dst" in opts and opts["--orig-dst"] != entry.orig_dst:
-        return False
-    if "--orig-port-dst" in opts and int(opts["--orig-port-dst"]) != entry.orig_dport:
-        return False
-    return "--dst-nat" not in opts or opts["--dst-nat"] == entry.reply_src
-
-
-def needed(cmds: list[list[str]], entries: list[Entry]) -> list[list[str]]:
-    return [cmd for cmd in cmds if any(matches(cmd, e) for e in entries)]
+def needed(dels: list[Deletion], entries: list[Entry]) -> list[Deletion]:
+    return [d for d in dels if any(d.matches(e) for e in entries)]
 
 
 def clear(stale: Stale, family: int) -> int:
@@ -135,12 +145,13 @@ def clear(stale: Stale, family: int) -> int:
     if shutil.which("conntrack") is None:
         log.warning("conntrack tool not found: stale UDP conntrack entries were not cleared")
         return 0
-    cmds = commands(stale, family)
-    if len(cmds) > LIST_FIRST:
+    dels = deletions(stale)
+    if len(dels) > LIST_FIRST:
         listing = subprocess.run(["conntrack", "-L", *(["-f", "ipv6"] if family == 6 else []), "-p", "udp"],
                                  capture_output=True, text=True)
         if listing.returncode == 0:
-            cmds = needed(cmds, parse_entries(listing.stdout))
+            dels = needed(dels, parse_entries(listing.stdout))
+    cmds = [d.argv(family) for d in dels]
     for cmd in cmds:
         res = subprocess.run(cmd, capture_output=True, text=True)
         # Exit status 1 with "0 flow entries" just means there was nothing to delete.

@@ -65,7 +65,7 @@ def test_many_deletions_run_only_for_entries_that_exist() -> None:
     """Found by bench/reliability: one `conntrack -D` process per stale endpoint (4,000 for 2,000
     changed objects) made a sync take 17 s. Past a few, the entries are listed once and only the
     deletions that match one run."""
-    from svcproxy.runtime.conntrack import needed, parse_entries
+    from svcproxy.runtime.conntrack import deletions, needed, parse_entries
 
     listing = (
         "udp      17 29 src=10.0.1.1 dst=172.30.0.53 sport=40000 dport=53 src=10.0.1.2 dst=10.0.1.1 "
@@ -77,8 +77,8 @@ def test_many_deletions_run_only_for_entries_that_exist() -> None:
     assert [(e.orig_dst, e.orig_dport, e.reply_src) for e in entries] == [
         ("172.30.0.53", 53, "10.0.1.2"), ("192.168.0.2", 30053, "10.0.1.1")]
     old = dns(endpoint("10.0.1.1"), endpoint("10.0.1.2"), endpoint("10.0.1.3"))
-    cmds = commands(stale_entries(old, dns()), 4)
-    assert len(cmds) == 6
-    assert needed(cmds, entries) == [
+    dels = deletions(stale_entries(old, dns()))
+    assert len(dels) == 6
+    assert [d.argv(4) for d in needed(dels, entries)] == [
         ["conntrack", "-D", "-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.0.1.1"],
         ["conntrack", "-D", "-p", "udp", "--orig-dst", "172.30.0.53", "--orig-port-dst", "53", "--dst-nat", "10.0.1.2"]]
