@@ -1,13 +1,18 @@
-"""Backends that turn ProxyState into kernel rules: render (pure), apply, clean up."""
+"""Backends that turn ProxyState into kernel rules: render (pure), apply, clean up.
+
+This package chooses among them by mode name (renderer, dataplane, cleanup_other_modes); each
+backend imports only protocol.py, never a sibling backend."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Protocol
+import logging
+from collections.abc import Callable
 
 from ..config import NodeConfig
 from ..state import ProxyState
+from .protocol import ApplyError, Dataplane, SyncResult
+
+log = logging.getLogger("svcproxy.dataplane")
 
 MODES = ("iptables", "nftables")  # the modes that render a ruleset (render, trace)
 RUN_MODES = (*MODES, "userspace")  # every mode `svcproxy run` can program; userspace has no rules
@@ -28,35 +33,6 @@ def renderer(mode: str) -> Renderer:
     return render_ruleset
 
 
-class ApplyError(RuntimeError):
-    """The kernel refused a ruleset; the rules programmed before stay in place."""
-
-
-@dataclass
-class SyncResult:
-    """What one sync did, for logs, metrics and benchmarks."""
-
-    full: bool  # a full resync (all chains/objects) rather than a partial one
-    input_bytes: int = 0  # size of the text/messages handed to the kernel tool
-    rules: dict[str, int] = field(default_factory=dict)  # e.g. {"nat": 1234, "filter": 12} for metrics
-
-
-class Dataplane(Protocol):
-    """A proxy mode bound to this node: keeps the kernel in step with the desired state."""
-
-    mode: str
-
-    def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
-        """Program the kernel for state. changed: keys ("ns/name") of the services changed since
-        the last successful sync; None asks for a full sync. Atomic: on ApplyError the previous
-        rules are still in place and the next call must be a full sync."""
-        ...
-
-    def cleanup(self) -> None:
-        """Remove everything this mode created, and nothing else."""
-        ...
-
-
 def dataplane(mode: str, cfg: NodeConfig) -> Dataplane:
     """The dataplane object of a proxy mode for this node."""
     if mode == "iptables":
@@ -72,3 +48,22 @@ def dataplane(mode: str, cfg: NodeConfig) -> Dataplane:
 
         return UserspaceDataplane(cfg)
     raise ValueError(f"unknown proxy mode {mode!r} (choose one of {', '.join(RUN_MODES)})")
+
+
+def cleanup_other_modes(mode: str, cfg: NodeConfig) -> None:
+    """Remove what the other modes left on this node, once, before this mode first programs
+    it (kube-proxy does the same at startup): rules of both kinds would otherwise both apply,
+    and userspace's svcproxy0 would keep answering for service addresses. A failure is only
+    logged: leftovers must not stop this mode from working."""
+    for other in RUN_MODES:
+        if other == mode:
+            continue
+        try:
+            dataplane(other, cfg).cleanup()
+        except Exception as e:  # noqa: BLE001 - any failure here is a leftover, not a reason to stop
+            log.warning("removing %s-mode leftovers failed: %s (`svcproxy cleanup --proxy-mode %s` "
+                        "retries it)", other, e, other)
+
+
+__all__ = ["MODES", "RUN_MODES", "ApplyError", "Dataplane", "Renderer", "SyncResult", "cleanup_other_modes",
+           "dataplane", "renderer"]

@@ -19,7 +19,7 @@ import signal
 from dataclasses import dataclass, field, replace
 
 from ..config import NodeConfig
-from ..dataplane import Dataplane, dataplane
+from ..dataplane import Dataplane, cleanup_other_modes, dataplane
 from ..sources import ObjectStore, Source
 from ..state import ProxyState
 from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
@@ -62,13 +62,17 @@ class Daemon:
         if dp is not None:
             given[families[0]] = dp
         self.syncers: dict[int, Syncer] = {}
+        # the mode's own dataplanes (not a test's) first remove what other modes left
+        self._cleanup: asyncio.Task | None = None
+        before = None if given else self._cleanup_other_modes
         for i, family in enumerate(families):
             cfg = replace(opts.cfg, ip_family=family)
             fdp = given[family] if family in given else dataplane(opts.mode, cfg)
             self.syncers[family] = Syncer(self.store, fdp, cfg, min_sync_period=opts.min_sync_period,
                                           sync_period=opts.sync_period, metrics=self.metrics,
                                           clear_conntrack=opts.clear_conntrack,
-                                          feed=self.store.feed if i == 0 else self.store.subscribe())
+                                          feed=self.store.feed if i == 0 else self.store.subscribe(),
+                                          before_first_sync=before)
         self.syncer = self.syncers[families[0]]  # the primary family's
         self.dp = self.syncer.dp
         self.health = ProxierHealth(
@@ -98,6 +102,12 @@ class Daemon:
             family = syncer.cfg.family_name if len(self.syncers) > 1 else ""
             self.status.syncs.record(changed is None, last.build_seconds + last.apply_seconds,
                                      sorted(changed) if changed is not None else [], len(state.services), family)
+
+    async def _cleanup_other_modes(self) -> None:
+        """Once per daemon, whichever family's syncer gets here first; the other waits for it."""
+        if self._cleanup is None:
+            self._cleanup = asyncio.create_task(asyncio.to_thread(cleanup_other_modes, self.opts.mode, self.opts.cfg))
+        await asyncio.shield(self._cleanup)
 
     async def run(self) -> None:
         """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""

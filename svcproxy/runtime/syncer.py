@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import NodeConfig, ip_family
@@ -47,9 +47,12 @@ class SyncStats:
 class Syncer:
     def __init__(self, store: ObjectStore, dp: Dataplane, cfg: NodeConfig, *, min_sync_period: float = 1.0,
                  sync_period: float = 30.0, metrics: Metrics | None = None,
-                 clear_conntrack: bool = True, feed: ChangeFeed | None = None) -> None:
+                 clear_conntrack: bool = True, feed: ChangeFeed | None = None,
+                 before_first_sync: Callable[[], Awaitable[None]] | None = None) -> None:
         """One IP family's sync loop (cfg.ip_family); a dual-stack daemon runs one per family,
-        each on its own feed of the store's changes."""
+        each on its own feed of the store's changes. before_first_sync is awaited once, when
+        every source has synced and just before the first sync (the daemon removes the other
+        modes' leftovers there)."""
         self.store, self.dp, self.cfg = store, dp, cfg
         self.feed = feed if feed is not None else store.feed
         self.min_sync_period = max(0.0, min_sync_period)
@@ -71,6 +74,7 @@ class Syncer:
         # called after each successful sync with the state and the changed keys (None: all)
         self.listeners: list[Callable[[ProxyState, set[str] | None], None]] = []
         self.synced_once = asyncio.Event()
+        self.before_first_sync = before_first_sync
 
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
@@ -78,6 +82,8 @@ class Syncer:
             await self.feed.changed.wait()
             self.feed.changed.clear()
         log.info("all sources synced; programming %s rules", self.cfg.family_name)
+        if self.before_first_sync is not None:
+            await self.before_first_sync()
         while True:
             now = time.monotonic()
             due = self.last_full + self.full_sync_interval if self.retry_at is None else self.retry_at

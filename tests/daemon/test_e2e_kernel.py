@@ -261,3 +261,37 @@ def test_udp_flow_blackholed_before_the_service_existed_gets_through(env: NetEnv
         daemon.stop()
     later = [e for e in events if e["t"] > t_added + 0.3]
     assert later and all(e["ok"] and e["ep"] == "10.0.1.42" for e in later), later[:3]
+
+
+def _leftovers(env: NetEnv) -> dict[str, bool]:
+    """Which modes have something of theirs in the node namespace now."""
+    return {"iptables": "KUBE-SERVICES" in env.exec(env.node, "iptables-save", "-t", "nat"),
+            "nftables": "kube-proxy" in env.exec(env.node, "nft", "list", "tables"),
+            "userspace": "svcproxy0" in env.exec(env.node, "ip", "-brief", "link")}
+
+
+def test_each_mode_removes_the_other_modes_leftovers_before_it_programs(env: NetEnv, tmp_path: Path) -> None:
+    """Switching a node's mode (iptables -> nftables -> userspace -> iptables), as kube-proxy
+    does: the new daemon removes the old mode's rules or interface before its first sync, and
+    the service answers through the new mode alone."""
+    m = tmp_path / "manifests"
+    m.mkdir()
+    env.serve("tcp", ["10.0.1.49"], 8080)
+    web(m / "web.json", ready("10.0.1.49"))
+    previous = None
+    for i, mode in enumerate(("iptables", "nftables", "userspace", "iptables")):
+        daemon = Daemon(env, m, mode, tmp_path / f"{i}-{mode}.log").start()
+        try:
+            daemon.wait_sync(0)
+            have = _leftovers(env)
+            client = env.client("tcp", WEB_IP, 80)
+            time.sleep(0.3)
+        finally:
+            events = client.stop()
+            daemon.stop()  # the rules stay, as they would for the next mode to find
+        assert have[mode], f"{mode} programmed the node: {have}"
+        if previous is not None:
+            assert not have[previous], f"{mode} removed {previous} mode's leftovers"
+        assert sum(have.values()) == 1, have
+        assert events and all(e["ok"] for e in events), f"{mode}: {[e for e in events if not e['ok']][:3]}"
+        previous = mode

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from svcproxy.config import NodeConfig
-from svcproxy.dataplane import ApplyError, dataplane
+from svcproxy.dataplane import ApplyError, cleanup_other_modes, dataplane
 from svcproxy.dataplane.nftables import NftablesDataplane, names
 from svcproxy.state import ServicePortName
 
@@ -187,10 +187,14 @@ def test_switching_modes_leaves_nothing_of_the_old_mode(inside: Netns) -> None:
     st = state_of(A, B)
     dataplane("iptables", CFG).sync(st)
     assert "KUBE-SERVICES" in inside.run("iptables-save", "-t", "nat").stdout
-    NftablesDataplane(CFG).sync(st)  # first sync removes iptables mode's chains
+    inside.run("ip", "link", "add", "svcproxy0", "type", "bridge")  # and userspace mode's interface
+    cleanup_other_modes("nftables", CFG)  # what the daemon does before its first sync
+    NftablesDataplane(CFG).sync(st)
     assert "KUBE-" not in inside.run("iptables-save").stdout
+    assert "svcproxy0" not in inside.run("ip", "link").stdout
     assert f"goto service-{base('b')}" in table(inside)
-    dataplane("iptables", CFG).sync(st)  # and back: iptables mode removes our table
+    cleanup_other_modes("iptables", CFG)  # and back: iptables mode removes our table
+    dataplane("iptables", CFG).sync(st)
     assert "kube-proxy" not in inside.nft("list", "tables").stdout
     assert "KUBE-SERVICES" in inside.run("iptables-save", "-t", "nat").stdout
 

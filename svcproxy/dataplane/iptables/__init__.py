@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 from ...config import NodeConfig
 from ...state import ProxyState
-from .. import ApplyError, SyncResult
+from ..protocol import ApplyError, SyncResult
 from . import names as n
 from .cleanup import cleanup_family
 from .jumps import ALL_JUMPS
@@ -105,12 +105,10 @@ class IptablesDataplane:
 
     def _first_sync(self) -> None:
         """Once per process: learn which service chains an earlier run left (to delete stale
-        ones), and remove nftables-mode leftovers when switching modes."""
+        ones)."""
         nat = self.ipt.chains("nat")
         self.existing = {c for c in nat if n.is_service_chain(c)}
         self.cold = not (set(ENTRY_NAT) & nat) and not self.existing
-        if self.netns is None:
-            _cleanup_other_mode(self.cfg)
 
     def _ensure_jumps(self) -> None:
         """Make sure each built-in chain jumps into ours, prepending only what is missing."""
@@ -133,16 +131,6 @@ class IptablesDataplane:
         self.applied, self.existing, self.needs_full, self.cold = None, None, True, False
         if errors:
             raise ApplyError("; ".join(errors))
-
-
-def _cleanup_other_mode(cfg: NodeConfig) -> None:
-    """Switching from nftables mode: remove its tables (cheap when there are none)."""
-    from ..nftables import NftablesDataplane  # imported here: the two modes clean up after each other
-
-    try:
-        NftablesDataplane(cfg).cleanup()
-    except Exception as e:  # noqa: BLE001 - leftovers must not stop the iptables mode
-        log.warning("removing nftables-mode leftovers failed: %s", e)
 
 
 __all__ = ["IptablesDataplane", "Iptables", "cleanup_family"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from .. import ApplyError
+from ..protocol import ApplyError
 
 
 class Iptables:

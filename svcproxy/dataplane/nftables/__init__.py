@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ...config import NodeConfig
 from ...gcpause import gc_paused
 from ...state import ProxyState
-from .. import ApplyError, SyncResult
+from ..protocol import ApplyError, SyncResult
 from . import names, session
 from .kernel_io import KernelIO
 from .pipeline import CommitStep, FullSyncSteps
@@ -61,7 +61,6 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         self.applied: dict[str, ServiceRules] = {}  # service key -> rules in the kernel
         self.need_full = True
         self.service_cidrs: tuple[str, ...] | None = None  # as in the kernel's cluster-ips-check
-        self.started = False
         # Chains no longer used, flushed at the given monotonic time. The kernel refuses to
         # delete a chain that a just-removed (anonymous) map element still pins, so, as
         # kube-proxy does, they are deleted by a later sync.
@@ -70,9 +69,6 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
     # --- the Dataplane protocol ---------------------------------------------------------
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
-        if not self.started:
-            remove_iptables_leftovers(self.cfg)
-            self.started = True
         self.transactions = []
         self.timings = []
         try:
@@ -324,13 +320,3 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         elements = sum(len(v) for v in kernel.elements.values())
         return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
                           rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})
-
-
-def remove_iptables_leftovers(cfg: NodeConfig) -> None:
-    """Switching from iptables mode: remove its chains, as kube-proxy does at startup."""
-    from ..iptables import IptablesDataplane  # imported here: the two modes clean up after each other
-
-    try:
-        IptablesDataplane(cfg).cleanup()
-    except Exception as e:  # leftovers must not stop this mode from working
-        log.warning("could not remove iptables-mode leftovers: %s", e)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from ...config import NodeConfig
-from .. import ApplyError
+from ..protocol import ApplyError
 from . import names, netlink, session
 from .layout import Container
 from .service_maps import affinity_map, endpoints_map, members_set, shared_map

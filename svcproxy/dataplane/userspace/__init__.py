@@ -32,7 +32,7 @@ from typing import Any
 
 from ...config import NodeConfig, ip_family
 from ...state import ProxyState
-from .. import ApplyError, SyncResult
+from ..protocol import ApplyError, SyncResult
 from .interface import IFNAME, ServiceInterface
 from .plan import PlanCache, plan
 from .proxier import Proxier

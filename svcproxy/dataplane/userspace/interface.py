@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterable
 
 from ...config import ip_family
-from .. import ApplyError
+from ..protocol import ApplyError
 
 log = logging.getLogger("svcproxy.dataplane.userspace")
 
