@@ -87,7 +87,7 @@ def node_options(func: Callable | None = None, *, modes: tuple[str, ...] = MODES
 
 def node_config(params: dict[str, Any]) -> NodeConfig:
     """Build the NodeConfig from node_options' values (and --config, where given)."""
-    from ..runtime.kubeconfig import apply_config_file  # KubeProxyConfiguration support
+    from .config_file import apply_config_file  # KubeProxyConfiguration support
 
     params = dict(params)
     if params.get("config_file"):

@@ -63,7 +63,7 @@ def run(paths: tuple[str, ...], kubeconfig: str | None, master: str | None, heal
                               "metrics_bind_address": metrics_bind_address,
                               "status_bind_address": status_bind_address, **params}
     if params.get("config_file"):
-        from ..runtime.kubeconfig import apply_config_file
+        from .config_file import apply_config_file
 
         values = apply_config_file(params["config_file"], values, ctx)
         if values["proxy_mode"] not in RUN_MODES:

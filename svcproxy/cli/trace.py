@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..netfilter import TraceError, trace_packet
+from ..netfilter import TraceError, render_svg, render_text, trace_packet
 from .options import manifest_option, node_config, node_options
 
 
@@ -79,13 +79,13 @@ def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, sourc
     if output_format == "json":
         data = result.to_json() + "\n"
     elif output_format == "svg":
-        data = result.to_svg()
+        data = render_svg(result)
     elif output_format == "png":
         if to_tty:
             raise click.UsageError("PNG is binary: write it to a file with -o trace.png")
-        data = _to_png(result.to_svg())
+        data = _to_png(render_svg(result))
     else:
-        data = result.to_text(color=to_tty)
+        data = render_text(result, color=to_tty)
     if output_file:
         Path(output_file).write_bytes(data if isinstance(data, bytes) else data.encode())
         click.echo(f"wrote {output_file}", err=True)

@@ -9,6 +9,7 @@ import yaml
 from rich.console import Console
 from rich.rule import Rule
 
+from ..netfilter import render_text
 from . import report
 from .lab import Lab
 from .plan import OUTSIDE_IP, LabError
@@ -89,5 +90,5 @@ def _tour(console: Console, lab: Lab, src: Path) -> None:
     result = trace_live(lab, n1, "10.0.1.20", target.ip, target.port, "TCP")
     console.print(f"trace of 10.0.1.20 -> {target.ip}:{target.port}/TCP through {n1.name}'s "
                   f"{'iptables-save' if lab.mode == 'iptables' else 'nft list ruleset'}:")
-    console.print(result.to_text() if hasattr(result, "to_text") else str(result), markup=False, highlight=False)
+    console.print(render_text(result), markup=False, highlight=False)
     console.print("The same answer the traffic gave in step 4: the two remaining pods, the pod's address kept.")

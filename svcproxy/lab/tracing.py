@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..netfilter import trace_packet
+from ..netfilter import TraceResult, trace_packet
 from .lab import Lab
 from .plan import NodeSpec
 
 
 def trace_live(lab: Lab, node: NodeSpec | str, source: str, destination: str, port: int,
-               protocol: str = "TCP") -> Any:
+               protocol: str = "TCP") -> TraceResult:
     """Trace a packet arriving at (or sent by) node through the rules its proxy programmed."""
     n = lab.node(node) if isinstance(node, str) else node
     rules = lab.rules(n, 6 if ":" in destination else 4)

@@ -9,7 +9,10 @@ through netfilter's hooks, tables and chains, and report every outcome with its 
 from __future__ import annotations
 
 from .core import TraceError
+from .picture import render_svg
 from .result import Outcome, TraceResult
+from .text import render_text
 from .trace import parse_rules, trace_packet, trace_ruleset
 
-__all__ = ["TraceError", "TraceResult", "Outcome", "trace_packet", "trace_ruleset", "parse_rules"]
+__all__ = ["TraceError", "TraceResult", "Outcome", "trace_packet", "trace_ruleset", "parse_rules", "render_text",
+           "render_svg"]

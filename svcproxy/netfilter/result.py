@@ -94,16 +94,6 @@ class TraceResult:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-    def to_text(self, color: bool = False) -> str:
-        from .text import render_text
-
-        return render_text(self, color=color)
-
-    def to_svg(self) -> str:
-        from .picture import render_svg
-
-        return render_svg(self)
-
 
 Final = tuple[float, Packet, str]
 

@@ -160,7 +160,7 @@ def live_rules(mode: str, family: int = 4) -> str:
 def trace_answer(rules: str, form: dict[str, Any], local: list[str]) -> dict[str, Any]:
     """The tracer's answer for the form: text, outcomes, and the picture as a data: URL (an
     <img> never runs script, whatever the SVG held)."""
-    from ..netfilter import TraceError, trace_packet
+    from ..netfilter import TraceError, render_svg, render_text, trace_packet
 
     try:
         port = int(form.get("port", 0))
@@ -168,8 +168,8 @@ def trace_answer(rules: str, form: dict[str, Any], local: list[str]) -> dict[str
                               str(form.get("protocol", "TCP")).upper(), local)
     except (TraceError, ValueError) as e:
         return {"error": str(e)}
-    svg = base64.b64encode(result.to_svg().encode()).decode()
-    return {"text": result.to_text(color=False), "outcomes": [o.to_dict() for o in result.outcomes],
+    svg = base64.b64encode(render_svg(result).encode()).decode()
+    return {"text": render_text(result, color=False), "outcomes": [o.to_dict() for o in result.outcomes],
             "picture": f"data:image/svg+xml;base64,{svg}"}
 
 

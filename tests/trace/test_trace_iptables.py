@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from trace_helpers import DATA, NODE, ipt, summary, trace
 
+from svcproxy.netfilter import render_text
+
 KP = (DATA / "kube-proxy.iptables").read_text()
 
 
@@ -181,7 +183,7 @@ def test_recent_affinity_returning_client_follows_hit_branch() -> None:
     assert {a.name: a.endpoints for a in r.affinity} == {"KUBE-SEP-1": ("10.180.0.1:80",),
                                                           "KUBE-SEP-2": ("10.180.0.2:80",)}
     assert all(abs(a.probability - 0.5) < 1e-9 for a in r.affinity)
-    assert "sticky" in r.to_text()
+    assert "sticky" in render_text(r)
 
 
 def test_conntrack_state_new() -> None:
@@ -309,7 +311,7 @@ def test_unevaluable_rules_are_named_in_warnings() -> None:
     assert r.verdict == "ACCEPT"
     assert any(w.startswith("line ") and "limit" in w for w in r.warnings)
     assert any("ipset" in w for w in r.warnings)
-    assert "warning:" in r.to_text()
+    assert "warning:" in render_text(r)
 
 
 def test_dnat_to_a_range_is_named_in_the_warnings() -> None:

@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 
 from trace_helpers import DATA, NODE, ipt, trace
 
+from svcproxy.netfilter import render_svg
+
 KP = (DATA / "kube-proxy.iptables").read_text()
 
 
@@ -16,7 +18,7 @@ def texts(svg: str) -> list[str]:
 
 
 def test_frame_lanes_branches_and_outcomes() -> None:
-    svg = trace(KP, "10.0.0.2", "172.30.0.44", 80).to_svg()
+    svg = render_svg(trace(KP, "10.0.0.2", "172.30.0.44", 80))
     words = texts(svg)
     for hook in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
         assert hook in words  # the fixed frame
@@ -30,7 +32,7 @@ def test_frame_lanes_branches_and_outcomes() -> None:
 
 def test_unvisited_hooks_are_grey_and_loopback_is_drawn() -> None:
     rules = ipt(nat="-A OUTPUT -d 172.30.0.1 -j DNAT --to-destination 192.168.0.2:8080")
-    svg = trace(rules, NODE, "172.30.0.1", 80).to_svg()
+    svg = render_svg(trace(rules, NODE, "172.30.0.1", 80))
     words = texts(svg)
     assert "loopback (destination is this node)" in words
     assert [w for w in words if re.fullmatch(r"\d\. [A-Z]+", w)] == \
@@ -39,7 +41,7 @@ def test_unvisited_hooks_are_grey_and_loopback_is_drawn() -> None:
 
 
 def test_drop_outcome_and_sticky() -> None:
-    svg = trace(KP, "203.0.113.200", "5.6.7.8", 80).to_svg()
+    svg = render_svg(trace(KP, "203.0.113.200", "5.6.7.8", 80))
     assert any(w.startswith("DROP") and "5.6.7.8:80" in w for w in texts(svg))
-    svg = trace(KP, "10.0.0.2", "172.30.0.45", 80).to_svg()
+    svg = render_svg(trace(KP, "10.0.0.2", "172.30.0.45", 80))
     assert any("sticky (session affinity)" in w for w in texts(svg))
