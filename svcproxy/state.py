@@ -6,9 +6,10 @@ daemon can rebuild only what changed (see ServiceState) and renderers can cache 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Protocol
 
 from .config import NodeConfig, format_endpoint, ip_family
 from .model.load import Objects
@@ -18,8 +19,9 @@ from .model.objects import (
     EndpointSlice,
     Node,
     Service,
+    ServiceCIDR,
 )
-from .model.selection import Selection, categorize
+from .model.selection import Policy, port_policy
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -171,13 +173,9 @@ class ProxyState:
         svc = self.services.get(spn.service_key)
         return svc.endpoints.get(spn, ()) if svc else ()
 
-    def select(self, port: ServicePortInfo, cfg: NodeConfig) -> Selection[EndpointInfo]:
-        return select_endpoints(port, self.endpoints(port.name), cfg, self.zone)
-
-
-def select_endpoints(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig,
-                     zone: str) -> Selection[EndpointInfo]:
-    return categorize(endpoints, port.uses_cluster_endpoints, port.uses_local_endpoints, cfg.hostname, zone)
+    def policy(self, port: ServicePortInfo, cfg: NodeConfig) -> Policy[EndpointInfo]:
+        """Where this port's traffic goes on this node (model/selection.py: port_policy)."""
+        return port_policy(port, self.endpoints(port.name), cfg.hostname, self.zone)
 
 
 def build_service_state(svc: Service, slices: Iterable[EndpointSlice], cfg: NodeConfig) -> ServiceState:
@@ -186,37 +184,100 @@ def build_service_state(svc: Service, slices: Iterable[EndpointSlice], cfg: Node
     return ServiceState(svc.key, ports, eps)
 
 
-def node_zone(nodes: Iterable[Node], cfg: NodeConfig) -> str:
-    for n in nodes:
-        if n.name == cfg.hostname:
-            return n.zone
-    return cfg.zone
+class ObjectView(Protocol):
+    """What the state is built from: the daemon's ObjectStore (sources/store.py), or the Index
+    of a set of manifests (below). One reader for both, so `render`, `run` and the lab agree."""
+
+    services: Mapping[str, Service]
+    service_cidrs: Mapping[str, ServiceCIDR]
+
+    def node(self, name: str) -> Node | None: ...
+
+    def service_slices(self, service_key: str) -> Iterable[EndpointSlice]: ...
+
+
+def node_zone(node: Node | None, cfg: NodeConfig) -> str:
+    """This node's zone: its Node object's label, else --zone (cfg.zone)."""
+    return node.zone if node is not None else cfg.zone
+
+
+def family_cidrs(cidrs: Iterable[ServiceCIDR], cfg: NodeConfig) -> tuple[str, ...]:
+    """The ServiceCIDR ranges of this node's family, sorted."""
+    return tuple(sorted({c for sc in cidrs for c in sc.cidrs if ip_family(c) == cfg.ip_family}))
+
+
+def update_state(prev: ProxyState, view: ObjectView, cfg: NodeConfig,
+                 touched: Iterable[str] | None) -> tuple[ProxyState, set[str] | None]:
+    """The desired state after a change, and the keys of the services whose ServiceState
+    differs from prev's; None when everything must be redone (a full sync).
+
+    touched: keys of the services whose Service or EndpointSlices changed since prev (the
+    store's Changes), or None to rebuild every service. A new zone rebuilds every service (its
+    topology hints read differently); new ServiceCIDRs keep the services but need a full sync."""
+    zone = node_zone(view.node(cfg.hostname), cfg)
+    rebuild_all = touched is None or zone != prev.zone
+    services = {} if rebuild_all else dict(prev.services)
+    changed: set[str] = set()
+    for key in (view.services if rebuild_all else touched):
+        svc = view.services.get(key)
+        new = build_service_state(svc, view.service_slices(key), cfg) if svc is not None else None
+        if new is not None and new.ports:
+            services[key] = new
+        else:
+            new = None
+            services.pop(key, None)
+        if new != prev.services.get(key):
+            changed.add(key)
+    cidrs = family_cidrs(view.service_cidrs.values(), cfg)
+    state = ProxyState(services=services, zone=zone, service_cidrs=cidrs)
+    return state, (None if rebuild_all or cidrs != prev.service_cidrs else changed)
+
+
+@dataclass
+class Index:
+    """A set of manifests' objects by key, as the store holds them; duplicates and slices of
+    unknown Services become errors (the later definition wins)."""
+
+    services: dict[str, Service] = field(default_factory=dict)
+    service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    slices: dict[str, list[EndpointSlice]] = field(default_factory=dict)  # by service key
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, objects: Objects) -> Index:
+        ix = cls(errors=list(objects.errors))
+        for svc in objects.services:
+            if svc.key in ix.services:
+                ix.errors.append(f"Service {svc.key}: defined more than once; using the last definition")
+            ix.services[svc.key] = svc
+        by_key: dict[str, EndpointSlice] = {}
+        for sl in objects.slices:
+            if sl.key in by_key:
+                ix.errors.append(f"EndpointSlice {sl.key}: defined more than once; using the last definition")
+            by_key[sl.key] = sl
+        for sl in by_key.values():
+            if sl.service_key not in ix.services:
+                ix.errors.append(f"EndpointSlice {sl.key}: metadata.labels[kubernetes.io/service-name]: "
+                                 f"Service {sl.service_key} not found; slice ignored")
+                continue
+            ix.slices.setdefault(sl.service_key, []).append(sl)
+        for node in objects.nodes:
+            ix.nodes.setdefault(node.name, node)  # the first one, as before
+        for i, sc in enumerate(objects.service_cidrs):
+            ix.service_cidrs[f"{i}/{sc.name}"] = sc  # all of them: their ranges are unioned
+        return ix
+
+    def node(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def service_slices(self, service_key: str) -> list[EndpointSlice]:
+        return self.slices.get(service_key, [])
 
 
 def build_state(objects: Objects, cfg: NodeConfig) -> ProxyState:
     """The whole desired state from a set of objects; unusable objects become errors."""
-    errors = list(objects.errors)
-    services: dict[str, Service] = {}
-    for svc in objects.services:
-        if svc.key in services:
-            errors.append(f"Service {svc.key}: defined more than once; using the last definition")
-        services[svc.key] = svc
-    by_key: dict[str, EndpointSlice] = {}
-    for sl in objects.slices:
-        if sl.key in by_key:
-            errors.append(f"EndpointSlice {sl.key}: defined more than once; using the last definition")
-        by_key[sl.key] = sl
-    slices: dict[str, list[EndpointSlice]] = {}
-    for sl in by_key.values():
-        if sl.service_key not in services:
-            errors.append(f"EndpointSlice {sl.key}: metadata.labels[kubernetes.io/service-name]: "
-                          f"Service {sl.service_key} not found; slice ignored")
-            continue
-        slices.setdefault(sl.service_key, []).append(sl)
-    cidrs = tuple(sorted({c for sc in objects.service_cidrs for c in sc.cidrs if ip_family(c) == cfg.ip_family}))
-    state = ProxyState(errors=errors, zone=node_zone(objects.nodes, cfg), service_cidrs=cidrs)
-    for key, svc in services.items():
-        st = build_service_state(svc, slices.get(key, ()), cfg)
-        if st.ports:
-            state.services[key] = st
+    index = Index.of(objects)
+    state, _ = update_state(ProxyState(), index, cfg, None)
+    state.errors = index.errors
     return state

@@ -79,7 +79,7 @@ def expected_endpoints(manifests: Path, node: NodeSpec) -> set[str]:
     for cfg in node_configs(node):
         state = build_state(objects, cfg)
         for port in state.ports:
-            out.update(ep.ip for ep in state.select(port, cfg).all_reachable)
+            out.update(ep.ip for ep in state.policy(port, cfg).selection.all_reachable)
     return out
 
 

@@ -89,3 +89,51 @@ def categorize(endpoints: tuple[E, ...], uses_cluster: bool, uses_local: bool,
     merged = dict.fromkeys(cluster)
     merged.update(dict.fromkeys(local))
     return Selection(cluster, local, tuple(merged), has_any)
+
+
+class _Port(Protocol):
+    internal_policy_local: bool
+    external_policy_local: bool
+
+    @property
+    def uses_cluster_endpoints(self) -> bool: ...
+
+    @property
+    def uses_local_endpoints(self) -> bool: ...
+
+    @property
+    def externally_accessible(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Policy(Generic[E]):  # noqa: UP046 - Python 3.11 has no PEP 695
+    """Where one service port's traffic goes on this node, decided once the way kube-proxy's
+    syncProxyRules decides it before writing a rule. Every backend renders from this, so the
+    iptables, nftables and userspace modes cannot disagree about a port's endpoints."""
+
+    selection: Selection[E]
+    uses_cluster_chain: bool  # a chain spreading over selection.cluster exists
+    uses_local_chain: bool  # one over selection.local exists
+    has_internal: bool  # ClusterIP traffic has an endpoint under its policy (else: dropped)
+    has_external: bool  # external traffic (NodePort, external/LB IPs) has one (else: dropped)
+    uses_external_chain: bool  # externally accessible, with endpoints: the external chain exists
+
+    @property
+    def has_endpoints(self) -> bool:
+        """Some usable endpoint exists in the cluster; without one, traffic is rejected."""
+        return self.selection.has_any
+
+
+def port_policy(port: _Port, endpoints: tuple[E, ...], node_name: str, zone: str) -> Policy[E]:
+    """The one entry point of endpoint selection: kube-proxy's CategorizeEndpoints, then what
+    each traffic policy (internal, external) does with the result."""
+    sel = categorize(endpoints, port.uses_cluster_endpoints, port.uses_local_endpoints, node_name, zone)
+    has_local = bool(sel.local)
+    return Policy(
+        selection=sel,
+        uses_cluster_chain=bool(sel.cluster) and port.uses_cluster_endpoints,
+        uses_local_chain=has_local and port.uses_local_endpoints,
+        has_internal=has_local if port.internal_policy_local else sel.has_any,
+        has_external=has_local if port.external_policy_local else sel.has_any,
+        uses_external_chain=sel.has_any and port.externally_accessible,
+    )

@@ -10,7 +10,7 @@ Timing follows kube-proxy's BoundedFrequencyRunner:
 Nothing is programmed before every source has delivered its first complete state.
 
 Work per sync grows with what changed: only the services whose Service or EndpointSlices
-changed are rebuilt (state.build_service_state), and their keys go to Dataplane.sync.
+changed are rebuilt (state.update_state), and their keys go to Dataplane.sync.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..config import NodeConfig, ip_family
+from ..config import NodeConfig
 from ..dataplane import Dataplane, SyncResult
 from ..sources.store import ChangeFeed, Changes, ObjectStore
-from ..state import ProxyState, ServiceState, build_service_state
+from ..state import ProxyState, update_state
 from . import conntrack
 from .metrics import FamilyMetrics, Metrics
 
@@ -119,35 +119,8 @@ class Syncer:
     # -- one sync ----------------------------------------------------------
     def build(self, changes: Changes) -> tuple[ProxyState, set[str] | None]:
         """The new desired state, and the keys of services that differ (None: all of them)."""
-        node = self.store.node(self.cfg.hostname)
-        zone = node.zone if node is not None else self.cfg.zone
-        rebuild_all = changes.all or self.programmed is None or zone != self.state.zone
-        services = dict(self.state.services) if not rebuild_all else {}
-        keys = set(self.store.services) if rebuild_all else changes.services
-        changed: set[str] = set()
-        for key in keys:
-            new = self._service_state(key)
-            old = self.state.services.get(key)
-            if new is None:
-                services.pop(key, None)
-            else:
-                services[key] = new
-            if new != old:
-                changed.add(key)
-        if rebuild_all:
-            changed |= set(self.state.services) - set(services)
-        cidrs = tuple(sorted({c for sc in self.store.service_cidrs.values() for c in sc.cidrs
-                              if ip_family(c) == self.cfg.ip_family}))
-        # the service CIDRs are not per service: a change there needs a full dataplane sync
-        full = rebuild_all or cidrs != self.state.service_cidrs
-        return ProxyState(services=services, zone=zone, service_cidrs=cidrs), (None if full else changed)
-
-    def _service_state(self, key: str) -> ServiceState | None:
-        svc = self.store.services.get(key)
-        if svc is None:
-            return None
-        st = build_service_state(svc, self.store.service_slices(key), self.cfg)
-        return st if st.ports else None
+        touched = None if changes.all or self.programmed is None else changes.services
+        return update_state(self.state, self.store, self.cfg, touched)
 
     async def sync_once(self, full: bool = False) -> bool:
         """Build and apply; True on success. A failure keeps the old rules and schedules a full retry."""

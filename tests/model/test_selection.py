@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from svcproxy.config import NodeConfig
-from svcproxy.state import EndpointInfo, ServicePortInfo, ServicePortName, select_endpoints
+from svcproxy.model.selection import Selection, port_policy
+from svcproxy.state import EndpointInfo, ServicePortInfo, ServicePortName
 
 CFG = NodeConfig(hostname="test-node")
 
@@ -16,6 +17,12 @@ def ep(ip: str, *, ready: bool = True, serving: bool | None = None, terminating:
 
 def port(**kw: object) -> ServicePortInfo:
     return ServicePortInfo(ServicePortName("ns1", "svc1", "p80", "TCP"), "172.30.0.41", 80, "TCP", **kw)  # type: ignore[arg-type]
+
+
+def select_endpoints(p: ServicePortInfo, eps: tuple[EndpointInfo, ...], cfg: NodeConfig,
+                     zone: str) -> Selection[EndpointInfo]:
+    """The selection part of the port's policy (the one entry point every backend uses)."""
+    return port_policy(p, eps, cfg.hostname, zone).selection
 
 
 def ips(eps: tuple[EndpointInfo, ...]) -> set[str]:

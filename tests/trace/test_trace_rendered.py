@@ -36,7 +36,7 @@ def _ports(state):
 def test_cluster_ips_reach_the_selected_endpoints_evenly(rules: str, state) -> None:
     checked = 0
     for port in _ports(state):
-        sel = state.select(port, CFG)
+        sel = state.policy(port, CFG).selection
         want = sorted(format_endpoint(e.ip, e.port) for e in sel.cluster)
         r = trace_packet(rules, POD, port.cluster_ip, port.port, port.protocol, [NODE])
         if not want:
@@ -58,7 +58,7 @@ def test_node_ports_from_outside_are_masqueraded(rules: str, state) -> None:
     for port in state.ports:
         if not port.node_port:
             continue
-        sel = state.select(port, CFG)
+        sel = state.policy(port, CFG).selection
         eps = sel.local if port.external_policy_local else sel.cluster
         want = sorted(format_endpoint(e.ip, e.port) for e in eps)
         r = trace_packet(rules, OUTSIDE, NODE, port.node_port, port.protocol, [NODE])

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import NodeConfig
-from ...state import EndpointInfo, ServicePortInfo, select_endpoints
+from ...model.selection import Policy, port_policy
+from ...state import EndpointInfo, ServicePortInfo
 from . import names
 from .layout import (
     CLUSTER_IPS,
@@ -61,123 +62,165 @@ def endpoint_target(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+@dataclass(frozen=True, slots=True)
+class PortChains:
+    """The names of one service port's chains (both layouts), from its name."""
+
+    cluster: str  # service-*: spreads over the cluster-wide endpoints
+    local: str  # local-*: over this node's endpoints
+    external: str  # external-*: where NodePort, external and LB IP traffic enters
+    firewall: str  # firewall-*: loadBalancerSourceRanges
+
+    @classmethod
+    def of(cls, port: ServicePortInfo) -> PortChains:
+        base = names.port_base(port.name)
+        return cls(names.SERVICE + base, names.LOCAL + base, names.EXTERNAL + base, names.FIREWALL + base)
+
+    def internal(self, port: ServicePortInfo) -> str:
+        """Where ClusterIP traffic goes: the internal traffic policy's chain."""
+        return self.local if port.internal_policy_local else self.cluster
+
+    def external_policy(self, port: ServicePortInfo) -> str:
+        """Where external traffic goes after external-*: the external traffic policy's chain."""
+        return self.local if port.external_policy_local else self.cluster
+
+
+def uses_firewall(port: ServicePortInfo) -> bool:
+    """kube-proxy's nftables mode checks source ranges before it looks for endpoints."""
+    return bool(port.load_balancer_ips and port.load_balancer_source_ranges)
+
+
+def internal_masquerade(port: ServicePortInfo, cfg: NodeConfig) -> list[str]:
+    """The internal policy chain's first rule: masquerade ClusterIP traffic from outside the
+    pod network (or all of it with --masquerade-all)."""
+    ip = names.family_keyword(cfg.ip_family)
+    dest = f"{ip} daddr {port.cluster_ip} {port.protocol.lower()} dport {port.port}"
+    if cfg.masquerade_all:
+        return [f"{dest} jump {MARK_MASQ}"]
+    if (not_local := local_match(cfg, negate=True)):
+        return [f"{dest} {not_local} jump {MARK_MASQ}"]
+    return []
+
+
+def external_rules(port: ServicePortInfo, cfg: NodeConfig, chains: PortChains) -> list[str]:
+    """external-*: masquerade (Cluster policy), or keep the client address (Local policy) while
+    short-circuiting pod and node traffic to the cluster-wide chain. The goto to the policy
+    chain is the caller's (the kube-proxy layout leaves it out when there is nowhere to go)."""
+    if not port.external_policy_local:
+        return [f"jump {MARK_MASQ}"]
+    rules = []
+    if (is_local := local_match(cfg, negate=False)):
+        rules.append(f'{is_local} goto {chains.cluster} comment "short-circuit pod traffic"')
+    rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+    rules.append(f'fib saddr type local goto {chains.cluster} comment "short-circuit local traffic"')
+    return rules
+
+
+def firewall_chain(port: ServicePortInfo, cfg: NodeConfig, chains: PortChains) -> Chain:
+    """firewall-*: drop what no loadBalancerSourceRange allows; the node itself is allowed
+    when a range covers it (its packets to the LB IP come back with the LB IP as source)."""
+    sources = list(port.load_balancer_source_ranges)
+    if cfg.primary_ip and any_contains(sources, cfg.primary_ip):
+        sources += port.load_balancer_ips
+    ip = names.family_keyword(cfg.ip_family)
+    return Chain(chains.firewall, (f"{ip} saddr != {{ {', '.join(sources)} }} drop",))
+
+
 def service_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig,
                   zone: str) -> Block:
-    sel = select_endpoints(port, endpoints, cfg, zone)
-    ip = names.family_keyword(cfg.ip_family)
+    """kube-proxy's layout: map elements send each address to the port's chains, which pick an
+    endpoint chain through a numgen vmap."""
+    pol = port_policy(port, endpoints, cfg.hostname, zone)
+    chains = PortChains.of(port)
+    bases = {(ep.ip, ep.port): names.endpoint_base(port.name, ep.ip, ep.port) for ep in pol.selection.all_reachable}
+    out: list[Chain] = []
+    if pol.uses_cluster_chain:
+        out.append(_policy_chain(port, pol, chains, chains.cluster, pol.selection.cluster, bases, cfg))
+    if pol.uses_local_chain:
+        out.append(_policy_chain(port, pol, chains, chains.local, pol.selection.local, bases, cfg))
+    if pol.uses_external_chain:
+        rules = external_rules(port, cfg, chains)
+        if pol.has_external:
+            rules.append(f"goto {chains.external_policy(port)}")
+        out.append(Chain(chains.external, tuple(rules)))
+    if uses_firewall(port):
+        out.append(firewall_chain(port, cfg, chains))
+    endpoint_chains, sets = _endpoint_chains(port, pol, bases, cfg)
+    return Block((*out, *endpoint_chains), sets, _elements(port, pol, chains))
+
+
+def _elements(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChains) -> tuple[Element, ...]:
+    """The port's map elements: its addresses to its chains, or, without endpoints under a
+    policy, to the no-endpoint verdicts (reject when there are none at all, else drop)."""
     proto = port.protocol.lower()
-    spn = port.name
-    label = str(spn)
-    base = names.port_base(spn)
-    cluster_chain = names.SERVICE + base
-    local_chain = names.LOCAL + base
-    external_chain = names.EXTERNAL + base
-    firewall_chain = names.FIREWALL + base
-    affinity = port.session_affinity_timeout
-
-    ep_names: dict[tuple[str, int], str] = {}
-
-    def ep_base(ep: EndpointInfo) -> str:
-        key = (ep.ip, ep.port)
-        name = ep_names.get(key)
-        if name is None:
-            name = ep_names[key] = names.endpoint_base(spn, ep.ip, ep.port)
-        return name
-
-    has_endpoints = sel.has_any
-    uses_cluster = bool(sel.cluster) and port.uses_cluster_endpoints
-    uses_local = bool(sel.local) and port.uses_local_endpoints
-    internal_chain, has_internal = cluster_chain, has_endpoints
-    if port.internal_policy_local:
-        internal_chain, has_internal = local_chain, bool(sel.local)
-    external_policy_chain, has_external = cluster_chain, has_endpoints
-    if port.external_policy_local:
-        external_policy_chain, has_external = local_chain, bool(sel.local)
-    uses_external = has_endpoints and port.externally_accessible
-
-    if not has_endpoints:
+    label = str(port.name)
+    if not pol.has_endpoints:
         internal_verdict = external_verdict = f"goto {REJECT_CHAIN}"
     else:
-        internal_verdict = "" if has_internal else "drop"
-        external_verdict = "" if has_external else "drop"
-
-    elements: list[Element] = [Element(CLUSTER_IPS, port.cluster_ip)]
+        internal_verdict = "" if pol.has_internal else "drop"
+        external_verdict = "" if pol.has_external else "drop"
 
     def key(addr: str) -> str:
         return f"{addr} . {proto} . {port.port}"
 
-    if has_internal:
-        elements.append(Element(SERVICE_IPS, key(port.cluster_ip), f"goto {internal_chain}"))
+    out = [Element(CLUSTER_IPS, port.cluster_ip)]
+    if pol.has_internal:
+        out.append(Element(SERVICE_IPS, key(port.cluster_ip), f"goto {chains.internal(port)}"))
     else:
-        elements.append(Element(NO_ENDPOINT_SERVICES, key(port.cluster_ip), internal_verdict, label))
+        out.append(Element(NO_ENDPOINT_SERVICES, key(port.cluster_ip), internal_verdict, label))
     for ext in port.external_ips:
-        if has_endpoints:
-            elements.append(Element(SERVICE_IPS, key(ext), f"goto {external_chain}"))
-        if not has_external:
-            elements.append(Element(NO_ENDPOINT_SERVICES, key(ext), external_verdict, label))
-    uses_firewall = bool(port.load_balancer_ips and port.load_balancer_source_ranges)
+        if pol.has_endpoints:
+            out.append(Element(SERVICE_IPS, key(ext), f"goto {chains.external}"))
+        if not pol.has_external:
+            out.append(Element(NO_ENDPOINT_SERVICES, key(ext), external_verdict, label))
     for lb in port.load_balancer_ips:
-        if has_endpoints:
-            elements.append(Element(SERVICE_IPS, key(lb), f"goto {external_chain}"))
-        if uses_firewall:
-            elements.append(Element(FIREWALL_IPS, key(lb), f"goto {firewall_chain}"))
-    if not has_external:
-        for lb in port.load_balancer_ips:
-            elements.append(Element(NO_ENDPOINT_SERVICES, key(lb), external_verdict, label))
+        if pol.has_endpoints:
+            out.append(Element(SERVICE_IPS, key(lb), f"goto {chains.external}"))
+        if uses_firewall(port):
+            out.append(Element(FIREWALL_IPS, key(lb), f"goto {chains.firewall}"))
+    if not pol.has_external:
+        out += [Element(NO_ENDPOINT_SERVICES, key(lb), external_verdict, label) for lb in port.load_balancer_ips]
     if port.node_port:
         np_key = f"{proto} . {port.node_port}"
-        if has_endpoints:
-            elements.append(Element(SERVICE_NODEPORTS, np_key, f"goto {external_chain}"))
-        if not has_external:
-            elements.append(Element(NO_ENDPOINT_NODEPORTS, np_key, external_verdict, label))
+        if pol.has_endpoints:
+            out.append(Element(SERVICE_NODEPORTS, np_key, f"goto {chains.external}"))
+        if not pol.has_external:
+            out.append(Element(NO_ENDPOINT_NODEPORTS, np_key, external_verdict, label))
+    return tuple(out)
 
+
+def _policy_chain(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChains, name: str,
+                  eps: tuple[EndpointInfo, ...], bases: dict[tuple[str, int], str], cfg: NodeConfig) -> Chain:
+    """service-* or local-*: affinity first (a client seen before goes to its endpoint), then
+    a random pick among eps."""
+    rules = internal_masquerade(port, cfg) if name == chains.internal(port) and pol.has_internal else []
+    if port.session_affinity_timeout:
+        ip = names.family_keyword(cfg.ip_family)
+        rules += [f"{ip} saddr @{names.AFFINITY}{bases[ep.ip, ep.port]} goto {names.ENDPOINT}{bases[ep.ip, ep.port]}"
+                  for ep in eps]
+    vmap = ", ".join(f"{i} : goto {names.ENDPOINT}{bases[ep.ip, ep.port]}" for i, ep in enumerate(eps))
+    rules.append(f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
+    return Chain(name, tuple(rules))
+
+
+def _endpoint_chains(port: ServicePortInfo, pol: Policy[EndpointInfo], bases: dict[tuple[str, int], str],
+                     cfg: NodeConfig) -> tuple[tuple[Chain, ...], tuple[Container, ...]]:
+    """One endpoint-* chain per reachable endpoint (hairpin masquerade, then DNAT), and its
+    affinity set when the port has ClientIP affinity."""
+    ip = names.family_keyword(cfg.ip_family)
+    proto = port.protocol.lower()
+    affinity = port.session_affinity_timeout
     chains: list[Chain] = []
-
-    def policy_chain(name: str, eps: tuple[EndpointInfo, ...]) -> Chain:
-        rules: list[str] = []
-        if name == internal_chain and has_internal:
-            if cfg.masquerade_all:
-                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} jump {MARK_MASQ}")
-            elif (not_local := local_match(cfg, negate=True)):
-                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} {not_local} jump {MARK_MASQ}")
-        if affinity:
-            rules += [f"{ip} saddr @{names.AFFINITY}{ep_base(ep)} goto {names.ENDPOINT}{ep_base(ep)}" for ep in eps]
-        vmap = ", ".join(f"{i} : goto {names.ENDPOINT}{ep_base(ep)}" for i, ep in enumerate(eps))
-        rules.append(f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
-        return Chain(name, tuple(rules))
-
-    if uses_cluster:
-        chains.append(policy_chain(cluster_chain, sel.cluster))
-    if uses_local:
-        chains.append(policy_chain(local_chain, sel.local))
-    if uses_external:
-        rules = []
-        if not port.external_policy_local:
-            rules.append(f"jump {MARK_MASQ}")
-        else:
-            if (is_local := local_match(cfg, negate=False)):
-                rules.append(f'{is_local} goto {cluster_chain} comment "short-circuit pod traffic"')
-            rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
-            rules.append(f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
-        if has_external:
-            rules.append(f"goto {external_policy_chain}")
-        chains.append(Chain(external_chain, tuple(rules)))
-    if uses_firewall:
-        sources = list(port.load_balancer_source_ranges)
-        if cfg.primary_ip and any_contains(sources, cfg.primary_ip):
-            sources += port.load_balancer_ips
-        chains.append(Chain(firewall_chain, (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)))
-
     sets: list[Container] = []
-    for ep in sel.all_reachable:
-        b = ep_base(ep)
+    for ep in pol.selection.all_reachable:
+        b = bases[ep.ip, ep.port]
         rules = [f"{ip} saddr {ep.ip} jump {MARK_MASQ}"]
         if affinity:
             sets.append(Container(names.AFFINITY + b, addr_type(cfg), flags="dynamic,timeout", timeout=affinity))
             rules.append(f"update @{names.AFFINITY}{b} {{ {ip} saddr }}")
         rules.append(f"meta l4proto {proto} dnat to {endpoint_target(ep.ip, ep.port)}")
         chains.append(Chain(names.ENDPOINT + b, tuple(rules)))
-    return Block(tuple(chains), tuple(sets), tuple(elements))
+    return tuple(chains), tuple(sets)
 
 
 def any_contains(cidrs: list[str], ip: str) -> bool:

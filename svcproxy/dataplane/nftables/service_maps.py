@@ -35,7 +35,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from ...config import NodeConfig
-from ...state import EndpointInfo, ServicePortInfo, ServiceState, select_endpoints
+from ...model.selection import Policy, port_policy
+from ...state import EndpointInfo, ServicePortInfo, ServiceState
 from . import names
 from .layout import (
     AFFINITY_NODEPORTS,
@@ -45,7 +46,6 @@ from .layout import (
     DROP_SERVICES,
     FIREWALL_IPS,
     HAIRPIN,
-    MARK_MASQ,
     REJECT_NODEPORTS,
     REJECT_SERVICES,
     SERVICE_IPS,
@@ -56,7 +56,16 @@ from .layout import (
     Chain,
     Container,
 )
-from .service import Block, Element, any_contains, local_match, service_block
+from .service import (
+    Block,
+    Element,
+    PortChains,
+    external_rules,
+    firewall_chain,
+    internal_masquerade,
+    service_block,
+    uses_firewall,
+)
 
 RANGE = 1_000_000  # numgen's modulus in a port's own map: endpoint weights to a millionth
 
@@ -204,105 +213,103 @@ def members_set(family: str, name: str, proto: str = "") -> Container:
 def maps_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig, zone: str,
                own_maps: frozenset[str] = frozenset()) -> Block:
     """own_maps: the port's endpoint maps (by name) whose shared slot collides (SlotIndex)."""
-    affinity = port.session_affinity_timeout
-    dnat_port = affinity_port(port, endpoints) if affinity else None
-    if affinity and dnat_port is None:
+    dnat_port = affinity_port(port, endpoints) if port.session_affinity_timeout else None
+    if port.session_affinity_timeout and dnat_port is None:
         return service_block(port, endpoints, cfg, zone)
-    sel = select_endpoints(port, endpoints, cfg, zone)
-    ip = names.family_keyword(cfg.ip_family)
+    pol = port_policy(port, endpoints, cfg.hostname, zone)
+    chains = PortChains.of(port)
+    elements = _dispatch_elements(port, pol, chains)
+    maps: list[Container] = []
+    out: list[Chain] = []
+    if dnat_port is not None:
+        out.append(_affinity(port, pol, cfg, maps, elements))
+    base = names.port_base(port.name)
+    if port.uses_cluster_endpoints:
+        out.append(_map_chain(port, chains.cluster, names.ENDPOINTS + base, pol.selection.cluster, chains, cfg,
+                              own_maps, dnat_port, maps, elements))
+    if port.uses_local_endpoints:
+        out.append(_map_chain(port, chains.local, names.LOCAL_ENDPOINTS + base, pol.selection.local, chains, cfg,
+                              own_maps, dnat_port, maps, elements))
+    if port.externally_accessible:
+        out.append(Chain(chains.external, (*external_rules(port, cfg, chains), f"goto {chains.external_policy(port)}")))
+    if uses_firewall(port):
+        out.append(firewall_chain(port, cfg, chains))
+    return Block(tuple(out), tuple(maps), tuple(elements))
+
+
+def _external_addresses(port: ServicePortInfo) -> list[str]:
+    return [*port.external_ips, *port.load_balancer_ips] if port.externally_accessible else []
+
+
+def _dispatch_elements(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChains) -> list[Element]:
+    """While the Service exists, its addresses go to its chains whatever its endpoints; having
+    none (reject), or no local one for a Local policy (drop), is data for fixed rules; and each
+    endpoint is a hairpin pair."""
     proto = port.protocol.lower()
     label = str(port.name)
-    base = names.port_base(port.name)
-    cluster_chain, local_chain = names.SERVICE + base, names.LOCAL + base
-    external_chain, firewall_chain = names.EXTERNAL + base, names.FIREWALL + base
-    cluster_map, local_map = names.ENDPOINTS + base, names.LOCAL_ENDPOINTS + base
-    internal_chain = local_chain if port.internal_policy_local else cluster_chain
-    has_endpoints = sel.has_any
-    has_internal = bool(sel.local) if port.internal_policy_local else has_endpoints
-    has_external = bool(sel.local) if port.external_policy_local else has_endpoints
 
     def key(addr: str) -> str:
         return f"{addr} . {proto} . {port.port}"
 
-    # dispatch: while the Service exists, whatever its endpoints
-    elements = [Element(CLUSTER_IPS, port.cluster_ip), Element(SERVICE_IPS, key(port.cluster_ip), f"goto {internal_chain}")]
-    external = [*port.external_ips, *port.load_balancer_ips] if port.externally_accessible else []
-    elements += [Element(SERVICE_IPS, key(a), f"goto {external_chain}") for a in external]
-    uses_firewall = bool(port.load_balancer_ips and port.load_balancer_source_ranges)
-    if uses_firewall:
-        elements += [Element(FIREWALL_IPS, key(lb), f"goto {firewall_chain}") for lb in port.load_balancer_ips]
+    external = _external_addresses(port)
+    out = [Element(CLUSTER_IPS, port.cluster_ip), Element(SERVICE_IPS, key(port.cluster_ip), f"goto {chains.internal(port)}")]
+    out += [Element(SERVICE_IPS, key(a), f"goto {chains.external}") for a in external]
+    if uses_firewall(port):
+        out += [Element(FIREWALL_IPS, key(lb), f"goto {chains.firewall}") for lb in port.load_balancer_ips]
     if port.node_port:
-        elements.append(Element(SERVICE_NODEPORTS, f"{proto} . {port.node_port}", f"goto {external_chain}"))
-
-    # no endpoints (reject) or no local ones for a Local policy (drop): data for fixed rules
-    if not has_endpoints:
-        elements += [Element(REJECT_SERVICES, key(a), comment=label) for a in (port.cluster_ip, *external)]
+        out.append(Element(SERVICE_NODEPORTS, f"{proto} . {port.node_port}", f"goto {chains.external}"))
+    if not pol.has_endpoints:
+        out += [Element(REJECT_SERVICES, key(a), comment=label) for a in (port.cluster_ip, *external)]
         if port.node_port:
-            elements.append(Element(REJECT_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
+            out.append(Element(REJECT_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
     else:
-        if not has_internal:
-            elements.append(Element(DROP_SERVICES, key(port.cluster_ip), comment=label))
-        if not has_external:
-            elements += [Element(DROP_SERVICES, key(a), comment=label) for a in external]
+        if not pol.has_internal:
+            out.append(Element(DROP_SERVICES, key(port.cluster_ip), comment=label))
+        if not pol.has_external:
+            out += [Element(DROP_SERVICES, key(a), comment=label) for a in external]
             if port.node_port:
-                elements.append(Element(DROP_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
+                out.append(Element(DROP_NODEPORTS, f"{proto} . {port.node_port}", comment=label))
+    out += [Element(HAIRPIN, f"{ep.ip} . {ep.ip}") for ep in pol.selection.all_reachable]
+    return out
 
-    # the endpoints: data of the per-port maps, and hairpin pairs
-    elements += [Element(HAIRPIN, f"{ep.ip} . {ep.ip}") for ep in sel.all_reachable]
-    maps: list[Container] = []
-    chains: list[Chain] = []
 
-    def policy_chain(name: str, map_name: str, eps: tuple[EndpointInfo, ...]) -> Chain:
-        if map_name in own_maps:
-            maps.append(endpoints_map(ip, map_name, proto))
-            elements.extend(endpoint_elements(map_name, eps))
-            choose = f"numgen random mod {RANGE} map @{map_name}"
-        else:
-            shared, offset = placement(map_name)
-            maps.append(shared_map(ip, shared))
-            tag = label if name == cluster_chain else f"{label} local"
-            elements.extend(endpoint_elements(shared, eps, SLOT, offset, tag))
-            choose = f"numgen random mod {SLOT}{f' offset {offset}' if offset else ''} map @{shared}"
-        rules: list[str] = []
-        if name == internal_chain:
-            if cfg.masquerade_all:
-                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} jump {MARK_MASQ}")
-            elif (not_local := local_match(cfg, negate=True)):
-                rules.append(f"{ip} daddr {port.cluster_ip} {proto} dport {port.port} {not_local} jump {MARK_MASQ}")
-        if affinity:  # a client seen before goes to the endpoint it went to
-            rules.append(f"meta l4proto {proto} dnat {ip} to {ip} saddr map @{aff_map} : {dnat_port}")
-        rules.append(f"meta l4proto {proto} dnat {ip} to {choose}")
-        return Chain(name, tuple(rules))
+def _affinity(port: ServicePortInfo, pol: Policy[EndpointInfo], cfg: NodeConfig, maps: list[Container],
+              elements: list[Element]) -> Chain:
+    """ClientIP affinity: the client-affinity map and members set (into maps), the addresses
+    that lead to the remember- chain (into elements), and that chain."""
+    ip = names.family_keyword(cfg.ip_family)
+    proto = port.protocol.lower()
+    base = names.port_base(port.name)
+    aff_map, members, remember = names.CLIENT_AFFINITY + base, names.MEMBERS + base, names.REMEMBER + base
+    maps += [affinity_map(ip, aff_map, port.session_affinity_timeout), members_set(ip, members, proto)]
+    elements += [Element(members, f"{ep.ip} . {ep.port}") for ep in pol.selection.cluster]
+    elements += [Element(AFFINITY_SERVICES, f"{a} . {proto} . {port.port}", f"goto {remember}")
+                 for a in (port.cluster_ip, *_external_addresses(port))]
+    if port.node_port:
+        elements.append(Element(AFFINITY_NODEPORTS, f"{proto} . {port.node_port}", f"goto {remember}"))
+    return Chain(remember, (f"{ip} daddr . {proto} dport @{members} update @{aff_map} {{ {ip} saddr : {ip} daddr }}",))
 
-    if affinity:
-        aff_map, members = names.CLIENT_AFFINITY + base, names.MEMBERS + base
-        remember = names.REMEMBER + base
-        maps += [affinity_map(ip, aff_map, affinity), members_set(ip, members, proto)]
-        elements += [Element(members, f"{ep.ip} . {ep.port}") for ep in sel.cluster]
-        elements += [Element(AFFINITY_SERVICES, key(a), f"goto {remember}") for a in (port.cluster_ip, *external)]
-        if port.node_port:
-            elements.append(Element(AFFINITY_NODEPORTS, f"{proto} . {port.node_port}", f"goto {remember}"))
-        chains.append(Chain(remember, (f"{ip} daddr . {proto} dport @{members} "
-                                       f"update @{aff_map} {{ {ip} saddr : {ip} daddr }}",)))
 
-    if port.uses_cluster_endpoints:
-        chains.append(policy_chain(cluster_chain, cluster_map, sel.cluster))
-    if port.uses_local_endpoints:
-        chains.append(policy_chain(local_chain, local_map, sel.local))
-    if port.externally_accessible:
-        rules = []
-        if not port.external_policy_local:
-            rules.append(f"jump {MARK_MASQ}")
-        else:
-            if (is_local := local_match(cfg, negate=False)):
-                rules.append(f'{is_local} goto {cluster_chain} comment "short-circuit pod traffic"')
-            rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
-            rules.append(f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
-        rules.append(f"goto {local_chain if port.external_policy_local else cluster_chain}")
-        chains.append(Chain(external_chain, tuple(rules)))
-    if uses_firewall:
-        sources = list(port.load_balancer_source_ranges)
-        if cfg.primary_ip and any_contains(sources, cfg.primary_ip):
-            sources += port.load_balancer_ips
-        chains.append(Chain(firewall_chain, (f"{ip} saddr != {{ {', '.join(sources)} }} drop",)))
-    return Block(tuple(chains), tuple(maps), tuple(elements))
+def _map_chain(port: ServicePortInfo, name: str, map_name: str, eps: tuple[EndpointInfo, ...], chains: PortChains,
+               cfg: NodeConfig, own_maps: frozenset[str], dnat_port: int | None, maps: list[Container],
+               elements: list[Element]) -> Chain:
+    """service-* or local-*: DNAT through the port's slot of a shared endpoints map, or its own
+    map when the slot collides (the map and its elements go into maps and elements)."""
+    ip = names.family_keyword(cfg.ip_family)
+    proto = port.protocol.lower()
+    if map_name in own_maps:
+        maps.append(endpoints_map(ip, map_name, proto))
+        elements.extend(endpoint_elements(map_name, eps))
+        choose = f"numgen random mod {RANGE} map @{map_name}"
+    else:
+        shared, offset = placement(map_name)
+        maps.append(shared_map(ip, shared))
+        tag = str(port.name) if name == chains.cluster else f"{port.name} local"
+        elements.extend(endpoint_elements(shared, eps, SLOT, offset, tag))
+        choose = f"numgen random mod {SLOT}{f' offset {offset}' if offset else ''} map @{shared}"
+    rules = internal_masquerade(port, cfg) if name == chains.internal(port) else []
+    if dnat_port is not None:  # a client seen before goes to the endpoint it went to
+        aff_map = names.CLIENT_AFFINITY + names.port_base(port.name)
+        rules.append(f"meta l4proto {proto} dnat {ip} to {ip} saddr map @{aff_map} : {dnat_port}")
+    rules.append(f"meta l4proto {proto} dnat {ip} to {choose}")
+    return Chain(name, tuple(rules))

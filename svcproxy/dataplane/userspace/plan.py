@@ -104,7 +104,7 @@ def plan_service(svc: ServiceState, state: ProxyState, cfg: NodeConfig) -> Servi
             unsupported.append((str(port.name), f"protocol {port.protocol} is not supported in userspace mode "
                                                 f"(only {' and '.join(SUPPORTED)}); use iptables or nftables mode"))
             continue
-        sel = state.select(port, cfg)
+        sel = state.policy(port, cfg).selection
         internal = _endpoints(sel.local if port.internal_policy_local else sel.cluster)
         external = _endpoints(sel.local if port.external_policy_local else sel.cluster)
         short_circuit = _endpoints(sel.cluster)
