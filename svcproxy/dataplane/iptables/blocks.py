@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
-from ...model.selection import categorize
+from ...model.selection import Policy, port_policy
 from ...state import EndpointInfo, ServicePortInfo
 from . import names as n
 
@@ -58,117 +59,120 @@ def _endpoint(ep: EndpointInfo) -> str:
     return f"[{ep.ip}]:{ep.port}" if ":" in ep.ip else f"{ep.ip}:{ep.port}"
 
 
+class PortChains(NamedTuple):
+    """One service port's nat chain names and the decisions that pick among them."""
+
+    name: str  # the service port name, as in comments
+    svc: str  # KUBE-SVC-: spreads over the cluster-wide endpoints
+    svl: str  # KUBE-SVL-: over this node's endpoints
+    ext: str  # KUBE-EXT-: where NodePort, external and LB IP traffic enters
+    fw: str  # KUBE-FW-: loadBalancerSourceRanges
+    internal: str  # where ClusterIP traffic goes (the internal policy's chain)
+    external_policy: str  # where KUBE-EXT- goes on to (the external policy's chain)
+    uses_fw: bool
+
+    @classmethod
+    def of(cls, port: ServicePortInfo, pol: Policy[EndpointInfo]) -> PortChains:
+        name = str(port.name)
+        svc, svl, ext, fw = n.service_chains(name, port.protocol)
+        # iptables mode (unlike nftables) writes the firewall only for ports with endpoints
+        uses_fw = pol.has_endpoints and bool(port.load_balancer_ips) and bool(port.load_balancer_source_ranges)
+        return cls(name, svc, svl, ext, fw, svl if port.internal_policy_local else svc,
+                   svl if port.external_policy_local else svc, uses_fw)
+
+
 def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: RenderContext) -> PortBlock:
     """Everything one service port contributes, following kube-proxy's syncProxyRules step by step."""
-    sel = categorize(endpoints, port.uses_cluster_endpoints, port.uses_local_endpoints, ctx.hostname, ctx.zone)
-    name = str(port.name)
-    proto = port.protocol.lower()
-    pmatch = f"-m {proto} -p {proto}"
-    svc_chain, svl_chain, ext_chain, fw_chain = n.service_chains(name, port.protocol)
-    has_endpoints = sel.has_any
-    uses_cluster_chain = bool(sel.cluster) and port.uses_cluster_endpoints
-    uses_local_chain = bool(sel.local) and port.uses_local_endpoints
+    pol = port_policy(port, endpoints, ctx.hostname, ctx.zone)
+    c = PortChains.of(port, pol)
+    chains, chain_rules, count = _own_chains(port, pol, c, ctx)
+    return PortBlock(*_shared_rules(port, pol, c), chains, chain_rules, count)
 
-    internal_chain, has_internal = svc_chain, has_endpoints
-    if port.internal_policy_local:
-        internal_chain, has_internal = svl_chain, has_internal and bool(sel.local)
-    external_policy_chain, has_external = svc_chain, has_endpoints
-    if port.external_policy_local:
-        external_policy_chain, has_external = svl_chain, has_external and bool(sel.local)
-    uses_ext_chain = has_endpoints and port.externally_accessible
-    uses_fw = has_endpoints and bool(port.load_balancer_ips) and bool(port.load_balancer_source_ranges)
-    lb_chain = fw_chain if uses_fw else ext_chain
 
-    if not has_endpoints:
-        int_target = ext_target = "REJECT"
-        int_comment = ext_comment = f'"{name} has no endpoints"'
+def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChains) -> tuple[str, ...]:
+    """The port's lines in the shared chains, in PortBlock's field order: nat KUBE-SERVICES and
+    KUBE-NODEPORTS jump to its chains; filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject (no
+    endpoints) or drop (no local ones for a Local policy); the health check node port;
+    KUBE-PROXY-FIREWALL."""
+    name, pmatch = c.name, f"-m {port.protocol.lower()} -p {port.protocol.lower()}"
+    target, comment = ("DROP", f'"{name} has no local endpoints"') if pol.has_endpoints else \
+        ("REJECT", f'"{name} has no endpoints"')
+    lb_chain = c.fw if c.uses_fw else c.ext
+    nat_nodeports = filter_services = filter_nodeports = ""
+    nat: list[str] = []
+    ext: list[str] = []
+    if pol.has_internal:
+        nat.append(f'-A {n.SERVICES} -m comment --comment "{name} cluster IP" {pmatch} -d {port.cluster_ip} '
+                   f"--dport {port.port} -j {c.internal}\n")
     else:
-        int_target = ext_target = "DROP"
-        int_comment = ext_comment = f'"{name} has no local endpoints"'
-
-    # Rules in the shared top-level chains.
-    cluster_match = f'-m comment --comment "{name} cluster IP" {pmatch} -d {port.cluster_ip} --dport {port.port}'
-    nat_services: list[str] = []
-    filter_services = filter_external = filter_firewall = nat_nodeports = filter_nodeports = ""
-    if has_internal:
-        nat_services.append(f"-A {n.SERVICES} {cluster_match} -j {internal_chain}\n")
-    else:
-        filter_services = (f"-A {n.SERVICES} -m comment --comment {int_comment} {pmatch} "
-                           f"-d {port.cluster_ip} --dport {port.port} -j {int_target}\n")
-    ext_lines: list[str] = []
+        filter_services = (f"-A {n.SERVICES} -m comment --comment {comment} {pmatch} "
+                                  f"-d {port.cluster_ip} --dport {port.port} -j {target}\n")
     for ip in port.external_ips:
-        if has_endpoints:
-            nat_services.append(f'-A {n.SERVICES} -m comment --comment "{name} external IP" {pmatch} '
-                                f"-d {ip} --dport {port.port} -j {ext_chain}\n")
-        if not has_external:
-            ext_lines.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {ext_comment} {pmatch} "
-                             f"-d {ip} --dport {port.port} -j {ext_target}\n")
-    fw_lines: list[str] = []
-    for ip in port.load_balancer_ips:
-        if has_endpoints:
-            nat_services.append(f'-A {n.SERVICES} -m comment --comment "{name} loadbalancer IP" {pmatch} '
-                                f"-d {ip} --dport {port.port} -j {lb_chain}\n")
-        if uses_fw:
-            fw_lines.append(f'-A {n.PROXY_FIREWALL} -m comment --comment "{name} traffic not accepted by '
-                            f'{fw_chain}" {pmatch} -d {ip} --dport {port.port} -j DROP\n')
-    if not has_external:
-        for ip in port.load_balancer_ips:
-            ext_lines.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {ext_comment} {pmatch} "
-                             f"-d {ip} --dport {port.port} -j {ext_target}\n")
+        if pol.has_endpoints:
+            nat.append(f'-A {n.SERVICES} -m comment --comment "{name} external IP" {pmatch} '
+                       f"-d {ip} --dport {port.port} -j {c.ext}\n")
+        if not pol.has_external:
+            ext.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {comment} {pmatch} "
+                       f"-d {ip} --dport {port.port} -j {target}\n")
+    for ip in port.load_balancer_ips if pol.has_endpoints else ():
+        nat.append(f'-A {n.SERVICES} -m comment --comment "{name} loadbalancer IP" {pmatch} '
+                   f"-d {ip} --dport {port.port} -j {lb_chain}\n")
+    filter_firewall = "".join(
+        f'-A {n.PROXY_FIREWALL} -m comment --comment "{name} traffic not accepted by {c.fw}" {pmatch} '
+        f"-d {ip} --dport {port.port} -j DROP\n" for ip in (port.load_balancer_ips if c.uses_fw else ()))
+    if not pol.has_external:
+        ext += [f"-A {n.EXTERNAL_SERVICES} -m comment --comment {comment} {pmatch} "
+                f"-d {ip} --dport {port.port} -j {target}\n" for ip in port.load_balancer_ips]
     if port.node_port:
-        if has_endpoints:
+        if pol.has_endpoints:
             nat_nodeports = (f"-A {n.NODEPORTS} -m comment --comment {name} {pmatch} "
-                             f"--dport {port.node_port} -j {ext_chain}\n")
-        if not has_external:
-            ext_lines.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {ext_comment} "
-                             f"-m addrtype --dst-type LOCAL {pmatch} --dport {port.node_port} -j {ext_target}\n")
+                                    f"--dport {port.node_port} -j {c.ext}\n")
+        if not pol.has_external:
+            ext.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {comment} "
+                       f"-m addrtype --dst-type LOCAL {pmatch} --dport {port.node_port} -j {target}\n")
     if port.health_check_node_port:
         filter_nodeports = (f'-A {n.NODEPORTS} -m comment --comment "{name} health check node port" '
-                            f"-m tcp -p tcp --dport {port.health_check_node_port} -j ACCEPT\n")
-    filter_external = "".join(ext_lines)
-    filter_firewall = "".join(fw_lines)
+                                   f"-m tcp -p tcp --dport {port.health_check_node_port} -j ACCEPT\n")
+    return "".join(nat), nat_nodeports, filter_services, "".join(ext), filter_nodeports, filter_firewall
 
-    # This port's own nat chains, in kube-proxy's order: EXT, FW, SVC, SVL, then one SEP per endpoint.
+
+def _own_chains(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChains,
+                ctx: RenderContext) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The port's own nat chains in kube-proxy's order (EXT, FW, SVC, SVL, then one SEP per
+    endpoint), their rules, and how many rules that is (for metrics)."""
+    proto = port.protocol.lower()
+    pmatch = f"-m {proto} -p {proto}"
     rules: dict[str, list[str]] = {}
-    if has_internal:
-        if ctx.masquerade_all:
-            rules[internal_chain] = [f"-A {internal_chain} {cluster_match} -j {n.MARK_MASQ}\n"]
-        elif ctx.local_cidr:
-            rules[internal_chain] = [f"-A {internal_chain} {cluster_match} ! -s {ctx.local_cidr} -j {n.MARK_MASQ}\n"]
+    if pol.has_internal and (ctx.masquerade_all or ctx.local_cidr):
+        not_local = "" if ctx.masquerade_all else f" ! -s {ctx.local_cidr}"
+        rules[c.internal] = [f'-A {c.internal} -m comment --comment "{c.name} cluster IP" {pmatch} '
+                             f"-d {port.cluster_ip} --dport {port.port}{not_local} -j {n.MARK_MASQ}\n"]
     chains: list[str] = []
-    if uses_ext_chain:
-        chains.append(ext_chain)
-        rules[ext_chain] = _ext_rules(port, name, ext_chain, svc_chain,
-                                      external_policy_chain if has_external else "", ctx)
-    if uses_fw:
-        chains.append(fw_chain)
-        rules[fw_chain] = _fw_rules(port, name, fw_chain, ext_chain, ctx)
-
-    eps = sel.all_reachable
+    if pol.uses_external_chain:
+        chains.append(c.ext)
+        rules[c.ext] = _ext_rules(port, c.name, c.ext, c.svc, c.external_policy if pol.has_external else "", ctx)
+    if c.uses_fw:
+        chains.append(c.fw)
+        rules[c.fw] = _fw_rules(port, c.name, c.fw, c.ext, ctx)
+    eps = pol.selection.all_reachable
     ep_strs = {id(ep): _endpoint(ep) for ep in eps}
-    sep_names = dict(zip(ep_strs, n.endpoint_chains(name, proto, list(ep_strs.values())), strict=True))
-    if uses_cluster_chain:
-        chains.append(svc_chain)
-        rules.setdefault(svc_chain, []).extend(_dispatch(svc_chain, name, port, sel.cluster, sep_names, ep_strs, ctx))
-    if uses_local_chain:
-        chains.append(svl_chain)
-        rules.setdefault(svl_chain, []).extend(_dispatch(svl_chain, name, port, sel.local, sep_names, ep_strs, ctx))
-    chain_rules = ["".join(rules.get(c, ())) for c in chains]
-    nat_rule_count = sum([len(rules.get(c, ())) for c in chains]) + 2 * len(eps)
-    comment = "" if ctx.large_cluster else f" -m comment --comment {name}"
-    affinity = bool(port.session_affinity_timeout)
+    sep_names = dict(zip(ep_strs, n.endpoint_chains(c.name, proto, list(ep_strs.values())), strict=True))
+    if pol.uses_cluster_chain:
+        chains.append(c.svc)
+        rules.setdefault(c.svc, []).extend(_dispatch(c.svc, c.name, port, pol.selection.cluster, sep_names, ep_strs, ctx))
+    if pol.uses_local_chain:
+        chains.append(c.svl)
+        rules.setdefault(c.svl, []).extend(_dispatch(c.svl, c.name, port, pol.selection.local, sep_names, ep_strs, ctx))
+    chain_rules = ["".join(rules.get(ch, ())) for ch in chains]
+    count = sum([len(rules.get(ch, ())) for ch in chains]) + 2 * len(eps)
+    comment = "" if ctx.large_cluster else f" -m comment --comment {c.name}"
     for ep in eps:
         sep = sep_names[id(ep)]
         chains.append(sep)
-        recent = f" -m recent --name {sep} --set" if affinity else ""
+        recent = f" -m recent --name {sep} --set" if port.session_affinity_timeout else ""
         chain_rules.append(f"-A {sep}{comment} -s {ep.ip} -j {n.MARK_MASQ}\n"
                            f"-A {sep}{comment}{recent} {pmatch} -j DNAT --to-destination {ep_strs[id(ep)]}\n")
-
-    return PortBlock(
-        nat_services="".join(nat_services), nat_nodeports=nat_nodeports, filter_services=filter_services,
-        filter_external=filter_external, filter_nodeports=filter_nodeports, filter_firewall=filter_firewall,
-        chains=tuple(chains), chain_rules=tuple(chain_rules), nat_rule_count=nat_rule_count,
-    )
+    return tuple(chains), tuple(chain_rules), count
 
 
 def _ext_rules(port: ServicePortInfo, name: str, ext_chain: str, svc_chain: str, policy_chain: str,
