@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ...state import ProxyState
 from . import names, session
 from .layout import Chain, Container
+from .netlink import Compiler
 from .render import ServiceRules, service_order
 from .service import Element
 from .transaction import Kernel, Tx, commit, delete_unused_sets, desired_elements, respecified, uses_sets
@@ -30,78 +31,25 @@ class FullSyncSteps:
         self._render_seconds = 0.0
         self.cache.claim(state)
         previous: _Chunk | None = None
-        deferred = Tx(self.cfg)  # fills only nft can encode: one nft run for them all
-        deferred_chains: list[Chain] = []
+        deferred = _Fill(Tx(self.cfg), None)  # fills only nft can encode: one nft run for them all
         for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
-            tx = Tx(self.cfg)
-            compiler = self._compiler() if self.use_netlink else None
-            filled: list[Chain] = []
-            maps: list[Container] = []
-            if previous is not None and previous.new_maps:
-                # the maps layout's endpoint maps, with their elements, in the transaction whose
-                # rules use them: the encoder refers to them by id, not by a name the kernel
-                # would search for in the table's list of every set. The kernel finds an id by
-                # walking the transaction from its start, so the declarations come first.
-                lines = Tx(self.cfg)
-                for m, _ in previous.new_maps:
-                    lines.add_container(m)
-                    maps.append(m)
-                for m, els in previous.new_maps:
-                    lines.add_elements(m.name, els)
-                if compiler is not None and not compiler.encodes(lines.lines):
-                    compiler = None
-                tx.lines += lines.lines
+            fill = _Fill(Tx(self.cfg), self._compiler() if self.use_netlink else None)
             if previous is not None:
-                # Chains with a numgen vmap first: binding each anonymous map to its rule walks
-                # the whole transaction so far (the kernel's __nft_set_trans_bind), so these
-                # are cheap while the transaction is still short.
-                for c in sorted(previous.fill, key=_without_vmap):
-                    lines = Tx(self.cfg)
-                    lines.fill_chain(c, flush=c.name not in previous.fresh)
-                    if compiler is not None and not compiler.encodes(lines.lines):
-                        deferred.lines += lines.lines  # e.g. a firewall chain's anonymous set
-                        deferred_chains.append(c)
-                        continue
-                    tx.lines += lines.lines
-                    filled.append(c)
-            if previous is not None and previous.ranges:
-                lines = Tx(self.cfg)
-                by_map: dict[str, list[Element]] = {}
-                for e in previous.ranges:
-                    by_map.setdefault(e.container, []).append(e)
-                for name in sorted(by_map):
-                    lines.add_elements(name, by_map[name])
-                if compiler is not None and not compiler.encodes(lines.lines):
-                    compiler = None
-                tx.lines += lines.lines
-            declared: list[str] = []
-            declared_sets: list[Container] = []
+                fill.add_maps(previous)
+                fill.add_fills(previous, deferred)
+                fill.add_ranges(previous)
             if chunk is not None:
-                declared_sets = chunk.new_sets
-                for s in declared_sets:
-                    tx.add_container(s)
-                declared = list(chunk.fresh)  # in render order, as `nft list` shows them
-                for name in declared:
-                    tx.add_chain(Chain(name))
-                declarations = tx.lines[len(tx.lines) - len(declared) - len(declared_sets):]
-                if compiler is not None and not compiler.encodes(declarations):
-                    compiler = None  # nft's job after all
-            if tx:
+                fill.declare(chunk)
+            if fill.tx:
                 batch = None
-                if compiler is not None:
-                    batch = self._get_session().frame(self.family, compiler.messages)
-                yield FillStep(tx, batch, declared, declared_sets + maps, filled)
-                view.sets.update((c.name, c) for c in declared_sets + maps)
-                for m, els in previous.new_maps if previous is not None else ():
-                    view.elements[m.name] = {e.key: e for e in els}
-                for e in previous.ranges if previous is not None else ():
-                    view.elements[e.container].setdefault(e.key, e)
-                view.chains.update((name, ()) for name in declared)
-                view.chains.update((c.name, c.rules) for c in filled)
+                if fill.compiler is not None:
+                    batch = self._get_session().frame(self.family, fill.compiler.messages)
+                yield FillStep(fill.tx, batch, fill.declared, fill.declared_sets + fill.maps, fill.filled)
+                fill.record(view, previous)
             previous = chunk
-        if deferred:
-            yield FillStep(deferred, None, [], [], deferred_chains)
-            view.chains.update((c.name, c.rules) for c in deferred_chains)
+        if deferred.tx:
+            yield FillStep(deferred.tx, None, [], [], deferred.filled)
+            view.chains.update((c.name, c.rules) for c in deferred.filled)
         yield self._commit_step(state, view, recreate_base)
 
     def _commit_step(self, state: ProxyState, view: Kernel, recreate_base: bool) -> CommitStep:
@@ -168,6 +116,87 @@ class FullSyncSteps:
                 chunk = _Chunk()
         if chunk.fill or chunk.new_sets or chunk.new_maps:
             yield chunk
+
+
+@dataclass
+class _Fill:
+    """One fill transaction as it is built: what it holds, and its netlink encoding so far
+    (compiler None: nft's job, because something in it only nft can encode)."""
+
+    tx: Tx
+    compiler: Compiler | None
+    filled: list[Chain] = field(default_factory=list)
+    maps: list[Container] = field(default_factory=list)
+    declared: list[str] = field(default_factory=list)
+    declared_sets: list[Container] = field(default_factory=list)
+
+    def _take(self, part: Tx) -> None:
+        if self.compiler is not None and not self.compiler.encodes(part.lines):
+            self.compiler = None
+        self.tx.lines += part.lines
+
+    def add_maps(self, previous: _Chunk) -> None:
+        """The maps layout's endpoint maps, with their elements, in the transaction whose rules
+        use them: the encoder refers to them by id, not by a name the kernel would search for
+        in the table's list of every set. The kernel finds an id by walking the transaction
+        from its start, so the declarations come first."""
+        if not previous.new_maps:
+            return
+        part = Tx(self.tx.cfg)
+        for m, _ in previous.new_maps:
+            part.add_container(m)
+            self.maps.append(m)
+        for m, els in previous.new_maps:
+            part.add_elements(m.name, els)
+        self._take(part)
+
+    def add_fills(self, previous: _Chunk, deferred: _Fill) -> None:
+        """The previous chunk's chains, those with a numgen vmap first: binding each anonymous
+        map to its rule walks the whole transaction so far (the kernel's
+        __nft_set_trans_bind), so these are cheap while the transaction is still short. A
+        chain netlink.py cannot encode (a firewall chain's anonymous set) goes to deferred."""
+        for c in sorted(previous.fill, key=_without_vmap):
+            part = Tx(self.tx.cfg)
+            part.fill_chain(c, flush=c.name not in previous.fresh)
+            if self.compiler is not None and not self.compiler.encodes(part.lines):
+                deferred.tx.lines += part.lines
+                deferred.filled.append(c)
+                continue
+            self.tx.lines += part.lines
+            self.filled.append(c)
+
+    def add_ranges(self, previous: _Chunk) -> None:
+        """More ranges for shared endpoint maps declared earlier in this sync."""
+        if not previous.ranges:
+            return
+        part = Tx(self.tx.cfg)
+        by_map: dict[str, list[Element]] = {}
+        for e in previous.ranges:
+            by_map.setdefault(e.container, []).append(e)
+        for name in sorted(by_map):
+            part.add_elements(name, by_map[name])
+        self._take(part)
+
+    def declare(self, chunk: _Chunk) -> None:
+        """The next chunk's new affinity sets and chains (empty, unreferenced until filled)."""
+        part = Tx(self.tx.cfg)
+        self.declared_sets = chunk.new_sets
+        for s in self.declared_sets:
+            part.add_container(s)
+        self.declared = list(chunk.fresh)  # in render order, as `nft list` shows them
+        for name in self.declared:
+            part.add_chain(Chain(name))
+        self._take(part)
+
+    def record(self, view: Kernel, previous: _Chunk | None) -> None:
+        """What the kernel holds once it took this transaction."""
+        view.sets.update((c.name, c) for c in self.declared_sets + self.maps)
+        for m, els in previous.new_maps if previous is not None else ():
+            view.elements[m.name] = {e.key: e for e in els}
+        for e in previous.ranges if previous is not None else ():
+            view.elements[e.container].setdefault(e.key, e)
+        view.chains.update((name, ()) for name in self.declared)
+        view.chains.update((c.name, c.rules) for c in self.filled)
 
 
 @dataclass

@@ -48,6 +48,7 @@ class Tx:
     """Accumulates nft commands for one transaction of the kube-proxy table."""
 
     def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
         self.prefix = f"{names.family_keyword(cfg.ip_family)} {names.TABLE}"
         self.lines: list[str] = []
 
@@ -207,81 +208,107 @@ def uses_sets(chains: dict[str, Chain], set_names: list[str], kernel: Kernel) ->
             if name in kernel.chains and any(ref in r + " " for r in c.rules for ref in refs)]
 
 
+@dataclass
+class _Sides:
+    """The changed services' chains, sets and (own) elements before and after, merged."""
+
+    old_chains: dict[str, None] = field(default_factory=dict)
+    new_chains: dict[str, Chain] = field(default_factory=dict)
+    old_sets: set[str] = field(default_factory=set)
+    new_sets: dict[str, Container] = field(default_factory=dict)
+    old_elements: dict[tuple[str, str], Element] = field(default_factory=dict)
+    new_elements: dict[tuple[str, str], Element] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, changes: list[tuple[ServiceRules | None, ServiceRules | None]]) -> _Sides:
+        sides = cls()
+        for old, new in changes:
+            if old is not None:
+                sides.old_chains.update(dict.fromkeys(old.chains))
+                sides.old_sets.update(old.sets)
+                for el in old.elements:
+                    if el.container not in SHARED_CONTAINERS:
+                        sides.old_elements.setdefault((el.container, el.key), el)
+            if new is not None:
+                for name, c in new.chains.items():
+                    sides.new_chains.setdefault(name, c)
+                sides.new_sets.update(new.sets)
+                for el in new.elements:
+                    if el.container not in SHARED_CONTAINERS:
+                        sides.new_elements.setdefault((el.container, el.key), el)
+        return sides
+
+
 def plan_partial(cfg: NodeConfig, kernel: Kernel, changes: list[tuple[ServiceRules | None, ServiceRules | None]]
                  ) -> PartialPlan:
     """The diff of the changed services (old rules in the kernel, new rules; None = absent)
     against what the kernel holds: only their chains, affinity sets and map elements."""
-    old_chains: dict[str, None] = {}
-    new_chains: dict[str, Chain] = {}
-    old_sets: set[str] = set()
-    new_sets: dict[str, Container] = {}
-    old_elements: dict[tuple[str, str], Element] = {}
-    new_elements: dict[tuple[str, str], Element] = {}
+    sides = _Sides.of(changes)
     refs = shared_refs(new.elements for _, new in changes if new is not None)
     refs.subtract(shared_refs(old.elements for old, _ in changes if old is not None))
-    for old, new in changes:
-        if old is not None:
-            old_chains.update(dict.fromkeys(old.chains))
-            old_sets.update(old.sets)
-            for el in old.elements:
-                if el.container not in SHARED_CONTAINERS:
-                    old_elements.setdefault((el.container, el.key), el)
-        if new is not None:
-            for name, c in new.chains.items():
-                new_chains.setdefault(name, c)
-            new_sets.update(new.sets)
-            for el in new.elements:
-                if el.container not in SHARED_CONTAINERS:
-                    new_elements.setdefault((el.container, el.key), el)
-
     tx = Tx(cfg)
-    # an affinity timeout changed: the set is re-created, its rules flushed first and re-added
-    respec = respecified(kernel, new_sets)
-    forced = uses_sets(new_chains, respec, kernel)
+    _chains_and_sets(tx, kernel, sides)
+    deletes, adds = _element_changes(kernel, sides, refs)
+    for container, keys in deletes.items():
+        tx.delete_elements(container, keys)
+    for container, els in adds.items():
+        tx.add_elements(container, els)
+    stale_chains = [n for n in sides.old_chains if n not in sides.new_chains and n in kernel.chains]
+    tx.flush_chains(stale_chains)  # before deleting the affinity sets their rules use
+    # (a shared endpoint map other services may still use stays; a full sync deletes it if unused)
+    stale_sets = [n for n in sides.old_sets
+                  if n not in sides.new_sets and n in kernel.sets and not names.is_shared_endpoints_map(n)]
+    for name in stale_sets:
+        tx.delete_set(name)
+    return PartialPlan(tx, sides.new_chains, sides.new_sets, stale_chains, stale_sets, deletes, adds, refs)
+
+
+def _chains_and_sets(tx: Tx, kernel: Kernel, sides: _Sides) -> None:
+    """New sets and chains declared, changed chains rewritten. An affinity timeout changed:
+    the set is re-created, the rules that use it flushed first and re-added."""
+    respec = respecified(kernel, sides.new_sets)
+    forced = uses_sets(sides.new_chains, respec, kernel)
     tx.flush_chains(forced)
     for name in respec:
         tx.delete_set(name)
-    for name, s in new_sets.items():
+    for name, s in sides.new_sets.items():
         if name not in kernel.sets or name in respec:
             tx.add_container(s)
-    for name in new_chains:
+    for name in sides.new_chains:
         if name not in kernel.chains:
             tx.add_chain(Chain(name))
-    for name, c in new_chains.items():
+    for name, c in sides.new_chains.items():
         if name in forced:
             tx.fill_chain(c, flush=False)
         elif kernel.chains.get(name) != c.rules:
             tx.fill_chain(c, flush=name in kernel.chains)
+
+
+def _element_changes(kernel: Kernel, sides: _Sides, refs: Counter[tuple[str, str]]
+                     ) -> tuple[dict[str, list[str]], dict[str, list[Element]]]:
+    """Element keys to delete and elements to add, per container. An element another service
+    holds is left to it (logged); a shared one (hairpin) is added by its first claim and
+    deleted by its last."""
     deletes: dict[str, list[str]] = {}
     adds: dict[str, list[Element]] = {}
-    for (container, key), el in old_elements.items():
-        if (container, key) not in new_elements and kernel.elements.get(container, {}).get(key) == el:
+    for (container, key), el in sides.old_elements.items():
+        if (container, key) not in sides.new_elements and kernel.elements.get(container, {}).get(key) == el:
             deletes.setdefault(container, []).append(key)
-    for (container, key), el in new_elements.items():
+    for (container, key), el in sides.new_elements.items():
         current = kernel.elements.get(container, {}).get(key)
         if current == el:
             continue
         if current is not None:
-            if old_elements.get((container, key)) != current:
+            if sides.old_elements.get((container, key)) != current:
                 log.warning("%s %s is already used by another service; not programmed for %s",
                             container, key, el.comment or "this service")
                 continue
             deletes.setdefault(container, []).append(key)
         adds.setdefault(container, []).append(el)
-    for (container, key), delta in refs.items():  # shared: first claim adds, last one deletes
+    for (container, key), delta in refs.items():
         before = kernel.refs.get((container, key), 0)
         if before > 0 and before + delta <= 0:
             deletes.setdefault(container, []).append(key)
         elif before <= 0 < before + delta:
             adds.setdefault(container, []).append(Element(container, key))
-    for container, keys in deletes.items():
-        tx.delete_elements(container, keys)
-    for container, els in adds.items():
-        tx.add_elements(container, els)
-    stale_chains = [n for n in old_chains if n not in new_chains and n in kernel.chains]
-    tx.flush_chains(stale_chains)  # before deleting the affinity sets their rules use
-    # (a shared endpoint map other services may still use stays; a full sync deletes it if unused)
-    stale_sets = [n for n in old_sets if n not in new_sets and n in kernel.sets and not names.is_shared_endpoints_map(n)]
-    for name in stale_sets:
-        tx.delete_set(name)
-    return PartialPlan(tx, new_chains, new_sets, stale_chains, stale_sets, deletes, adds, refs)
+    return deletes, adds
