@@ -120,27 +120,33 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
     # --- full sync ----------------------------------------------------------------------
 
     def _full(self, state: ProxyState) -> SyncResult:
+        """1. the fixed part, 2. the per-service chains chunk by chunk, 3. the commit."""
         recreate_base = self.kernel is None
         if self.kernel is None:
             self.kernel = self.read_kernel()
-        kernel = self.kernel
+        self._declare_fixed(state, self.kernel)
+        commit_step = self._fill(state, self.kernel, recreate_base)
+        self._commit(state, self.kernel, commit_step)
+        return self._result(True)
 
-        # 1. the table, its maps and sets and the fixed regular chains, through nft: on a cold
-        #    start while the table is still empty (nft reads it all first), later only when they
-        #    changed or the table is small enough to rewrite them cheaply (which repairs hand edits)
+    def _declare_fixed(self, state: ProxyState, kernel: Kernel) -> None:
+        """The table, its maps and sets and the fixed regular chains, through nft: on a cold
+        start while the table is still empty (nft reads it all first), later only when they
+        changed or the table is small enough to rewrite them cheaply (which repairs hand edits)."""
         fixed = fixed_part(self.cfg, state.service_cidrs)
         if kernel.fixed != fixed or len(kernel.chains) <= DRIFT_CHECK_MAX_CHAINS:
             self._run_tx(declare_fixed(self.cfg, state.service_cidrs))
             kernel.fixed = fixed
         kernel.exists = True
 
-        # 2. declare new per-service chains and affinity sets and fill them (and chains of
-        #    unknown content, found at startup), chunk by chunk: transaction k fills chunk k and
-        #    declares chunk k+1. New chains are unreferenced until the commit, and a chain of
-        #    unknown content is flushed and refilled in one transaction, so traffic never sees
-        #    one half-built. A worker thread renders and encodes transaction k+1 while the
-        #    kernel digests transaction k (the socket call releases the GIL).
-        #    The worker then prepares the commit (3.) while the kernel digests the last fill.
+    def _fill(self, state: ProxyState, kernel: Kernel, recreate_base: bool) -> CommitStep:
+        """Declare new per-service chains and affinity sets and fill them (and chains of
+        unknown content, found at startup), chunk by chunk: transaction k fills chunk k and
+        declares chunk k+1. New chains are unreferenced until the commit, and a chain of
+        unknown content is flushed and refilled in one transaction, so traffic never sees one
+        half-built. A worker thread renders and encodes transaction k+1 while the kernel
+        digests transaction k (the socket call releases the GIL); it then prepares the commit
+        while the kernel digests the last fill."""
         if self.use_netlink:
             self._get_session()  # opened here, used by the worker to frame batches
         view = Kernel(True, dict(kernel.chains), dict(kernel.sets), dict(kernel.elements))  # the worker's own record
@@ -160,10 +166,13 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
                 kernel.chains.update((name, ()) for name in step.declared)
                 kernel.chains.update((c.name, c.rules) for c in step.filled)
         self.timings += [("render", len(state.services), self._render_seconds), ("wait", 0, waited)]
+        return step
 
-        # 3. commit: base chains, all elements, changed chains, stale chains and sets deleted
+    def _commit(self, state: ProxyState, kernel: Kernel, step: CommitStep) -> None:
+        """Base chains, all elements, changed chains; chains no longer used become stale
+        (deleted by a later sync), unused sets go; then the record of the kernel is the new state."""
         self._run_tx(step.tx, step.batch)
-        rules, chains, sets, elements = step.rules, step.chains, step.sets, step.elements
+        rules, chains = step.rules, step.chains
         now = time.monotonic()
         for name in kernel.chains:
             if name not in chains:
@@ -172,14 +181,13 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
             name: c.rules for name, c in chains.items()}
         for name in chains:
             self.stale.pop(name, None)
-        kernel.sets = dict(sets)
-        kernel.elements = elements
+        kernel.sets = dict(step.sets)
+        kernel.elements = step.elements
         kernel.refs = shared_refs(r.elements for r in rules)
         self.applied = {r.service.key: r for r in rules}
         self.service_cidrs = state.service_cidrs
         self.need_full = False
         self._sweep_affinity(rules)
-        return self._result(True)
 
     # --- partial sync -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ...config import NodeConfig
 from .names import family_keyword
@@ -153,6 +154,48 @@ def containers(cfg: NodeConfig) -> tuple[Container, ...]:
     return tuple(out)
 
 
+def _nodeport_rules(cfg: NodeConfig) -> tuple[str, str]:
+    """(the no-endpoint check, the dispatch) of node ports: on every local address but
+    127.0.0.1 when --nodeport-addresses is unset, else on the addresses of @nodeport-ips."""
+    ip = family_keyword(cfg.ip_family)
+    if nodeport_set_ips(cfg) is None:
+        return (f"{no_localhost(cfg)} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+                f"fib daddr type local {no_localhost(cfg)} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")
+    return (f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+            f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")
+
+
+class _MapsLayoutRules(NamedTuple):
+    """What the maps layout adds to the fixed chains (empty in kube-proxy's layout)."""
+
+    service_checks: tuple[str, ...] = ()
+    nodeport_checks: tuple[str, ...] = ()
+    masquerading: tuple[str, ...] = ()
+    remember: tuple[str, ...] = ()  # after DNAT, new connections of affinity services
+    affinity: tuple[Chain, ...] = ()
+
+    @classmethod
+    def of(cls, cfg: NodeConfig, nodeport_check: str) -> _MapsLayoutRules:
+        """No-endpoint verdicts as fixed rules over data sets, hairpin by a set of pairs, and
+        ClientIP affinity: the endpoint a new connection was DNATed to is remembered by the
+        service's remember- chain, found by the connection's original destination. Every
+        DNATed connection passes one of the filter hooks (input, forward or output)."""
+        ip = family_keyword(cfg.ip_family)
+        triple = f"{ip} daddr . meta l4proto . th dport"
+        np_match = nodeport_check.rsplit(" vmap ", 1)[0]
+        original = f"ct original {ip} daddr . meta l4proto . ct original proto-dst"
+        return cls(
+            (f"{triple} @{DROP_SERVICES} drop", f"{triple} @{REJECT_SERVICES} reject"),
+            (f"{np_match} @{DROP_NODEPORTS} drop", f"{np_match} @{REJECT_NODEPORTS} reject"),
+            (f"ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_MASQ}",),
+            (f"ct state new ct status dnat jump {AFFINITY_RECORD}",),
+            (Chain(AFFINITY_RECORD, tuple(
+                rule for p in PROTOCOLS for rule in (
+                    f"meta l4proto {p} {original} vmap @{AFFINITY_SERVICES}",
+                    f"meta l4proto {p} meta l4proto . ct original proto-dst vmap @{AFFINITY_NODEPORTS}"))),),
+        )
+
+
 def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
     """Base chains (hooked into netfilter) and the top-level chains they jump to, with their rules.
 
@@ -166,33 +209,14 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
     def base(kind: str, hook: str, prio: str) -> str:
         return f"type {kind} hook {hook} priority {prio}; policy accept;"
 
-    if nodeport_set_ips(cfg) is None:
-        nodeport_check = f"{no_localhost(cfg)} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
-        nodeport_dispatch = (f"fib daddr type local {no_localhost(cfg)} "
-                             f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")
-    else:
-        nodeport_check = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
-        nodeport_dispatch = f"{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
+    nodeport_check, nodeport_dispatch = _nodeport_rules(cfg)
     triple = f"{ip} daddr . meta l4proto . th dport"
     service_check: tuple[str, ...] = (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)
     nodeport_checks: tuple[str, ...] = (nodeport_check,)
-    masquerading: tuple[str, ...] = ()
-    remember: tuple[str, ...] = ()  # after DNAT, new connections of affinity services
-    affinity: tuple[Chain, ...] = ()
-    if cfg.nftables_layout == "maps":  # no-endpoint verdicts as fixed rules over data sets
-        service_check += (f"{triple} @{DROP_SERVICES} drop", f"{triple} @{REJECT_SERVICES} reject")
-        np_match = nodeport_check.rsplit(" vmap ", 1)[0]
-        nodeport_checks += (f"{np_match} @{DROP_NODEPORTS} drop", f"{np_match} @{REJECT_NODEPORTS} reject")
-        masquerading = (f"ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN} jump {MARK_MASQ}",)
-        # ClientIP affinity: the endpoint a new connection was DNATed to is remembered by the
-        # service's remember- chain, found by the connection's original destination. Every
-        # DNATed connection passes one of the filter hooks (input, forward or output).
-        remember = (f"{new} ct status dnat jump {AFFINITY_RECORD}",)
-        original = f"ct original {ip} daddr . meta l4proto . ct original proto-dst"
-        affinity = (Chain(AFFINITY_RECORD, tuple(
-            rule for p in PROTOCOLS for rule in (
-                f"meta l4proto {p} {original} vmap @{AFFINITY_SERVICES}",
-                f"meta l4proto {p} meta l4proto . ct original proto-dst vmap @{AFFINITY_NODEPORTS}"))),)
+    extra = _MapsLayoutRules.of(cfg, nodeport_check) if cfg.nftables_layout == "maps" else _MapsLayoutRules()
+    service_check += extra.service_checks
+    nodeport_checks += extra.nodeport_checks
+    masquerading, remember, affinity = extra.masquerading, extra.remember, extra.affinity
     return (
         # The firewall must see the service address, so it runs before DNAT; the endpoint and
         # ClusterIP checks run after it (priority 0), so traffic that a service chain already

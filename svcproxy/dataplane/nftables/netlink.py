@@ -21,8 +21,9 @@ import re
 import secrets
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property, lru_cache
+from typing import ClassVar
 
 NFNL_SUBSYS_NFTABLES = 10
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
@@ -415,96 +416,11 @@ class Compiler:
         if exprs is not None:  # the endpoint chains' two rules, 9 in 10 of all rules: no tokenizing
             self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, string(1, self.table), string(2, chain), nest(4, *exprs))
             return
-        tokens = TOKEN.findall(text)
-        exprs: list[bytes] = []
-        user = b""
-        i = 0
-        ip = self.family
-
-        def take(n: int) -> list[str]:
-            nonlocal i
-            out = tokens[i:i + n]
-            if len(out) < n:
-                raise Unsupported(text)
-            i += n
-            return out
-
-        while i < len(tokens):
-            t = tokens[i]
-            if t == ip and tokens[i + 1] in ("saddr", "daddr"):
-                _, field = take(2)
-                offset = self.saddr_off if field == "saddr" else self.daddr_off
-                op = 0
-                if tokens[i] == "!=":
-                    op, i = 1, i + 1
-                (value,) = take(1)
-                if value.startswith("@"):
-                    if op:
-                        raise Unsupported(text)
-                    exprs += [payload(1, offset, self.addr_len), lookup(value[1:])]
-                elif value == "{":
-                    raise Unsupported(text)  # anonymous sets other than the numgen vmap: use nft
-                elif "/" in value:
-                    net = ipaddress.ip_network(value)
-                    if net.prefixlen % 8:
-                        raise Unsupported(text)
-                    n = net.prefixlen // 8
-                    exprs += [payload(1, offset, n), cmp(net.network_address.packed[:n], op)]
-                else:
-                    exprs += [payload(1, offset, self.addr_len), cmp(self.address(value), op)]
-            elif t in PROTOCOLS and tokens[i + 1] == "dport":
-                _, _, port = take(3)
-                exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[t])), payload(2, 2, 2),
-                          cmp(struct.pack("!H", int(port)))]
-            elif t == "meta" and tokens[i + 1] == "l4proto":
-                _, _, proto = take(3)
-                if proto not in PROTOCOLS:
-                    raise Unsupported(text)
-                exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[proto]))]
-            elif t == "fib":
-                if take(4) != ["fib", "saddr", "type", "local"]:
-                    raise Unsupported(text)
-                exprs += [expr("fib", u32(1, REG_1), u32(2, 3), u32(3, 1)),  # addrtype of saddr
-                          cmp(struct.pack("=I", RTN_LOCAL))]
-            elif t == "ct":
-                words = take(3)
-                if words not in (["ct", "state", "new"], ["ct", "status", "dnat"]):
-                    raise Unsupported(text)
-                key, bit = (0, CT_STATE_NEW) if words[1] == "state" else (2, IPS_DST_NAT)  # NFT_CT_STATE / _STATUS
-                exprs += [expr("ct", u32(2, key), u32(1, REG_1)),
-                          expr("bitwise", u32(1, REG_1), u32(2, REG_1), u32(3, 4),
-                               nest(4, attr(1, struct.pack("=I", bit))), nest(5, attr(1, bytes(4)))),
-                          cmp(bytes(4), op=1)]  # != 0
-            elif t in ("jump", "goto"):
-                word, target = take(2)
-                exprs.append(immediate_verdict(*self.verdict([word, target])))
-            elif t in ("drop", "accept", "return"):
-                take(1)
-                exprs.append(immediate_verdict(*self.verdict([t])))
-            elif t == "numgen":
-                exprs += self.numgen_vmap(tokens, i, text)
-                i = len(tokens) if "comment" not in tokens else tokens.index("comment")
-            elif t == "update":
-                _, set_ref, brace, fam, field, close = take(6)
-                if (brace, fam, field, close) != ("{", ip, "saddr", "}") or not set_ref.startswith("@"):
-                    raise Unsupported(text)
-                exprs += [payload(1, self.saddr_off, self.addr_len),
-                          expr("dynset", string(1, set_ref[1:]), u32(3, 1), u32(4, REG_1))]
-            elif t == "dnat" and tokens[i + 1] == "to":
-                _, _, target = take(3)
-                m = re.fullmatch(r"\[?([0-9a-fA-F.:]+?)\]?:(\d+)", target)
-                if not m:
-                    raise Unsupported(text)
-                exprs += [immediate_value(REG_1, self.address(m.group(1))),
-                          immediate_value(REG_2, struct.pack("!H", int(m.group(2)))), self.nat]
-            elif t == "comment":
-                _, quoted = take(2)
-                user = comment_udata(quoted.strip('"'))
-            else:
-                raise Unsupported(text)
-        attrs = [string(1, self.table), string(2, chain), nest(4, *exprs)]
-        if user:
-            attrs.append(attr(7, user))
+        parsed = _RuleText(self, text)
+        parsed.parse()
+        attrs = [string(1, self.table), string(2, chain), nest(4, *parsed.exprs)]
+        if parsed.user:
+            attrs.append(attr(7, parsed.user))
         self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, *attrs)
 
     def common_rule(self, text: str) -> list[bytes] | None:
@@ -566,6 +482,123 @@ class Compiler:
         self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
         return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
                 lookup(name, set_id, dreg=REG_VERDICT)]
+
+
+class _RuleText:
+    """One rule's text, statement by statement, into netlink expressions (the forms our
+    renderers write; anything else is Unsupported and goes through nft)."""
+
+    def __init__(self, c: Compiler, text: str) -> None:
+        self.c, self.text = c, text
+        self.tokens = TOKEN.findall(text)
+        self.i = 0
+        self.exprs: list[bytes] = []
+        self.user = b""  # the comment, as userdata
+
+    def take(self, n: int) -> list[str]:
+        out = self.tokens[self.i:self.i + n]
+        if len(out) < n:
+            raise Unsupported(self.text)
+        self.i += n
+        return out
+
+    def parse(self) -> None:
+        tokens, ip = self.tokens, self.c.family
+        while self.i < len(tokens):
+            t = tokens[self.i]
+            after = tokens[self.i + 1] if self.i + 1 < len(tokens) else ""
+            if t == ip and after in ("saddr", "daddr"):
+                self.address()
+            elif t in PROTOCOLS and after == "dport":
+                _, _, port = self.take(3)
+                self.exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[t])), payload(2, 2, 2),
+                               cmp(struct.pack("!H", int(port)))]
+            elif t == "meta" and after == "l4proto":
+                _, _, proto = self.take(3)
+                if proto not in PROTOCOLS:
+                    raise Unsupported(self.text)
+                self.exprs += [meta_l4proto(), cmp(struct.pack("=B", PROTOCOLS[proto]))]
+            elif t in self.STATEMENTS:
+                self.STATEMENTS[t](self)
+            else:
+                raise Unsupported(self.text)
+
+    def address(self) -> None:
+        """`ip saddr|daddr [!=] ADDRESS|CIDR|@set`."""
+        c = self.c
+        _, field = self.take(2)
+        offset = c.saddr_off if field == "saddr" else c.daddr_off
+        op = 0
+        if self.tokens[self.i] == "!=":
+            op, self.i = 1, self.i + 1
+        (value,) = self.take(1)
+        if value.startswith("@"):
+            if op:
+                raise Unsupported(self.text)
+            self.exprs += [payload(1, offset, c.addr_len), lookup(value[1:])]
+        elif value == "{":
+            raise Unsupported(self.text)  # anonymous sets other than the numgen vmap: use nft
+        elif "/" in value:
+            net = ipaddress.ip_network(value)
+            if net.prefixlen % 8:
+                raise Unsupported(self.text)
+            n = net.prefixlen // 8
+            self.exprs += [payload(1, offset, n), cmp(net.network_address.packed[:n], op)]
+        else:
+            self.exprs += [payload(1, offset, c.addr_len), cmp(c.address(value), op)]
+
+    def fib(self) -> None:
+        if self.take(4) != ["fib", "saddr", "type", "local"]:
+            raise Unsupported(self.text)
+        self.exprs += [expr("fib", u32(1, REG_1), u32(2, 3), u32(3, 1)),  # addrtype of saddr
+                       cmp(struct.pack("=I", RTN_LOCAL))]
+
+    def ct(self) -> None:
+        words = self.take(3)
+        if words not in (["ct", "state", "new"], ["ct", "status", "dnat"]):
+            raise Unsupported(self.text)
+        key, bit = (0, CT_STATE_NEW) if words[1] == "state" else (2, IPS_DST_NAT)  # NFT_CT_STATE / _STATUS
+        self.exprs += [expr("ct", u32(2, key), u32(1, REG_1)),
+                       expr("bitwise", u32(1, REG_1), u32(2, REG_1), u32(3, 4),
+                            nest(4, attr(1, struct.pack("=I", bit))), nest(5, attr(1, bytes(4)))),
+                       cmp(bytes(4), op=1)]  # != 0
+
+    def jump(self) -> None:
+        word, target = self.take(2)
+        self.exprs.append(immediate_verdict(*self.c.verdict([word, target])))
+
+    def final(self) -> None:
+        (word,) = self.take(1)
+        self.exprs.append(immediate_verdict(*self.c.verdict([word])))
+
+    def numgen(self) -> None:
+        self.exprs += self.c.numgen_vmap(self.tokens, self.i, self.text)
+        self.i = len(self.tokens) if "comment" not in self.tokens else self.tokens.index("comment")
+
+    def update(self) -> None:
+        """`update @set { ip saddr }`: the affinity sets of kube-proxy's layout."""
+        _, set_ref, brace, fam, field, close = self.take(6)
+        if (brace, fam, field, close) != ("{", self.c.family, "saddr", "}") or not set_ref.startswith("@"):
+            raise Unsupported(self.text)
+        self.exprs += [payload(1, self.c.saddr_off, self.c.addr_len),
+                       expr("dynset", string(1, set_ref[1:]), u32(3, 1), u32(4, REG_1))]
+
+    def dnat(self) -> None:
+        _, to, target = self.take(3)
+        m = re.fullmatch(r"\[?([0-9a-fA-F.:]+?)\]?:(\d+)", target) if to == "to" else None
+        if not m:
+            raise Unsupported(self.text)
+        self.exprs += [immediate_value(REG_1, self.c.address(m.group(1))),
+                       immediate_value(REG_2, struct.pack("!H", int(m.group(2)))), self.c.nat]
+
+    def comment(self) -> None:
+        _, quoted = self.take(2)
+        self.user = comment_udata(quoted.strip('"'))
+
+    STATEMENTS: ClassVar[dict[str, Callable[[_RuleText], None]]] = {
+        "fib": fib, "ct": ct, "jump": jump, "goto": jump, "drop": final, "accept": final, "return": final,
+        "numgen": numgen, "update": update, "dnat": dnat, "comment": comment,
+    }
 
 
 _MOD_1000000 = struct.pack("<I", 1_000_000)  # the modulus in _TYPEOF_IP_TCP (host byte order)
