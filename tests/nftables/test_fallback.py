@@ -48,5 +48,5 @@ def test_a_transaction_nft_refuses_too_is_reported_in_its_words(inside: Netns) -
     tx = Tx(CFG)
     tx.lines.append("add rule ip kube-proxy no-such-chain ip saddr 1.2.3.4")
     with pytest.raises(ApplyError, match=r"nft refused.*no-such-chain|nft refused.*No such file.*netlink"):
-        dp._run_tx(tx)
+        dp.io.run_tx(tx)
     assert dp.use_netlink  # the encoder was not at fault

@@ -77,9 +77,9 @@ def test_endpoint_changes_are_elements_only_and_traffic_follows(inside: Netns, b
 
     steps = [["10.0.1.10", "10.0.1.11"], ["10.0.1.11"], [], ["10.0.1.10"]]
     for eps in steps:
-        batches = dp.netlink_batches
+        batches = dp.io.netlink_batches
         dp.sync(state_of(service("a", "172.30.0.1", eps), service("b", "172.30.0.2", ["10.0.1.11"])), {"ns1/a"})
-        assert dp.netlink_batches == batches + 1, "an endpoint change goes through netlink"
+        assert dp.io.netlink_batches == batches + 1, "an endpoint change goes through netlink"
         assert only_elements(dp.transactions[-1]), dp.transactions[-1]
         if eps:
             seen = collections.Counter(fetch("172.30.0.1") for _ in range(60))

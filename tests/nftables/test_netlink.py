@@ -55,7 +55,7 @@ def listing_after(cfg: NodeConfig, use_netlink: bool) -> tuple[str, int]:
         setns(fd)
         os.close(fd)
         dp = scenario(cfg, use_netlink)
-        return ns.nft("list", "ruleset").stdout, dp.netlink_batches
+        return ns.nft("list", "ruleset").stdout, dp.io.netlink_batches
     finally:
         setns(home)
         os.close(home)
@@ -102,11 +102,11 @@ def test_reading_the_table_by_netlink_dump_finds_what_nft_lists(inside) -> None:
     """read_kernel() (startup, periodic drift check) dumps chains and sets through the session;
     it finds the same names and affinity timeouts as parsing `nft -j list`."""
     by_dump, by_nft = NftablesDataplane(CFG), NftablesDataplane(CFG, use_netlink=False)
-    assert not by_dump.read_kernel().exists and not by_nft.read_kernel().exists  # no table yet
+    assert not by_dump.io.read_kernel().exists and not by_nft.io.read_kernel().exists  # no table yet
     a = service("a", "172.30.0.1", ["10.0.1.10", "10.0.1.11"], session_affinity_timeout=600)
     b = service("b", "172.30.0.2", ["10.0.1.12"], node_port=30002)
     by_dump.sync(state_of(a, b))
-    found, expected = by_dump.read_kernel(), by_nft.read_kernel()
+    found, expected = by_dump.io.read_kernel(), by_nft.io.read_kernel()
     assert found.exists and found.chains == expected.chains and found.sets == expected.sets
     assert len(found.chains) == 6 and all(v is None for v in found.chains.values())
     assert sorted(s.timeout for s in found.sets.values()) == [600, 600]

@@ -16,7 +16,7 @@ while the table is still empty (cold start) or when they changed.
 
 Modules, along the data flow: render.py/service.py/layout.py (state -> chains and elements,
 pure), transaction.py (what to add, change and delete), pipeline.py (a full sync's
-transactions), this file (the sync itself and the record of the kernel), kernel_io.py with
+transactions), this file (the sync itself and the record of the kernel), kernel.py with
 netlink.py and session.py (into the kernel and back)."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ...gcpause import gc_paused
 from ...state import ProxyState
 from ..protocol import ApplyError, SyncResult
 from . import names, session
-from .kernel_io import KernelIO
-from .pipeline import CommitStep, FullSyncSteps
+from .kernel import KernelIO
+from .pipeline import CommitStep, FullSyncPlanner
 from .render import BlockCache, ServiceRules
 from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial, shared_refs
 
@@ -46,17 +46,19 @@ STALE_CHAIN_DELAY = 1.0  # seconds between flushing a chain no longer used and d
 DRIFT_CHECK_MAX_CHAINS = 5000
 
 
-class NftablesDataplane(FullSyncSteps, KernelIO):
+class NftablesDataplane:
     """The nftables Dataplane: sync() and cleanup(), and the record of what the kernel holds.
-    How transactions reach the kernel is KernelIO's (kernel_io.py); what a full sync's
-    transactions hold is FullSyncSteps' (pipeline.py)."""
+    Its parts: the driver that takes transactions into the kernel (self.io, kernel.py) and
+    the planner of a full sync's transactions (self.planner, pipeline.py)."""
 
     mode = "nftables"
 
     def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",), use_netlink: bool = True) -> None:
-        KernelIO.__init__(self, cfg, nft, use_netlink)
-        self._render_seconds = 0.0  # a full sync renders in the worker thread
+        self.cfg = cfg
+        self.family = names.family_keyword(cfg.ip_family)
+        self.io = KernelIO(cfg, nft, use_netlink)
         self.cache = BlockCache(cfg)
+        self.planner = FullSyncPlanner(cfg, self.cache, self.io)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
         self.applied: dict[str, ServiceRules] = {}  # service key -> rules in the kernel
         self.need_full = True
@@ -66,11 +68,26 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         # kube-proxy does, they are deleted by a later sync.
         self.stale: dict[str, float] = {}
 
+    @property
+    def transactions(self) -> list[str]:
+        """The nft input of the last sync (tests, debugging)."""
+        return self.io.transactions
+
+    @property
+    def timings(self) -> list[tuple[str, int, float]]:
+        """Per transaction of the last sync: (path, commands, seconds); render and wait too."""
+        return self.io.timings
+
+    @property
+    def use_netlink(self) -> bool:
+        """False once the kernel refused our encoding and nft took the same transaction."""
+        return self.io.use_netlink
+
     # --- the Dataplane protocol ---------------------------------------------------------
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
-        self.transactions = []
-        self.timings = []
+        self.io.transactions = []
+        self.io.timings = []
         try:
             self._delete_stale_chains()
             if changed is None or self.need_full or self.kernel is None or state.service_cidrs != self.service_cidrs:
@@ -88,7 +105,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         """Delete the kube-proxy tables (both families), nothing else; fine when there are none."""
         for family in ("ip", "ip6"):
             try:
-                self._run(f"delete table {family} {names.TABLE}\n")
+                self.io.run(f"delete table {family} {names.TABLE}\n")
             except ApplyError as e:
                 if "No such file or directory" not in str(e):
                     raise
@@ -109,7 +126,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         tx = Tx(self.cfg)
         tx.delete_chains(due)
         try:
-            self._run_tx(tx)
+            self.io.run_tx(tx)
         except ApplyError as e:  # not fatal: they are empty; try again next time
             log.warning("could not delete stale chains yet: %s", e)
             return
@@ -123,7 +140,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         """1. the fixed part, 2. the per-service chains chunk by chunk, 3. the commit."""
         recreate_base = self.kernel is None
         if self.kernel is None:
-            self.kernel = self.read_kernel()
+            self.kernel = self.io.read_kernel()
         self._declare_fixed(state, self.kernel)
         commit_step = self._fill(state, self.kernel, recreate_base)
         self._commit(state, self.kernel, commit_step)
@@ -135,7 +152,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         changed or the table is small enough to rewrite them cheaply (which repairs hand edits)."""
         fixed = fixed_part(self.cfg, state.service_cidrs)
         if kernel.fixed != fixed or len(kernel.chains) <= DRIFT_CHECK_MAX_CHAINS:
-            self._run_tx(declare_fixed(self.cfg, state.service_cidrs))
+            self.io.run_tx(declare_fixed(self.cfg, state.service_cidrs))
             kernel.fixed = fixed
         kernel.exists = True
 
@@ -147,10 +164,10 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         half-built. A worker thread renders and encodes transaction k+1 while the kernel
         digests transaction k (the socket call releases the GIL); it then prepares the commit
         while the kernel digests the last fill."""
-        if self.use_netlink:
-            self._get_session()  # opened here, used by the worker to frame batches
+        if self.io.use_netlink:
+            self.io.netlink_session()  # opened here, used by the worker to frame batches
         view = Kernel(True, dict(kernel.chains), dict(kernel.sets), dict(kernel.elements))  # the worker's own record
-        steps = self._steps(state, view, recreate_base)
+        steps = self.planner.steps(state, view, recreate_base)
         waited = 0.0  # for the timings: how long the kernel waited for the worker
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(next, steps)
@@ -161,17 +178,17 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
                 if isinstance(step, CommitStep):
                     break
                 pending = pool.submit(next, steps)
-                self._run_tx(step.tx, step.batch)
+                self.io.run_tx(step.tx, step.batch)
                 kernel.sets.update((c.name, c) for c in step.declared_sets)
                 kernel.chains.update((name, ()) for name in step.declared)
                 kernel.chains.update((c.name, c.rules) for c in step.filled)
-        self.timings += [("render", len(state.services), self._render_seconds), ("wait", 0, waited)]
+        self.io.timings += [("render", len(state.services), self.planner.render_seconds), ("wait", 0, waited)]
         return step
 
     def _commit(self, state: ProxyState, kernel: Kernel, step: CommitStep) -> None:
         """Base chains, all elements, changed chains; chains no longer used become stale
         (deleted by a later sync), unused sets go; then the record of the kernel is the new state."""
-        self._run_tx(step.tx, step.batch)
+        self.io.run_tx(step.tx, step.batch)
         rules, chains = step.rules, step.chains
         now = time.monotonic()
         for name in kernel.chains:
@@ -202,7 +219,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         plan = plan_partial(self.cfg, kernel, [(self.applied.get(k), new) for k, new in new_rules.items()])
         tx = plan.tx
         if tx:
-            self._run_tx(tx)
+            self.io.run_tx(tx)
         # the transaction went through: record it
         for name, c in plan.chains.items():
             kernel.chains[name] = c.rules
@@ -249,12 +266,12 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
                 allowed = {ipaddress.ip_address(e.key.split(" . ")[0]) for e in r.elements if e.container == members}
                 for attempt in (1, 2):
                     try:
-                        stale = [client for client, ep in self.affinity_entries(name)
+                        stale = [client for client, ep in self.io.affinity_entries(name)
                                  if ipaddress.ip_address(ep) not in allowed]
                         if stale:
                             tx = Tx(self.cfg)
                             tx.delete_elements(name, stale)
-                            self._run_tx(tx)
+                            self.io.run_tx(tx)
                         break
                     except ApplyError as e:
                         if attempt == 2:
@@ -270,7 +287,7 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         services; above DRIFT_CHECK_MAX_CHAINS the table, the chain names and the fixed chains'
         rule counts are checked (a netlink dump of every rule takes ~20 s there)."""
         if len(kernel.chains) > DRIFT_CHECK_MAX_CHAINS:
-            found = self.read_kernel()
+            found = self.io.read_kernel()
             if not found.exists or found.chains.keys() != kernel.chains.keys():
                 log.warning("nftables: our table or chains changed by hand; reprogramming it all")
                 self.kernel = found
@@ -279,10 +296,10 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
             return
         try:
             # terse: without the named sets' elements (only rule counts are wanted here)
-            out = self._run_capture([*self.nft, "-t", "list", "table", self.family, names.TABLE])
+            out = self.io.run_capture([*self.io.nft, "-t", "list", "table", self.family, names.TABLE])
         except ApplyError:
             log.warning("nftables: table %s %s is gone; reprogramming it", self.family, names.TABLE)
-            self.kernel = self.read_kernel()
+            self.kernel = self.io.read_kernel()
             return
         counts: dict[str, int] = {}
         current = None
@@ -308,11 +325,11 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         """Rule counts of the fixed regular chains (services, masquerading, ...) against what
         declare_fixed() wrote: one small netlink dump per chain. Large tables rewrite them only
         when this finds a difference (through nft, which reads the whole table first)."""
-        if not self.use_netlink or kernel.fixed is None:
+        if not self.io.use_netlink or kernel.fixed is None:
             return False
         try:
             for chain in kernel.fixed[1]:
-                found = self._get_session().dump(self.family, session.GETRULE, names.TABLE, frozenset(), chain.name)
+                found = self.io.netlink_session().dump(self.family, session.GETRULE, names.TABLE, frozenset(), chain.name)
                 if len(found) != len(chain.rules):
                     log.warning("nftables: chain %s was changed by hand; rewriting the fixed chains", chain.name)
                     return True
@@ -326,5 +343,5 @@ class NftablesDataplane(FullSyncSteps, KernelIO):
         assert kernel is not None
         rules = sum(len(r) for r in kernel.chains.values() if r)
         elements = sum(len(v) for v in kernel.elements.values())
-        return SyncResult(full=full, input_bytes=sum(len(t) for t in self.transactions),
+        return SyncResult(full=full, input_bytes=sum(len(t) for t in self.io.transactions),
                           rules={"rules": rules, "chains": len(kernel.chains), "elements": elements})

@@ -9,31 +9,37 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ...config import NodeConfig
 from ...state import ProxyState
 from . import names, session
+from .kernel import KernelIO
 from .layout import Chain, Container
 from .netlink import Compiler
-from .render import ServiceRules, service_order
+from .render import BlockCache, ServiceRules, service_order
 from .service import Element
 from .transaction import Kernel, Tx, commit, delete_unused_sets, desired_elements, respecified, uses_sets
 
 FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
 
 
-class FullSyncSteps:
-    """Mixin of NftablesDataplane: the fill and commit transactions of a full sync (it uses the
-    dataplane's cfg, cache, family and its KernelIO encoder and session)."""
+class FullSyncPlanner:
+    """The fill and commit transactions of a full sync, rendered through the dataplane's
+    BlockCache and encoded for its driver (KernelIO) ahead of sending."""
 
-    def _steps(self, state: ProxyState, view: Kernel, recreate_base: bool) -> Iterator[FillStep | CommitStep]:
+    def __init__(self, cfg: NodeConfig, cache: BlockCache, io: KernelIO) -> None:
+        self.cfg, self.cache, self.io = cfg, cache, io
+        self.render_seconds = 0.0  # of the last full sync (rendered here, in the worker thread)
+
+    def steps(self, state: ProxyState, view: Kernel, recreate_base: bool) -> Iterator[FillStep | CommitStep]:
         """The full sync's transactions, run in the worker thread (one per next()): the fills,
         then the commit. view is the worker's copy of the kernel record, kept as the fills
         will leave it."""
-        self._render_seconds = 0.0
+        self.render_seconds = 0.0
         self.cache.claim(state)
         previous: _Chunk | None = None
         deferred = _Fill(Tx(self.cfg), None)  # fills only nft can encode: one nft run for them all
         for chunk in itertools.chain(self._chunks(state, dict(view.chains), set(view.sets)), [None]):
-            fill = _Fill(Tx(self.cfg), self._compiler() if self.use_netlink else None)
+            fill = _Fill(Tx(self.cfg), self.io.compiler() if self.io.use_netlink else None)
             if previous is not None:
                 fill.add_maps(previous)
                 fill.add_fills(previous, deferred)
@@ -43,7 +49,7 @@ class FullSyncSteps:
             if fill.tx:
                 batch = None
                 if fill.compiler is not None:
-                    batch = self._get_session().frame(self.family, fill.compiler.messages)
+                    batch = self.io.netlink_session().frame(self.io.family, fill.compiler.messages)
                 yield FillStep(fill.tx, batch, fill.declared, fill.declared_sets + fill.maps, fill.filled)
                 fill.record(view, previous)
             previous = chunk
@@ -75,8 +81,8 @@ class FullSyncSteps:
         return CommitStep(tx, self._frame(tx), rules, chains, sets, elements)
 
     def _frame(self, tx: Tx) -> session.Batch | None:
-        messages = self._compile(tx)
-        return self._get_session().frame(self.family, messages) if messages is not None else None
+        messages = self.io.compile(tx)
+        return self.io.netlink_session().frame(self.io.family, messages) if messages is not None else None
 
     def _chunks(self, state: ProxyState, known: dict[str, tuple[str, ...] | None],
                 known_sets: set[str]) -> Iterator[_Chunk]:
@@ -89,7 +95,7 @@ class FullSyncSteps:
         for key in sorted(state.services, key=service_order):
             start = time.perf_counter()
             r = self.cache.service(state.services[key], state.zone)
-            self._render_seconds += time.perf_counter() - start
+            self.render_seconds += time.perf_counter() - start
             for name, c in r.chains.items():
                 if name in seen:
                     continue

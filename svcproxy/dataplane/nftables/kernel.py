@@ -26,7 +26,7 @@ RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in 
 
 
 class KernelIO:
-    """Mixin of NftablesDataplane: one transaction at a time into the kernel, and reading it back.
+    """The nftables driver: one transaction at a time into the kernel, and reading it back.
 
     nft re-reads the whole table on every run (seconds at 10,000 services), so transactions go
     through a kept-open netlink socket; nft is used for what the encoder does not encode, and
@@ -53,7 +53,7 @@ class KernelIO:
             return self._read_kernel_netlink()
         found: dict[str, list] = {"chains": [], "sets": [], "maps": []}
         for kind in found:
-            out = self._run_capture([*self.nft, "-j", "list", kind, self.family])
+            out = self.run_capture([*self.nft, "-j", "list", kind, self.family])
             for item in json.loads(out or "{}").get("nftables", []):
                 obj = item.get(kind[:-1])
                 if obj and obj.get("table") == names.TABLE and obj.get("family") == self.family:
@@ -64,8 +64,8 @@ class KernelIO:
     def _read_kernel_netlink(self) -> Kernel:
         """read_kernel() through the session: a netlink dump of the table's chains and sets."""
         try:
-            chains = self._get_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
-            sets = self._get_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
+            chains = self.netlink_session().dump(self.family, session.GETCHAIN, names.TABLE, frozenset({3}))
+            sets = self.netlink_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
         except OSError as e:
             raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
         return self._holding(
@@ -97,7 +97,7 @@ class KernelIO:
     def affinity_entries(self, name: str) -> list[tuple[str, str]]:
         """(client, endpoint) addresses a ClientIP affinity map holds (written by the packet path)."""
         if not self.use_netlink:
-            out = self._run_capture([*self.nft, "-j", "list", "map", self.family, names.TABLE, name])
+            out = self.run_capture([*self.nft, "-j", "list", "map", self.family, names.TABLE, name])
             found: list[tuple[str, str]] = []
             for item in json.loads(out or "{}").get("nftables", []):
                 for key, value in (item.get("map") or {}).get("elem", []):
@@ -106,32 +106,32 @@ class KernelIO:
             return found
         af = socket.AF_INET if self.family == "ip" else socket.AF_INET6
         try:
-            entries = self._get_session().set_elements(self.family, names.TABLE, name)
+            entries = self.netlink_session().set_elements(self.family, names.TABLE, name)
         except OSError as e:
             raise ApplyError(f"could not read map {name}: {e}") from e
         return [(socket.inet_ntop(af, k), socket.inet_ntop(af, v)) for k, v in entries if k and v]
 
-    def _run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
+    def run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None:
         if not tx:
             return
         start = time.perf_counter()
         path = self._send(tx, messages)
         self.timings.append((path, len(tx.lines), time.perf_counter() - start))
 
-    def _compiler(self) -> netlink.Compiler:
+    def compiler(self) -> netlink.Compiler:
         with self._lock:
             self._batch += 1  # anonymous map names: unique per process and batch
             batch = self._batch
         return netlink.Compiler(self.family, names.TABLE, f"{batch:x}{self._anon_prefix}")
 
-    def _compile(self, tx: Tx) -> list | None:
+    def compile(self, tx: Tx) -> list | None:
         """The transaction as netlink messages, or None where nft must do it."""
         if not self.use_netlink:
             return None
-        compiler = self._compiler()
+        compiler = self.compiler()
         return compiler.messages if compiler.encodes(tx.lines) else None
 
-    def _get_session(self) -> session.Session:
+    def netlink_session(self) -> session.Session:
         if self._session is None:
             self._session = session.Session()
         return self._session
@@ -140,14 +140,14 @@ class KernelIO:
         if not self.use_netlink:
             messages = None  # encoded before a fallback to nft (below) switched netlink off
         elif messages is None:
-            messages = self._compile(tx)
+            messages = self.compile(tx)
         if messages is not None:
             self._record(tx)
             try:
                 if isinstance(messages, session.Batch):
-                    self._get_session().send_batch(messages)
+                    self.netlink_session().send_batch(messages)
                 else:
-                    self._get_session().send(self.family, messages)
+                    self.netlink_session().send(self.family, messages)
             except session.Refused as e:
                 return self._fall_back_to_nft(tx, e)
             except OSError as e:
@@ -155,7 +155,7 @@ class KernelIO:
                                  "in place and the next sync is a full one") from e
             self.netlink_batches += 1
             return "netlink"
-        self._run(tx.text(), tx)
+        self.run(tx.text(), tx)
         return "nft"
 
     def _fall_back_to_nft(self, tx: Tx, refusal: OSError) -> str:
@@ -164,7 +164,7 @@ class KernelIO:
         version), so stay on nft from now on, slower on large tables but correct. If nft fails
         too, the transaction itself is wrong: report nft's own words."""
         try:
-            self._run(tx.text(), tx)
+            self.run(tx.text(), tx)
         except ApplyError as e:
             raise ApplyError(f"{e} (through netlink: {refusal})") from e
         log.warning("nftables: the kernel refused svcproxy's netlink encoding of a transaction (%s) "
@@ -180,7 +180,7 @@ class KernelIO:
         else:
             self.transactions.append(f"# {len(tx.lines)} commands, starting with:\n" + "\n".join(tx.lines[:20]) + "\n")
 
-    def _run(self, text: str, tx: Tx | None = None) -> None:
+    def run(self, text: str, tx: Tx | None = None) -> None:
         if tx is not None:
             self._record(tx)
         else:
@@ -191,7 +191,7 @@ class KernelIO:
                              f"{_first_lines(proc.stderr)}; the previous rules stay in place and the "
                              "next sync is a full one")
 
-    def _run_capture(self, argv: list[str]) -> str:
+    def run_capture(self, argv: list[str]) -> str:
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
