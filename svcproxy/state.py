@@ -221,11 +221,12 @@ def update_state(prev: ProxyState, view: ObjectView, cfg: NodeConfig,
     for key in (view.services if rebuild_all else touched):
         svc = view.services.get(key)
         new = build_service_state(svc, view.service_slices(key), cfg) if svc is not None else None
-        if new is not None and new.ports:
-            services[key] = new
-        else:
-            new = None
+        if new is not None and not new.ports:
+            new = None  # not proxied here (headless, ExternalName, other family): as if absent
+        if new is None:
             services.pop(key, None)
+        else:
+            services[key] = new
         if new != prev.services.get(key):
             changed.add(key)
     cidrs = family_cidrs(view.service_cidrs.values(), cfg)
@@ -235,8 +236,9 @@ def update_state(prev: ProxyState, view: ObjectView, cfg: NodeConfig,
 
 @dataclass
 class Index:
-    """A set of manifests' objects by key, as the store holds them; duplicates and slices of
-    unknown Services become errors (the later definition wins)."""
+    """A set of manifests' objects by key, as the store holds them. A Service or slice defined
+    twice is an error and the later definition wins; a slice of an unknown Service is an error
+    and ignored; of two Node objects of one name the first counts, as before."""
 
     services: dict[str, Service] = field(default_factory=dict)
     service_cidrs: dict[str, ServiceCIDR] = field(default_factory=dict)

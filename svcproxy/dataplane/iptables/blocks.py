@@ -106,7 +106,7 @@ def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChain
                    f"--dport {port.port} -j {c.internal}\n")
     else:
         filter_services = (f"-A {n.SERVICES} -m comment --comment {comment} {pmatch} "
-                                  f"-d {port.cluster_ip} --dport {port.port} -j {target}\n")
+                           f"-d {port.cluster_ip} --dport {port.port} -j {target}\n")
     for ip in port.external_ips:
         if pol.has_endpoints:
             nat.append(f'-A {n.SERVICES} -m comment --comment "{name} external IP" {pmatch} '
@@ -126,13 +126,13 @@ def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChain
     if port.node_port:
         if pol.has_endpoints:
             nat_nodeports = (f"-A {n.NODEPORTS} -m comment --comment {name} {pmatch} "
-                                    f"--dport {port.node_port} -j {c.ext}\n")
+                             f"--dport {port.node_port} -j {c.ext}\n")
         if not pol.has_external:
             ext.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {comment} "
                        f"-m addrtype --dst-type LOCAL {pmatch} --dport {port.node_port} -j {target}\n")
     if port.health_check_node_port:
         filter_nodeports = (f'-A {n.NODEPORTS} -m comment --comment "{name} health check node port" '
-                                   f"-m tcp -p tcp --dport {port.health_check_node_port} -j ACCEPT\n")
+                            f"-m tcp -p tcp --dport {port.health_check_node_port} -j ACCEPT\n")
     return "".join(nat), nat_nodeports, filter_services, "".join(ext), filter_nodeports, filter_firewall
 
 
