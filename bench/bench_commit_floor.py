@@ -91,31 +91,44 @@ def iptables_child(services: int, runs: int) -> dict[str, float]:
 
 def nftables_child(services: int, runs: int) -> dict[str, float]:
     from svcproxy.dataplane.nftables import NftablesDataplane, names, netlink, session
+    from svcproxy.dataplane.nftables.commands import (
+        AddChain,
+        AddElements,
+        AddRule,
+        Command,
+        DeleteChain,
+        DeleteElements,
+        FlushChain,
+    )
+    from svcproxy.dataplane.nftables.layout import Chain
+    from svcproxy.dataplane.nftables.service import Element
 
     one_endpoint, out = programmed(NftablesDataplane(CFG), services)
     sess = session.Session()
-    table = f"ip {names.TABLE}"
 
-    def send(*lines: str) -> None:
-        sess.send("ip", netlink.compile_commands("ip", names.TABLE, lines))
+    def send(*commands: Command) -> None:
+        sess.send("ip", netlink.encode("ip", names.TABLE, commands))
 
     def chain_with(rule: str) -> Callable[[int], None]:
-        return lambda i: send(f"add chain {table} floor-{i}", f"add rule {table} floor-{i} {rule}")
+        return lambda i: send(AddChain(Chain(f"floor-{i}")), AddRule(f"floor-{i}", rule))
 
     def drop(i: int) -> None:
-        send(f"flush chain {table} floor-{i}")
-        send(f"delete chain {table} floor-{i}")
+        send(FlushChain(f"floor-{i}"))
+        send(DeleteChain(f"floor-{i}"))
+
+    def key(i: int, n: int) -> str:
+        return f"172.31.{i}.{n} . tcp . 80"
 
     out["no verdict"] = median_ms(chain_with("ip saddr 1.2.3.4"), drop, runs)
     out["verdict"] = median_ms(chain_with("return"), drop, runs)
     out["jump"] = median_ms(chain_with("jump mark-for-masquerade"), drop, runs)
     out["one endpoint"] = median_ms(one_endpoint, None, runs)
-    out["element"] = median_ms(lambda i: send(f"add element {table} cluster-ips {{ 172.31.{i}.1 }}"),
-                               lambda i: send(f"delete element {table} cluster-ips {{ 172.31.{i}.1 }}"), runs)
-    send(f"add chain {table} floor-target")
+    out["element"] = median_ms(lambda i: send(AddElements("cluster-ips", (Element("cluster-ips", f"172.31.{i}.1"),))),
+                               lambda i: send(DeleteElements("cluster-ips", (f"172.31.{i}.1",))), runs)
+    send(AddChain(Chain("floor-target")))
     out["element (goto)"] = median_ms(
-        lambda i: send(f"add element {table} service-ips {{ 172.31.{i}.2 . tcp . 80 : goto floor-target }}"),
-        lambda i: send(f"delete element {table} service-ips {{ 172.31.{i}.2 . tcp . 80 }}"), runs)
+        lambda i: send(AddElements("service-ips", (Element("service-ips", key(i, 2), "goto floor-target"),))),
+        lambda i: send(DeleteElements("service-ips", (key(i, 2),))), runs)
     subprocess.run(["nft", "flush", "chain", "ip", names.TABLE, "nat-output"], check=True)
     out["one hook fewer"] = median_ms(chain_with("return"), drop, runs)
     return out

@@ -23,32 +23,36 @@ import subprocess
 import sys
 import time
 
-MAP = "{ typeof numgen random mod 1000000 : ip daddr . tcp dport; flags interval; }"
 
+def shapes(n: int) -> dict[str, list]:
+    from svcproxy.dataplane.nftables.commands import AddChain, AddContainer, AddRule
+    from svcproxy.dataplane.nftables.layout import Chain, Container
 
-def shapes(n: int) -> dict[str, list[str]]:
-    t = "ip floor"
-    chains = [f"add chain {t} c{i:05d}" for i in range(n)]
+    def endpoint_map(i: int) -> AddContainer:
+        return AddContainer(Container(f"m{i:05d}", "numgen random mod 1000000", "ip daddr . tcp dport",
+                                      flags="interval", typeof=True))
+
+    chains = [AddChain(Chain(f"c{i:05d}")) for i in range(n)]
     return {
-        "chains": chains + [f"add rule {t} c{i:05d} meta l4proto tcp dnat to 10.0.{i // 250}.{i % 250 + 1}:80"
+        "chains": chains + [AddRule(f"c{i:05d}", f"meta l4proto tcp dnat to 10.0.{i // 250}.{i % 250 + 1}:80")
                             for i in range(n)],
-        "maps": [f"add map {t} m{i:05d} {MAP}" for i in range(n)],
-        "maps + rules": ([f"add map {t} m{i:05d} {MAP}" for i in range(n)] + chains
-                         + [f"add rule {t} c{i:05d} meta l4proto tcp dnat ip to numgen random mod 1000000 map @m{i:05d}"
+        "maps": [endpoint_map(i) for i in range(n)],
+        "maps + rules": ([endpoint_map(i) for i in range(n)] + chains
+                         + [AddRule(f"c{i:05d}", f"meta l4proto tcp dnat ip to numgen random mod 1000000 map @m{i:05d}")
                             for i in range(n)]),
     }
 
 
 def child(sizes: list[int]) -> dict:
-    from svcproxy.dataplane.nftables.netlink import compile_commands
+    from svcproxy.dataplane.nftables.netlink import encode
     from svcproxy.dataplane.nftables.session import Session
 
     session = Session()
     out: dict[str, dict[str, float]] = {}
     for n in sizes:
-        for shape, lines in shapes(n).items():
+        for shape, commands in shapes(n).items():
             subprocess.run(["nft", "add table ip floor"], check=True)
-            messages = compile_commands("ip", "floor", lines)
+            messages = encode("ip", "floor", commands)
             t0 = time.perf_counter()
             session.send("ip", messages)
             out.setdefault(shape, {})[str(n)] = time.perf_counter() - t0

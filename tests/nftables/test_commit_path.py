@@ -15,6 +15,9 @@ import svcproxy.dataplane.nftables as nft_dp
 import svcproxy.dataplane.nftables.pipeline as nft_pipeline
 from svcproxy.config import NodeConfig
 from svcproxy.dataplane.nftables import NftablesDataplane, netlink
+from svcproxy.dataplane.nftables.commands import AddChain, AddElements, AddRule, FlushContainer
+from svcproxy.dataplane.nftables.layout import Chain, Hook
+from svcproxy.dataplane.nftables.service import Element
 from svcproxy.state import ProxyState
 
 from .conftest import make_netns, setns
@@ -117,22 +120,22 @@ def test_large_table_full_sync_sends_nothing_through_nft(inside, monkeypatch: py
 
 
 def test_element_lists_are_split_below_the_attribute_limit() -> None:
-    items = ", ".join(f"172.30.{i // 250}.{i % 250 + 1} . tcp . 80 : goto service-x" for i in range(3000))
-    msgs = netlink.compile_commands("ip", "kube-proxy", [f"add element ip kube-proxy service-ips {{ {items} }}"])
+    items = tuple(Element("service-ips", f"172.30.{i // 250}.{i % 250 + 1} . tcp . 80", "goto service-x")
+                  for i in range(3000))
+    msgs = netlink.encode("ip", "kube-proxy", [AddElements("service-ips", items)])
     assert len(msgs) > 1 and all(len(attrs) < 0xFFFF for _, _, attrs in msgs)
     assert all(m[0] == netlink.NEWSETELEM for m in msgs)
 
 
 def test_base_chains_and_flushes_encode() -> None:
-    msgs = netlink.compile_commands("ip", "kube-proxy", [
-        "add chain ip kube-proxy nat-output { type nat hook output priority -100; policy accept; }",
-        "flush map ip kube-proxy service-ips",
-        "add rule ip kube-proxy filter-input ct state new jump firewall-check",
+    msgs = netlink.encode("ip", "kube-proxy", [
+        AddChain(Chain("nat-output", hook=Hook("nat", "output", -100))),
+        FlushContainer("map", "service-ips"),
+        AddRule("filter-input", "ct state new jump firewall-check"),
     ])
     assert [m[0] for m in msgs] == [netlink.NEWCHAIN, netlink.DELSETELEM, netlink.NEWRULE]
-    with pytest.raises(netlink.Unsupported):  # a policy other than accept: nft's job
-        netlink.compile_commands("ip", "kube-proxy", [
-            "add chain ip kube-proxy c { type filter hook input priority 0; policy drop; }"])
+    with pytest.raises(netlink.Unsupported):  # a hook of another family (netdev): nft's job
+        netlink.encode("ip", "kube-proxy", [AddChain(Chain("c", hook=Hook("filter", "ingress", 0)))])
 
 
 def test_fills_only_nft_can_encode_share_one_nft_run(inside, monkeypatch: pytest.MonkeyPatch) -> None:

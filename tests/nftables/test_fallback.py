@@ -8,7 +8,7 @@ import pytest
 
 from svcproxy.dataplane import ApplyError
 from svcproxy.dataplane.nftables import NftablesDataplane, netlink
-from svcproxy.dataplane.nftables.transaction import Tx
+from svcproxy.dataplane.nftables.commands import AddRule, Tx
 
 from .conftest import Netns
 from .helpers import CFG, service, state_of
@@ -46,7 +46,7 @@ def test_a_transaction_nft_refuses_too_is_reported_in_its_words(inside: Netns) -
     dp = NftablesDataplane(CFG)
     dp.sync(state_of(A))
     tx = Tx(CFG)
-    tx.lines.append("add rule ip kube-proxy no-such-chain ip saddr 1.2.3.4")
+    tx.commands.append(AddRule("no-such-chain", "ip saddr 1.2.3.4"))
     with pytest.raises(ApplyError, match=r"nft refused.*no-such-chain|nft refused.*No such file.*netlink"):
         dp.io.run_tx(tx)
     assert dp.use_netlink  # the encoder was not at fault

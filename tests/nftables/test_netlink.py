@@ -12,6 +12,8 @@ import pytest
 from svcproxy.config import NodeConfig
 from svcproxy.dataplane import ApplyError
 from svcproxy.dataplane.nftables import NftablesDataplane, netlink
+from svcproxy.dataplane.nftables.commands import AddChain, AddContainer, AddRule, AddTable
+from svcproxy.dataplane.nftables.layout import Chain, Container
 
 from .conftest import make_netns, setns
 from .helpers import CFG, service, state_of
@@ -71,12 +73,14 @@ def test_netlink_programs_what_nft_programs(cfg: NodeConfig) -> None:
 
 
 def test_unknown_commands_fall_back_to_nft() -> None:
-    with pytest.raises(netlink.Unsupported):
-        netlink.compile_commands("ip", "kube-proxy", ["add rule ip kube-proxy c ip saddr != { 1.2.3.0/24 } drop"])
-    with pytest.raises(netlink.Unsupported):
-        netlink.compile_commands("ip", "kube-proxy", ["add chain ip kube-proxy c { type nat hook output priority -100; }"])
-    msgs = netlink.compile_commands("ip", "kube-proxy", [
-        "add rule ip kube-proxy c ip daddr 172.30.0.1 tcp dport 80 ip saddr != 10.0.0.0/16 jump mark-for-masquerade"])
+    for unknown in (AddRule("c", "ip saddr != { 1.2.3.0/24 } drop"),  # an anonymous set
+                    AddChain(Chain("c", comment="a regular chain with a comment")),
+                    AddTable("rules for kube-proxy"),
+                    AddContainer(Container("cluster-ips", "ipv4_addr", comment="Active ClusterIPs"))):
+        with pytest.raises(netlink.Unsupported):
+            netlink.encode("ip", "kube-proxy", [unknown])
+    msgs = netlink.encode("ip", "kube-proxy", [
+        AddRule("c", "ip daddr 172.30.0.1 tcp dport 80 ip saddr != 10.0.0.0/16 jump mark-for-masquerade")])
     assert len(msgs) == 1 and msgs[0][0] == netlink.NEWRULE
 
 

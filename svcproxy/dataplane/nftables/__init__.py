@@ -32,10 +32,11 @@ from ...gcpause import gc_paused
 from ...state import ProxyState
 from ..protocol import ApplyError, SyncResult
 from . import names, session
-from .kernel import KernelIO
+from .commands import Tx
+from .kernel import Driver, KernelIO
 from .pipeline import CommitStep, FullSyncPlanner
 from .render import BlockCache, ServiceRules
-from .transaction import Kernel, Tx, declare_fixed, fixed_part, plan_partial, shared_refs
+from .transaction import Kernel, declare_fixed, fixed_part, plan_partial, shared_refs
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,17 @@ DRIFT_CHECK_MAX_CHAINS = 5000
 
 class NftablesDataplane:
     """The nftables Dataplane: sync() and cleanup(), and the record of what the kernel holds.
-    Its parts: the driver that takes transactions into the kernel (self.io, kernel.py) and
-    the planner of a full sync's transactions (self.planner, pipeline.py)."""
+    Its parts: the driver that takes transactions into the kernel (self.io, kernel.py; or
+    fake.FakeKernel, an in-memory table for tests) and the planner of a full sync's
+    transactions (self.planner, pipeline.py)."""
 
     mode = "nftables"
 
-    def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",), use_netlink: bool = True) -> None:
+    def __init__(self, cfg: NodeConfig, nft: Sequence[str] = ("nft",), use_netlink: bool = True,
+                 io: Driver | None = None) -> None:
         self.cfg = cfg
         self.family = names.family_keyword(cfg.ip_family)
-        self.io = KernelIO(cfg, nft, use_netlink)
+        self.io: Driver = io if io is not None else KernelIO(cfg, nft, use_netlink)
         self.cache = BlockCache(cfg)
         self.planner = FullSyncPlanner(cfg, self.cache, self.io)
         self.kernel: Kernel | None = None  # None: not read yet (startup)
@@ -104,11 +107,7 @@ class NftablesDataplane:
     def cleanup(self) -> None:
         """Delete the kube-proxy tables (both families), nothing else; fine when there are none."""
         for family in ("ip", "ip6"):
-            try:
-                self.io.run(f"delete table {family} {names.TABLE}\n")
-            except ApplyError as e:
-                if "No such file or directory" not in str(e):
-                    raise
+            self.io.delete_table(family)
         self.kernel = None
         self.applied = {}
         self.stale = {}
@@ -294,25 +293,11 @@ class NftablesDataplane:
             elif self._fixed_chains_changed(kernel):
                 kernel.fixed = None  # the full sync re-declares them
             return
-        try:
-            # terse: without the named sets' elements (only rule counts are wanted here)
-            out = self.io.run_capture([*self.io.nft, "-t", "list", "table", self.family, names.TABLE])
-        except ApplyError:
+        counts = self.io.rule_counts()
+        if counts is None:
             log.warning("nftables: table %s %s is gone; reprogramming it", self.family, names.TABLE)
             self.kernel = self.io.read_kernel()
             return
-        counts: dict[str, int] = {}
-        current = None
-        for line in out.splitlines():
-            text = line.strip()
-            if line.startswith("\tchain "):
-                current = text[6:-2].strip().strip('"')
-                counts[current] = 0
-            elif current is not None:
-                if text == "}":
-                    current = None
-                elif text and not text.startswith(("comment ", "type ")):
-                    counts[current] += 1
         for name, rules in list(kernel.chains.items()):
             if rules is not None and counts.get(name) != len(rules):
                 log.warning("nftables: chain %s was changed by hand; rewriting it", name)

@@ -12,17 +12,38 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ...config import NodeConfig
 from ..protocol import ApplyError
 from . import names, netlink, session
+from .commands import Tx
 from .layout import Container
 from .service_maps import affinity_map, endpoints_map, members_set, shared_map
-from .transaction import Kernel, Tx
+from .transaction import Kernel
 
 log = logging.getLogger(__name__)
 
 RECORD_MAX_COMMANDS = 5000  # larger transactions are kept only as a summary in .transactions
+
+
+class Driver(Protocol):
+    """What NftablesDataplane and its planner need from the kernel's side: KernelIO, or
+    fake.FakeKernel in tests that run without root."""
+
+    family: str
+    use_netlink: bool  # False: compile() is always None and no netlink session is used
+    timings: list[tuple[str, int, float]]
+    transactions: list[str]
+
+    def run_tx(self, tx: Tx, messages: list | session.Batch | None = None) -> None: ...
+    def compile(self, tx: Tx) -> list | None: ...
+    def compiler(self) -> netlink.Compiler: ...
+    def netlink_session(self) -> session.Session: ...
+    def read_kernel(self) -> Kernel: ...
+    def rule_counts(self) -> dict[str, int] | None: ...
+    def affinity_entries(self, name: str) -> list[tuple[str, str]]: ...
+    def delete_table(self, family: str) -> None: ...
 
 
 class KernelIO:
@@ -58,7 +79,7 @@ class KernelIO:
                 obj = item.get(kind[:-1])
                 if obj and obj.get("table") == names.TABLE and obj.get("family") == self.family:
                     found[kind].append((obj["name"], int(obj.get("timeout", 0))))
-        return self._holding(bool(found["chains"] or found["sets"]), (n for n, _ in found["chains"]),
+        return holding(self.family, bool(found["chains"] or found["sets"]), (n for n, _ in found["chains"]),
                              found["sets"] + found["maps"])
 
     def _read_kernel_netlink(self) -> Kernel:
@@ -68,31 +89,11 @@ class KernelIO:
             sets = self.netlink_session().dump(self.family, session.GETSET, names.TABLE, frozenset({2, 11}))
         except OSError as e:
             raise ApplyError(f"could not read table {self.family} {names.TABLE}: {e}") from e
-        return self._holding(
-            bool(chains or sets),  # our table always has its fixed chains
+        return holding(
+            self.family, bool(chains or sets),  # our table always has its fixed chains
             (a.get(3, b"").rstrip(b"\0").decode() for a in chains),  # NFTA_CHAIN_NAME
             ((a.get(2, b"").rstrip(b"\0").decode(), int.from_bytes(a.get(11, b""), "big") // 1000)
              for a in sets))  # NFTA_SET_NAME, NFTA_SET_TIMEOUT (ms)
-
-    def _holding(self, exists: bool, chain_names: Iterable[str], sets: Iterable[tuple[str, int]]) -> Kernel:
-        """The record of a table found holding these chains and (name, timeout s) sets: our
-        per-service chains, content unknown (the next full sync rewrites them), and our
-        affinity sets as declared."""
-        kernel = Kernel(exists=exists)
-        addr = "ipv4_addr" if self.family == "ip" else "ipv6_addr"
-        kernel.chains = {name: None for name in chain_names if names.is_service_chain(name)}
-        for name, timeout in sets:
-            if names.is_affinity_set(name):
-                kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout)
-            elif names.is_endpoints_map(name):
-                kernel.sets[name] = endpoints_map(self.family, name)
-            elif names.is_shared_endpoints_map(name):
-                kernel.sets[name] = shared_map(self.family, name)
-            elif name.startswith(names.MEMBERS):
-                kernel.sets[name] = members_set(self.family, name)
-            elif name.startswith(names.CLIENT_AFFINITY):
-                kernel.sets[name] = affinity_map(self.family, name, timeout)
-        return kernel
 
     def affinity_entries(self, name: str) -> list[tuple[str, str]]:
         """(client, endpoint) addresses a ClientIP affinity map holds (written by the packet path)."""
@@ -116,7 +117,7 @@ class KernelIO:
             return
         start = time.perf_counter()
         path = self._send(tx, messages)
-        self.timings.append((path, len(tx.lines), time.perf_counter() - start))
+        self.timings.append((path, len(tx), time.perf_counter() - start))
 
     def compiler(self) -> netlink.Compiler:
         with self._lock:
@@ -129,7 +130,7 @@ class KernelIO:
         if not self.use_netlink:
             return None
         compiler = self.compiler()
-        return compiler.messages if compiler.encodes(tx.lines) else None
+        return compiler.messages if compiler.encodes(tx) else None
 
     def netlink_session(self) -> session.Session:
         if self._session is None:
@@ -175,10 +176,40 @@ class KernelIO:
 
     def _record(self, tx: Tx) -> None:
         """Keep the input of small transactions for tests and debugging (not 40 MB of a cold load)."""
-        if len(tx.lines) <= RECORD_MAX_COMMANDS:
+        if len(tx) <= RECORD_MAX_COMMANDS:
             self.transactions.append(tx.text())
         else:
-            self.transactions.append(f"# {len(tx.lines)} commands, starting with:\n" + "\n".join(tx.lines[:20]) + "\n")
+            self.transactions.append(f"# {len(tx)} commands, starting with:\n" + "\n".join(tx.lines(20)) + "\n")
+
+    def delete_table(self, family: str) -> None:
+        """Delete our table of this family (nothing else); fine when there is none."""
+        try:
+            self.run(f"delete table {family} {names.TABLE}\n")
+        except ApplyError as e:
+            if "No such file or directory" not in str(e):
+                raise
+
+    def rule_counts(self) -> dict[str, int] | None:
+        """How many rules each chain of our table holds; None when the table is gone.
+
+        Through `nft -t list table` (terse: without the named sets' elements)."""
+        try:
+            out = self.run_capture([*self.nft, "-t", "list", "table", self.family, names.TABLE])
+        except ApplyError:
+            return None
+        counts: dict[str, int] = {}
+        current = None
+        for line in out.splitlines():
+            text = line.strip()
+            if line.startswith("\tchain "):
+                current = text[6:-2].strip().strip('"')
+                counts[current] = 0
+            elif current is not None:
+                if text == "}":
+                    current = None
+                elif text and not text.startswith(("comment ", "type ")):
+                    counts[current] += 1
+        return counts
 
     def run(self, text: str, tx: Tx | None = None) -> None:
         if tx is not None:
@@ -196,6 +227,27 @@ class KernelIO:
         if proc.returncode != 0:
             raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
         return proc.stdout
+
+
+def holding(family: str, exists: bool, chain_names: Iterable[str], sets: Iterable[tuple[str, int]]) -> Kernel:
+    """The record of a table found holding these chains and (name, timeout s) sets: our
+    per-service chains, content unknown (the next full sync rewrites them), and our sets and
+    maps as declared."""
+    kernel = Kernel(exists=exists)
+    addr = "ipv4_addr" if family == "ip" else "ipv6_addr"
+    kernel.chains = {name: None for name in chain_names if names.is_service_chain(name)}
+    for name, timeout in sets:
+        if names.is_affinity_set(name):
+            kernel.sets[name] = Container(name, addr, flags="dynamic,timeout", timeout=timeout)
+        elif names.is_endpoints_map(name):
+            kernel.sets[name] = endpoints_map(family, name)
+        elif names.is_shared_endpoints_map(name):
+            kernel.sets[name] = shared_map(family, name)
+        elif name.startswith(names.MEMBERS):
+            kernel.sets[name] = members_set(family, name)
+        elif name.startswith(names.CLIENT_AFFINITY):
+            kernel.sets[name] = affinity_map(family, name, timeout)
+    return kernel
 
 
 def _first_lines(text: str, n: int = 6) -> str:

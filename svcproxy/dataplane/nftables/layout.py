@@ -62,11 +62,22 @@ SLOTS = (2**32 - 1) // SLOT  # slots per map: 32-bit keys, and each range's end 
 SHARED_CONTAINERS = frozenset({HAIRPIN})  # elements several services may claim (refcounted)
 
 
+class Hook(NamedTuple):
+    """Where a base chain is attached to netfilter (its policy is always accept)."""
+
+    type: str  # "filter" or "nat"
+    hook: str  # "prerouting", "input", "forward", "output" or "postrouting"
+    priority: int  # in numbers: nft 1.0.6 accepts the names (dstnat = -100) only on some hooks
+
+    def __str__(self) -> str:
+        return f"type {self.type} hook {self.hook} priority {self.priority}; policy accept;"
+
+
 @dataclass(frozen=True)
 class Chain:
     name: str
     rules: tuple[str, ...] = ()
-    hook: str = ""  # e.g. "type filter hook input priority dstnat - 10; policy accept;" for base chains
+    hook: Hook | None = None  # base chains only
     comment: str = ""
 
 
@@ -204,11 +215,7 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
     mark = masquerade_mark(cfg)
     new = "ct state new"
 
-    # Priorities in numbers (dstnat = -100, srcnat = 100): nft 1.0.6 accepts the names only
-    # on some hooks. Filter chains run just before DNAT so they see the service address.
-    def base(kind: str, hook: str, prio: str) -> str:
-        return f"type {kind} hook {hook} priority {prio}; policy accept;"
-
+    # Filter chains run just before DNAT (-100) so they see the service address.
     nodeport_check, nodeport_dispatch = _nodeport_rules(cfg)
     triple = f"{ip} daddr . meta l4proto . th dport"
     service_check: tuple[str, ...] = (f"{triple} vmap @{NO_ENDPOINT_SERVICES}",)
@@ -221,17 +228,17 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
         # The firewall must see the service address, so it runs before DNAT; the endpoint and
         # ClusterIP checks run after it (priority 0), so traffic that a service chain already
         # rewrote (e.g. short-circuited local traffic) is not dropped as "no endpoints".
-        Chain(FILTER_PREROUTING_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "prerouting", "-110")),
-        Chain(FILTER_OUTPUT_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), base("filter", "output", "-110")),
+        Chain(FILTER_PREROUTING_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), Hook("filter", "prerouting", -110)),
+        Chain(FILTER_OUTPUT_PRE_DNAT, (f"{new} jump {FIREWALL_CHECK}",), Hook("filter", "output", -110)),
         Chain(FILTER_INPUT, (f"{new} jump {NODEPORT_ENDPOINTS_CHECK}", f"{new} jump {SERVICE_ENDPOINTS_CHECK}",
-                             *remember), base("filter", "input", "0")),
+                             *remember), Hook("filter", "input", 0)),
         Chain(FILTER_FORWARD, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}",
-                               *remember), base("filter", "forward", "0")),
+                               *remember), Hook("filter", "forward", 0)),
         Chain(FILTER_OUTPUT, (f"{new} jump {SERVICE_ENDPOINTS_CHECK}", f"{new} jump {CLUSTER_IPS_CHECK}",
-                              *remember), base("filter", "output", "0")),
-        Chain(NAT_PREROUTING, (f"jump {SERVICES}",), base("nat", "prerouting", "-100")),
-        Chain(NAT_OUTPUT, (f"jump {SERVICES}",), base("nat", "output", "-100")),
-        Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), base("nat", "postrouting", "100")),
+                              *remember), Hook("filter", "output", 0)),
+        Chain(NAT_PREROUTING, (f"jump {SERVICES}",), Hook("nat", "prerouting", -100)),
+        Chain(NAT_OUTPUT, (f"jump {SERVICES}",), Hook("nat", "output", -100)),
+        Chain(NAT_POSTROUTING, (f"jump {MASQUERADING}",), Hook("nat", "postrouting", 100)),
         Chain(CLUSTER_IPS_CHECK, (
             f'{ip} daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"',
             *([f'{ip} daddr {{ {", ".join(service_cidrs)} }} drop comment "Drop traffic to unallocated ClusterIPs"']

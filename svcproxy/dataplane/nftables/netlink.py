@@ -1,4 +1,5 @@
-"""A path below the nft command: our own transactions encoded as nf_tables netlink messages.
+"""A path below the nft command: our own transactions encoded as nf_tables netlink messages,
+from the same typed commands (commands.py) that Tx.text() writes out for nft.
 
 Every `nft` run first re-reads the table (about 2 s at 10,000 services, even to add one
 element), because another program may have changed it. We know what we programmed, so for the
@@ -6,9 +7,9 @@ commands our dataplane sends to per-service objects (chains, their rules, affini
 elements) and for a full sync's commit (base chains and their jumps, map flushes, elements) we
 encode the netlink batch ourselves and session.py sends it on one kept-open socket: a
 one-endpoint change then costs the kernel's commit (see docs/performance.md), not an nft run.
-Anything this encoder does not know (the table, set and map declarations, the fixed regular
-chains' rules, anonymous sets other than the numgen vmap, ...) raises Unsupported and the
-caller uses nft.
+Anything this encoder does not know (the table, its fixed sets and maps, the maps layout's
+members sets, the fixed regular chains' rules, anonymous sets other than the numgen vmap, ...)
+raises Unsupported and the caller uses nft.
 
 The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
 ruleset` prints rules programmed here exactly as if nft had added them.
@@ -23,7 +24,21 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 from functools import cached_property, lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from .commands import (
+    AddChain,
+    AddContainer,
+    AddElements,
+    AddRule,
+    Command,
+    DeleteChain,
+    DeleteContainer,
+    DeleteElements,
+    FlushChain,
+    FlushContainer,
+)
+from .layout import Container, Hook
 
 NFNL_SUBSYS_NFTABLES = 10
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
@@ -161,29 +176,20 @@ TOKEN = re.compile(r'"[^"]*"|\{|\}|,|[^\s{},]+')
 SADDR_JUMP = re.compile(r"(ip6?) saddr ([0-9a-fA-F.:]+) jump (\S+)")
 DNAT = re.compile(r"meta l4proto (tcp|udp|sctp) dnat to \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 PROTO_BYTES = {name: bytes([num]) for name, num in PROTOCOLS.items()}
-BASE_CHAIN = re.compile(r"\{ type (filter|nat) hook (prerouting|input|forward|output|postrouting) "
-                        r"priority (-?\d+); policy accept; \}")
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}  # NF_INET_*
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
 IPS_DST_NAT = 1 << 5  # conntrack status: the connection's destination was rewritten
 DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+)(?: offset (\d+))? map @(\S+)")
-ENDPOINTS_MAP = re.compile(r"\{ typeof numgen random mod (\d+) : (ip6?) daddr \. (tcp|udp|sctp) dport; "
-                           r"flags interval;(?: comment \"([^\"]*)\";)? \}")
 # nft 1.0.6's userdata describing "typeof numgen random mod 1000000 : ip daddr . tcp dport", as
 # read back from a map nft declared; the IPv6 and protocol variants differ in two places
 _TYPEOF_IP_TCP = bytes.fromhex(
     "000401000000010400000000031a0004170000000112000401000000010440420f00020400000000043400040d00"
     "0000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040800000001040200"
     "0000060400000000")
-_TYPEOF_MEMBERS = bytes.fromhex(  # "typeof ip daddr . tcp dport"
-    "000400000000033400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c0004"
-    "08000000010402000000")
 _TYPEOF_AFFINITY = bytes.fromhex(  # "typeof ip saddr : ip daddr"
     "0004020000000104020000000314000407000000010c00040c00000001040b0000000414000407000000010c00040c000000"
     "01040c000000060400000000")
-MEMBERS_SET = re.compile(r"\{ typeof (ip6?) daddr \. (tcp|udp|sctp) dport; \}")
-AFFINITY_MAP = re.compile(r"\{ typeof (ip6?) saddr : (ip6?) daddr; flags dynamic,timeout; timeout (\d+)s; \}")
 INTERVAL = re.compile(r"(\d+)-(\d+)")
 ELEM_INTERVAL_END = 1  # NFT_SET_ELEM_INTERVAL_END
 
@@ -245,82 +251,93 @@ class Compiler:
 
     # commands
 
-    def encodes(self, lines: Iterable[str]) -> bool:
+    def encodes(self, commands: Iterable[Command]) -> bool:
         """Add the commands' messages; False (and nothing added) where only nft can encode one."""
         mark = len(self.messages)
         try:
-            for line in lines:
-                self.command(line)
+            for command in commands:
+                self.command(command)
         except Unsupported:
             del self.messages[mark:]
             return False
         return True
 
-    def command(self, line: str) -> None:
-        words = line.split(None, 4)
-        if len(words) < 4 or words[2] != self.family or words[3] != self.table:
-            raise Unsupported(line)
-        verb, kind = words[0], words[1]
-        rest = words[4] if len(words) > 4 else ""
-        name, _, body = rest.partition(" ")
-        table = string(1, self.table)
-        if kind == "chain" and body and verb == "add":
-            self.base_chain(name, body)
-        elif kind == "chain" and not body:
-            if verb == "add":
-                self.add(NEWCHAIN, NLM_F_CREATE, table, string(3, name))
-            elif verb == "flush":
-                self.add(DELRULE, 0, table, string(2, name))
-            elif verb == "delete":
-                self.add(DELCHAIN, 0, table, string(3, name))
-            else:
-                raise Unsupported(line)
-        elif kind == "rule" and verb == "add":
-            self.rule(name, body)
-        elif kind == "element" and verb in ("add", "delete"):
-            self.elements(verb, name, body)
-        elif kind == "set" and verb == "add":
-            self.affinity_set(name, body)
-        elif kind == "map" and verb == "add":
-            if body.startswith("{ typeof numgen "):
-                self.endpoints_map(name, body)
-            else:
-                self.client_affinity_map(name, body)
-        elif kind == "set" and verb == "add" and body.startswith("{ typeof "):
-            self.members_set(name, body)
-        elif kind in ("set", "map") and verb == "delete" and not body:
-            self.add(DELSET, 0, table, string(2, name))
-        elif kind in ("set", "map") and verb == "flush" and not body:
-            self.add(DELSETELEM, 0, table, string(2, name))  # no element list: the kernel flushes
+    def command(self, command: Command) -> None:
+        encode = ENCODERS.get(type(command))
+        if encode is None:  # the table
+            raise Unsupported(command.text(f"{self.family} {self.table}"))
+        encode(self, command)
+
+    def add_chain(self, command: AddChain) -> None:
+        chain = command.chain
+        if chain.comment:  # (a regular chain's comment)
+            raise Unsupported(command.text(f"{self.family} {self.table}"))
+        if chain.hook is not None:
+            self.base_chain(chain.name, chain.hook)
         else:
-            raise Unsupported(line)
+            self.add(NEWCHAIN, NLM_F_CREATE, string(1, self.table), string(3, chain.name))
 
-    def base_chain(self, name: str, body: str) -> None:
-        """`add chain NAME { type filter hook input priority 0; policy accept; }`, as fixed_chains
-        writes base chains (numeric priority, policy accept)."""
-        m = BASE_CHAIN.fullmatch(body)
-        if not m:
-            raise Unsupported(f"chain {name} {body}")
-        kind, hook, priority = m.groups()
-        self.add(NEWCHAIN, NLM_F_CREATE, string(1, self.table), string(3, name), string(7, kind),
-                 u32(5, NF_ACCEPT), nest(4, u32(1, HOOKS[hook]), u32(2, int(priority))))
+    def add_rule(self, command: AddRule) -> None:
+        self.rule(command.chain, command.rule)
 
-    def affinity_set(self, name: str, body: str) -> None:
-        m = re.fullmatch(r"\{ type (ipv4_addr|ipv6_addr); flags dynamic,timeout; timeout (\d+)s; \}", body)
-        if not m:
-            raise Unsupported(f"set {name} {body}")
-        v4 = m.group(1) == "ipv4_addr"
+    def flush_chain(self, command: FlushChain) -> None:
+        self.add(DELRULE, 0, string(1, self.table), string(2, command.name))
+
+    def delete_chain(self, command: DeleteChain) -> None:
+        self.add(DELCHAIN, 0, string(1, self.table), string(3, command.name))
+
+    def add_elements(self, command: AddElements) -> None:
+        self.elements("add", command.container, ((e.key, e.value, e.comment) for e in command.elements))
+
+    def delete_elements(self, command: DeleteElements) -> None:
+        self.elements("delete", command.container, ((k, "", "") for k in command.keys))
+
+    def add_container(self, command: AddContainer) -> None:
+        self.container(command.container)
+
+    def delete_container(self, command: DeleteContainer) -> None:
+        self.add(DELSET, 0, string(1, self.table), string(2, command.name))
+
+    def flush_container(self, command: FlushContainer) -> None:
+        self.add(DELSETELEM, 0, string(1, self.table), string(2, command.name))  # no element list: the kernel flushes
+
+    def base_chain(self, name: str, hook: Hook) -> None:
+        """A base chain as fixed_chains writes it (policy accept)."""
+        if hook.type not in ("filter", "nat") or hook.hook not in HOOKS:
+            raise Unsupported(f"chain {name} {hook}")
+        self.add(NEWCHAIN, NLM_F_CREATE, string(1, self.table), string(3, name), string(7, hook.type),
+                 u32(5, NF_ACCEPT), nest(4, u32(1, HOOKS[hook.hook]), u32(2, hook.priority)))
+
+    def container(self, c: Container) -> None:
+        """The per-service sets and maps our layouts declare; the fixed ones are nft's job
+        (declared once, with the table)."""
+        fam = self.family
+        if c.kind == "set" and not c.typeof and not c.comment and c.key_type in ("ipv4_addr", "ipv6_addr") \
+                and c.flags == "dynamic,timeout" and c.timeout > 0:
+            self.affinity_set(c.name, c.key_type == "ipv4_addr", c.timeout)
+            return
+        if c.kind == "map" and c.typeof and not c.timeout:
+            modulus = c.key_type.removeprefix("numgen random mod ")
+            proto = c.value_type.removeprefix(f"{fam} daddr . ").removesuffix(" dport")
+            if modulus.isdigit() and proto in PROTOCOLS and c.value_type == f"{fam} daddr . {proto} dport" \
+                    and c.flags == "interval":
+                self.endpoints_map(c.name, int(modulus), proto, c.comment)
+                return
+        if c.kind == "map" and c.typeof and not c.comment and c.key_type == f"{fam} saddr" \
+                and c.value_type == f"{fam} daddr" and c.flags == "dynamic,timeout" and c.timeout > 0:
+            self.client_affinity_map(c.name, c.timeout)
+            return
+        raise Unsupported(AddContainer(c).text(f"{fam} {self.table}"))
+
+    def affinity_set(self, name: str, v4: bool, timeout: int) -> None:
+        """A kube-proxy layout's per-endpoint ClientIP affinity set (`flags dynamic,timeout`)."""
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_TIMEOUT | SET_EVAL),
                  u32(4, TYPE_IPADDR if v4 else TYPE_IP6ADDR), u32(5, 4 if v4 else 16), u32(10, self.next_set_id()),
-                 u64(11, int(m.group(2)) * 1000), attr(13, udata(0, struct.pack("=I", BYTEORDER_BIG))))
+                 u64(11, timeout * 1000), attr(13, udata(0, struct.pack("=I", BYTEORDER_BIG))))
 
-    def endpoints_map(self, name: str, body: str) -> None:
+    def endpoints_map(self, name: str, modulus: int, proto: str, comment: str) -> None:
         """The maps layout's `typeof numgen random mod N : ip daddr . tcp dport; flags interval`
         map, with nft's own description of the typeof expressions (so `nft list` prints it)."""
-        m = ENDPOINTS_MAP.fullmatch(body)
-        if not m or m.group(2) != self.family:
-            raise Unsupported(f"map {name} {body}")
-        modulus, proto, comment = int(m.group(1)), m.group(3), m.group(4)
         set_id = self.next_set_id()
         self.set_ids[name] = set_id
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_INTERVAL),
@@ -329,22 +346,9 @@ class Compiler:
                  attr(13, typeof_udata(self.family, proto, modulus=modulus)
                       + (set_comment_udata(comment) if comment else b"")))
 
-    def members_set(self, name: str, body: str) -> None:
-        """`typeof ip daddr . tcp dport`: the endpoints a ClientIP affinity map may hold."""
-        m = MEMBERS_SET.fullmatch(body)
-        if not m or m.group(1) != self.family:
-            raise Unsupported(f"set {name} {body}")
-        self.set_ids[name] = set_id = self.next_set_id()
-        self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name),
-                 u32(4, 0x1CD if self.family == "ip" else 0x20D), u32(5, self.addr_len + 4), u32(10, set_id),
-                 attr(13, typeof_udata(self.family, m.group(2), _TYPEOF_MEMBERS)))
-
-    def client_affinity_map(self, name: str, body: str) -> None:
+    def client_affinity_map(self, name: str, timeout: int) -> None:
         """`typeof ip saddr : ip daddr; flags dynamic,timeout`: a client's endpoint, written by
         the packet path."""
-        m = AFFINITY_MAP.fullmatch(body)
-        if not m or m.group(1) != self.family or m.group(2) != self.family:
-            raise Unsupported(f"map {name} {body}")
         addr_type = TYPE_IPADDR if self.family == "ip" else TYPE_IP6ADDR
         user = _TYPEOF_AFFINITY
         if self.family == "ip6":
@@ -353,19 +357,13 @@ class Compiler:
         self.set_ids[name] = set_id = self.next_set_id()
         self.add(NEWSET, NLM_F_CREATE, string(1, self.table), string(2, name), u32(3, SET_MAP | SET_TIMEOUT | SET_EVAL),
                  u32(4, addr_type), u32(5, self.addr_len), u32(6, addr_type), u32(7, self.addr_len),
-                 u32(10, set_id), u64(11, int(m.group(3)) * 1000), attr(13, user))
+                 u32(10, set_id), u64(11, timeout * 1000), attr(13, user))
 
-    def elements(self, verb: str, set_name: str, body: str) -> None:
-        if not (body.startswith("{ ") and body.endswith(" }")):
-            raise Unsupported(body)
+    def elements(self, verb: str, set_name: str, elements: Iterable[tuple[str, str, str]]) -> None:
+        """(key, value, comment) items, in messages below the attribute limit."""
         items: list[bytes] = []
         size = 0
-        for item in split_top(body[2:-2]):
-            key_text, _, value = item.partition(" : ")
-            comment = ""
-            m = re.fullmatch(r'(.*?) comment "([^"]*)"', key_text)
-            if m:
-                key_text, comment = m.groups()
+        for key_text, value, comment in elements:
             span = INTERVAL.fullmatch(key_text)
             if span:  # a numgen range of an endpoint map: its start (with the data) and its end
                 items += self.interval(verb, int(span.group(1)), int(span.group(2)), value, comment)
@@ -482,6 +480,14 @@ class Compiler:
         self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
         return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
                 lookup(name, set_id, dreg=REG_VERDICT)]
+
+
+ENCODERS: dict[type, Callable[[Compiler, Any], None]] = {
+    AddRule: Compiler.add_rule, AddElements: Compiler.add_elements, DeleteElements: Compiler.delete_elements,
+    AddChain: Compiler.add_chain, FlushChain: Compiler.flush_chain, DeleteChain: Compiler.delete_chain,
+    AddContainer: Compiler.add_container, FlushContainer: Compiler.flush_container,
+    DeleteContainer: Compiler.delete_container,
+}  # every command but AddTable, by type
 
 
 class _RuleText:
@@ -621,14 +627,9 @@ def typeof_udata(family: str, proto: str, template: bytes = _TYPEOF_IP_TCP, modu
     return data[:i] + bytes([0x0C, 0, 4, {"tcp": 8, "udp": 6, "sctp": 10}[proto]]) + data[i + 4:]
 
 
-def split_top(text: str) -> list[str]:
-    """Split "a : b, c : d" at commas (our element items never contain commas)."""
-    return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def compile_commands(family: str, table: str, lines: Iterable[str],
-                     anon_prefix: str = "") -> list[tuple[int, int, bytes]]:
+def encode(family: str, table: str, commands: Iterable[Command], anon_prefix: str = "") -> list[tuple[int, int, bytes]]:
+    """The commands' netlink messages (Unsupported where only nft can encode one)."""
     c = Compiler(family, table, anon_prefix)
-    for line in lines:
-        c.command(line)
+    for command in commands:
+        c.command(command)
     return c.messages

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from ...config import NodeConfig
 from ...state import ProxyState
 from . import names, session
-from .kernel import KernelIO
+from .commands import Tx
+from .kernel import Driver
 from .layout import Chain, Container
 from .netlink import Compiler
 from .render import BlockCache, ServiceRules, service_order
 from .service import Element
-from .transaction import Kernel, Tx, commit, delete_unused_sets, desired_elements, respecified, uses_sets
+from .transaction import Kernel, commit, delete_unused_sets, desired_elements, respecified, uses_sets
 
 FILL_BATCH_CHAINS = 4000  # chains per fill transaction: the kernel's cost grows with batch size squared
 
@@ -26,7 +27,7 @@ class FullSyncPlanner:
     """The fill and commit transactions of a full sync, rendered through the dataplane's
     BlockCache and encoded for its driver (KernelIO) ahead of sending."""
 
-    def __init__(self, cfg: NodeConfig, cache: BlockCache, io: KernelIO) -> None:
+    def __init__(self, cfg: NodeConfig, cache: BlockCache, io: Driver) -> None:
         self.cfg, self.cache, self.io = cfg, cache, io
         self.render_seconds = 0.0  # of the last full sync (rendered here, in the worker thread)
 
@@ -137,9 +138,9 @@ class _Fill:
     declared_sets: list[Container] = field(default_factory=list)
 
     def _take(self, part: Tx) -> None:
-        if self.compiler is not None and not self.compiler.encodes(part.lines):
+        if self.compiler is not None and not self.compiler.encodes(part):
             self.compiler = None
-        self.tx.lines += part.lines
+        self.tx.extend(part)
 
     def add_maps(self, previous: _Chunk) -> None:
         """The maps layout's endpoint maps, with their elements, in the transaction whose rules
@@ -164,11 +165,11 @@ class _Fill:
         for c in sorted(previous.fill, key=_without_vmap):
             part = Tx(self.tx.cfg)
             part.fill_chain(c, flush=c.name not in previous.fresh)
-            if self.compiler is not None and not self.compiler.encodes(part.lines):
-                deferred.tx.lines += part.lines
+            if self.compiler is not None and not self.compiler.encodes(part):
+                deferred.tx.extend(part)
                 deferred.filled.append(c)
                 continue
-            self.tx.lines += part.lines
+            self.tx.extend(part)
             self.filled.append(c)
 
     def add_ranges(self, previous: _Chunk) -> None:

@@ -1,6 +1,6 @@
-"""Turn desired ServiceRules and what the kernel holds into `nft -f` transactions.
+"""Turn desired ServiceRules and what the kernel holds into transactions (commands.Tx).
 
-Three shapes, all plain nft commands (readable, and what `nft monitor` shows):
+Three shapes:
 - declare(): create chains and affinity sets that don't exist yet (empty and unreferenced, so
   invisible to traffic); kept apart from their rules because the kernel resolves references to
   chains created in the same transaction by a linear walk of that transaction.
@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from . import names
-from .layout import SHARED_CONTAINERS, Chain, Container, containers, fixed_chains, nodeport_set_ips
-from .render import ServiceRules, element_text, static_elements
+from .commands import Tx
+from .layout import (
+    NODEPORT_IPS,
+    SHARED_CONTAINERS,
+    Chain,
+    Container,
+    containers,
+    fixed_chains,
+    nodeport_set_ips,
+)
+from .render import ServiceRules, static_elements
 from .service import Element
-
-ELEMENTS_PER_COMMAND = 1000
 
 log = logging.getLogger(__name__)
 
@@ -44,54 +51,6 @@ class Kernel:
     refs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
-class Tx:
-    """Accumulates nft commands for one transaction of the kube-proxy table."""
-
-    def __init__(self, cfg: NodeConfig) -> None:
-        self.cfg = cfg
-        self.prefix = f"{names.family_keyword(cfg.ip_family)} {names.TABLE}"
-        self.lines: list[str] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.lines)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n" if self.lines else ""
-
-    def add_container(self, c: Container) -> None:
-        self.lines.append(f"add {c.kind} {self.prefix} {c.name} {{ {'; '.join(c.spec())}; }}")
-
-    def add_chain(self, chain: Chain) -> None:
-        extra = [chain.hook] if chain.hook else []
-        if chain.comment:
-            extra.append(f'comment "{chain.comment}";')
-        self.lines.append(f"add chain {self.prefix} {chain.name}" + (f" {{ {' '.join(extra)} }}" if extra else ""))
-
-    def fill_chain(self, chain: Chain, flush: bool) -> None:
-        if flush:
-            self.lines.append(f"flush chain {self.prefix} {chain.name}")
-        self.lines += [f"add rule {self.prefix} {chain.name} {rule}" for rule in chain.rules]
-
-    def flush_chains(self, chains: Iterable[str]) -> None:
-        self.lines += [f"flush chain {self.prefix} {name}" for name in chains]
-
-    def delete_chains(self, chains: Iterable[str]) -> None:
-        self.lines += [f"delete chain {self.prefix} {name}" for name in chains]
-
-    def delete_set(self, name: str) -> None:
-        self.lines.append(f"delete {names.container_kind(name)} {self.prefix} {name}")
-
-    def add_elements(self, container: str, elements: Iterable[Element]) -> None:
-        items = [element_text(e) for e in elements]
-        for i in range(0, len(items), ELEMENTS_PER_COMMAND):
-            self.lines.append(f"add element {self.prefix} {container} {{ {', '.join(items[i:i + ELEMENTS_PER_COMMAND])} }}")
-
-    def delete_elements(self, container: str, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        for i in range(0, len(keys), ELEMENTS_PER_COMMAND):
-            self.lines.append(f"delete element {self.prefix} {container} {{ {', '.join(keys[i:i + ELEMENTS_PER_COMMAND])} }}")
-
-
 def fixed_part(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple:
     """What declare_fixed() programs, to compare with Kernel.fixed."""
     return containers(cfg), tuple(c for c in fixed_chains(cfg, service_cidrs) if not c.hook)
@@ -104,7 +63,7 @@ def declare_fixed(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> Tx:
     table first. No base chain jumps here yet (they come with commit()), so on a cold start
     traffic sees none of it before the commit."""
     tx = Tx(cfg)
-    tx.lines.append(f'add table {tx.prefix} {{ comment "{names.TABLE_COMMENT_TEXT}"; }}')
+    tx.add_table()
     for c in containers(cfg):
         tx.add_container(c)
     regular = [c for c in fixed_chains(cfg, service_cidrs) if not c.hook]
@@ -112,8 +71,8 @@ def declare_fixed(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> Tx:
         tx.add_chain(c)
         tx.fill_chain(c, flush=True)
     if nodeport_set_ips(cfg) is None:  # add+delete: delete alone fails when it does not exist
-        tx.lines += [f"add set {tx.prefix} nodeport-ips {{ type {containers(cfg)[0].key_type}; }}",
-                     f"delete set {tx.prefix} nodeport-ips"]
+        tx.add_container(Container(NODEPORT_IPS, containers(cfg)[0].key_type))
+        tx.delete_set(NODEPORT_IPS)
     return tx
 
 
@@ -127,12 +86,13 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
     hooked = [c for c in fixed_chains(cfg) if c.hook]
     if recreate_base:  # so that changed hook properties (priorities) take effect
         for c in hooked:
-            tx.lines += [f"add chain {tx.prefix} {c.name}", f"delete chain {tx.prefix} {c.name}"]
+            tx.add_chain(Chain(c.name))
+            tx.delete_chains([c.name])
     for c in hooked:
         tx.add_chain(c)
-        tx.lines.append(f"flush chain {tx.prefix} {c.name}")
+        tx.flush_chains([c.name])
     for c in containers(cfg):
-        tx.lines.append(f"flush {c.kind} {tx.prefix} {c.name}")
+        tx.flush_container(c.kind, c.name)
     for c in hooked:
         tx.fill_chain(c, flush=False)
     for name, els in elements.items():
@@ -143,7 +103,7 @@ def commit(cfg: NodeConfig, chains: dict[str, Chain], elements: dict[str, dict[s
         if names.is_data_container(name):
             wanted, known = elements.get(name, {}), kernel.elements.get(name)
             if known is None:  # content unknown (found at startup)
-                tx.lines.append(f"flush {names.container_kind(name)} {tx.prefix} {name}")
+                tx.flush_container(names.container_kind(name), name)
                 tx.add_elements(name, wanted.values())
             elif known != wanted:
                 tx.delete_elements(name, [k for k, el in known.items() if wanted.get(k) != el])
