@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...config import NodeConfig
 from . import names
@@ -42,19 +43,28 @@ class AddChain:
 
 
 @dataclass(slots=True)
-class FlushChain:
+class _OnChain:
+    """A verb on a chain, by name."""
+
     name: str
+    verb: ClassVar[str] = ""
 
     def text(self, prefix: str) -> str:
-        return f"flush chain {prefix} {self.name}"
+        return f"{self.verb} chain {prefix} {self.name}"
 
 
-@dataclass(slots=True)
-class DeleteChain:
-    name: str
+class FlushChain(_OnChain):
+    """Remove a chain's rules."""
 
-    def text(self, prefix: str) -> str:
-        return f"delete chain {prefix} {self.name}"
+    __slots__ = ()
+    verb = "flush"
+
+
+class DeleteChain(_OnChain):
+    """Remove a chain, its own rules with it (refused while a rule or element jumps to it)."""
+
+    __slots__ = ()
+    verb = "delete"
 
 
 @dataclass(slots=True)
@@ -80,21 +90,29 @@ class AddContainer:
 
 
 @dataclass(slots=True)
-class FlushContainer:
+class _OnContainer:
+    """A verb on a set or map, by name."""
+
     kind: str  # "set" or "map"
     name: str
+    verb: ClassVar[str] = ""
 
     def text(self, prefix: str) -> str:
-        return f"flush {self.kind} {prefix} {self.name}"
+        return f"{self.verb} {self.kind} {prefix} {self.name}"
 
 
-@dataclass(slots=True)
-class DeleteContainer:
-    kind: str
-    name: str
+class FlushContainer(_OnContainer):
+    """Remove every element."""
 
-    def text(self, prefix: str) -> str:
-        return f"delete {self.kind} {prefix} {self.name}"
+    __slots__ = ()
+    verb = "flush"
+
+
+class DeleteContainer(_OnContainer):
+    """Remove a set or map (refused while a rule uses it)."""
+
+    __slots__ = ()
+    verb = "delete"
 
 
 @dataclass(slots=True)

@@ -18,21 +18,9 @@ from dataclasses import dataclass, field, replace
 
 from ...config import NodeConfig
 from ..protocol import ApplyError
+from . import commands as cmd
 from . import names
-from .commands import (
-    AddChain,
-    AddContainer,
-    AddElements,
-    AddRule,
-    AddTable,
-    Command,
-    DeleteChain,
-    DeleteContainer,
-    DeleteElements,
-    FlushChain,
-    FlushContainer,
-    Tx,
-)
+from .commands import AddTable, Command, Tx
 from .kernel import holding
 from .layout import Chain, Container, Hook
 from .render import chain_text, container_text
@@ -166,26 +154,26 @@ def _apply(table: Table | None, command: Command) -> Table:
     if table is None:
         raise _Error("No such file or directory (no table)")
     match command:
-        case AddChain(chain):
+        case cmd.AddChain(chain):
             _add_chain(table, chain)
-        case FlushChain(name):
+        case cmd.FlushChain(name):
             _chain(table, name).rules.clear()
-        case DeleteChain(name):
+        case cmd.DeleteChain(name):
             _delete_chain(table, name)
-        case AddRule(chain, rule):
+        case cmd.AddRule(chain, rule):
             _add_rule(table, chain, rule)
-        case AddContainer(container):
+        case cmd.AddContainer(container):
             _add_container(table, container)
-        case FlushContainer(kind, name):
+        case cmd.FlushContainer(kind, name):
             _set(table, kind, name).elements.clear()
-        case DeleteContainer(kind, name):
+        case cmd.DeleteContainer(kind, name):
             _set(table, kind, name)
             if users := table.set_users(name):
                 raise _Error(f"Device or resource busy ({name} is used by chain {users[0]})")
             del table.sets[name]
-        case AddElements(container, elements):
+        case cmd.AddElements(container, elements):
             _add_elements(table, container, elements)
-        case DeleteElements(container, keys):
+        case cmd.DeleteElements(container, keys):
             s = _set(table, names.container_kind(container), container, any_kind=True)
             for key in keys:
                 if s.elements.pop(key, None) is None:
