@@ -3,11 +3,12 @@ so that the planners and the dataplane can be tested without root.
 
 Like the kernel, it applies a transaction's commands in order and keeps the result only if
 every command was accepted, and it refuses what nf_tables refuses, with its words: a missing
-table, chain, set or element (ENOENT); deleting a chain that a rule or map element still
-jumps to, or a set a rule still uses (EBUSY; a chain's own rules go with it); declaring an existing set
-with another type or flags, re-adding a key with other data, overlapping ranges (EEXIST); data in a plain
-set, a jump to a base chain (EINVAL/EOPNOTSUPP). The kernel tests stay the proof; this is the
-model they check (tests/nftables/test_fake_kernel.py runs both on the same transactions).
+table, chain, set or element (ENOENT); deleting a chain that a rule or map element still jumps
+to, or a set a rule still uses (EBUSY; a chain's own rules go with it); declaring an existing
+set with another type or flags, re-adding a key with other data, overlapping ranges (EEXIST);
+data in a plain set, a jump to a base chain (EINVAL/EOPNOTSUPP). The kernel tests stay the
+proof; this is the model they check (tests/nftables/test_fake_kernel.py runs both on the same
+transactions).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..protocol import ApplyError
 from . import commands as cmd
 from . import names
 from .commands import AddTable, Command, Tx
-from .kernel import holding
+from .kernel import holding, record
 from .layout import Chain, Container, Hook
 from .render import chain_text, container_text
 from .service import Element
@@ -88,7 +89,7 @@ class FakeKernel:
     def run_tx(self, tx: Tx, messages: object = None) -> None:
         if not tx:
             return
-        self.transactions.append(tx.text())
+        self.transactions.append(record(tx))
         self.timings.append(("fake", len(tx), 0.0))
         table = copy.deepcopy(self.table)
         for n, command in enumerate(tx, 1):
@@ -165,16 +166,16 @@ def _apply(table: Table | None, command: Command) -> Table:
         case cmd.AddContainer(container):
             _add_container(table, container)
         case cmd.FlushContainer(kind, name):
-            _set(table, kind, name).elements.clear()
+            _set(table, name, kind).elements.clear()
         case cmd.DeleteContainer(kind, name):
-            _set(table, kind, name)
+            _set(table, name, kind)
             if users := table.set_users(name):
                 raise _Error(f"Device or resource busy ({name} is used by chain {users[0]})")
             del table.sets[name]
         case cmd.AddElements(container, elements):
             _add_elements(table, container, elements)
         case cmd.DeleteElements(container, keys):
-            s = _set(table, names.container_kind(container), container, any_kind=True)
+            s = _set(table, container)
             for key in keys:
                 if s.elements.pop(key, None) is None:
                     raise _Error(f"No such file or directory (no element {key} in {container})")
@@ -188,10 +189,11 @@ def _chain(table: Table, name: str) -> FakeChain:
     return chain
 
 
-def _set(table: Table, kind: str, name: str, any_kind: bool = False) -> FakeSet:
+def _set(table: Table, name: str, kind: str = "") -> FakeSet:
+    """A set or map by name (and of this kind, when given: flush and delete name it)."""
     s = table.sets.get(name)
-    if s is None or (not any_kind and s.container.kind != kind):
-        raise _Error(f"No such file or directory (no {kind} {name})")
+    if s is None or (kind and s.container.kind != kind):
+        raise _Error(f"No such file or directory (no {kind or 'set or map'} {name})")
     return s
 
 
@@ -241,7 +243,7 @@ def _add_container(table: Table, c: Container) -> None:
 
 
 def _add_elements(table: Table, name: str, elements: tuple[Element, ...]) -> None:
-    s = _set(table, names.container_kind(name), name, any_kind=True)
+    s = _set(table, name)
     is_map = bool(s.container.value_type)
     for e in elements:
         if bool(e.value) != is_map:

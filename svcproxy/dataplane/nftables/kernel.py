@@ -175,11 +175,7 @@ class KernelIO:
         return "nft"
 
     def _record(self, tx: Tx) -> None:
-        """Keep the input of small transactions for tests and debugging (not 40 MB of a cold load)."""
-        if len(tx) <= RECORD_MAX_COMMANDS:
-            self.transactions.append(tx.text())
-        else:
-            self.transactions.append(f"# {len(tx)} commands, starting with:\n" + "\n".join(tx.lines(20)) + "\n")
+        self.transactions.append(record(tx))
 
     def delete_table(self, family: str) -> None:
         """Delete our table of this family (nothing else); fine when there is none."""
@@ -227,6 +223,14 @@ class KernelIO:
         if proc.returncode != 0:
             raise ApplyError(f"{' '.join(argv)} failed: {_first_lines(proc.stderr)}")
         return proc.stdout
+
+
+def record(tx: Tx) -> str:
+    """What a driver keeps of a transaction for tests and debugging: its input, or for a large
+    one (a cold load's 40 MB) a summary."""
+    if len(tx) <= RECORD_MAX_COMMANDS:
+        return tx.text()
+    return f"# {len(tx)} commands, starting with:\n" + "\n".join(tx.lines(20)) + "\n"
 
 
 def holding(family: str, exists: bool, chain_names: Iterable[str], sets: Iterable[tuple[str, int]]) -> Kernel:

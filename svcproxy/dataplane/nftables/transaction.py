@@ -25,6 +25,7 @@ from .layout import (
     SHARED_CONTAINERS,
     Chain,
     Container,
+    addr_type,
     containers,
     fixed_chains,
     nodeport_set_ips,
@@ -71,7 +72,7 @@ def declare_fixed(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> Tx:
         tx.add_chain(c)
         tx.fill_chain(c, flush=True)
     if nodeport_set_ips(cfg) is None:  # add+delete: delete alone fails when it does not exist
-        tx.add_container(Container(NODEPORT_IPS, containers(cfg)[0].key_type))
+        tx.add_container(Container(NODEPORT_IPS, addr_type(cfg)))
         tx.delete_set(NODEPORT_IPS)
     return tx
 
