@@ -24,6 +24,7 @@ def format_endpoint(ip: str, port: int) -> str:
 
 
 NFTABLES_LAYOUTS = ("kube-proxy", "maps")
+DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,14 @@ class NodeConfig:
     # nftables table layout: "kube-proxy" (upstream's names and chains) or "maps" (endpoint
     # changes are data-only map elements; see docs/nftables-layouts.md)
     nftables_layout: str = "kube-proxy"
+    # Local-traffic detection (kube-proxy's --detect-local-mode): which packets count as coming
+    # from a pod. ClusterCIDR uses cluster_cidrs; NodeCIDR the Node's spec.podCIDRs
+    # (node_pod_cidrs); BridgeInterface the input interface bridge_interface; InterfaceNamePrefix
+    # any input interface named interface_name_prefix*. Without its input, nothing is local.
+    detect_local_mode: str = "ClusterCIDR"
+    node_pod_cidrs: tuple[str, ...] = ()
+    bridge_interface: str = ""
+    interface_name_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):
@@ -51,6 +60,9 @@ class NodeConfig:
         if self.nftables_layout not in NFTABLES_LAYOUTS:
             raise ValueError(f"nftables layout must be one of {', '.join(NFTABLES_LAYOUTS)}, "
                              f"got {self.nftables_layout!r}")
+        if self.detect_local_mode not in DETECT_LOCAL_MODES:
+            raise ValueError(f"detect-local mode must be one of {', '.join(DETECT_LOCAL_MODES)}, "
+                             f"got {self.detect_local_mode!r}")
 
     @property
     def family_name(self) -> str:
