@@ -1,11 +1,38 @@
-"""`svcproxy cleanup`: remove everything svcproxy programmed, and nothing else."""
+"""`svcproxy cleanup` (and `run --cleanup`, kube-proxy's flag): remove everything svcproxy
+programmed, and nothing else."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import click
 
 from ..config import NodeConfig
 from ..dataplane import RUN_MODES, ApplyError, dataplane
+
+
+def _interface_exists(name: str) -> bool:
+    import os
+
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def cleanup_everything(modes: tuple[str, ...] = RUN_MODES, echo: Callable[[str], None] = click.echo) -> bool:
+    """Run every given mode's cleanup; False if one failed (each failure is reported)."""
+    ok = True
+    for mode in modes:
+        had_interface = mode == "userspace" and _interface_exists("svcproxy0")
+        try:
+            dataplane(mode, NodeConfig()).cleanup()
+        except ApplyError as e:
+            click.echo(f"error: {mode} mode: {e}", err=True)
+            ok = False
+            continue
+        if mode != "userspace":
+            echo(f"{mode}: removed svcproxy's rules (both families; foreign rules stay)")
+        else:
+            echo("userspace: removed interface svcproxy0" if had_interface else "userspace: no svcproxy0 interface")
+    return ok
 
 
 @click.command()
@@ -14,15 +41,5 @@ from ..dataplane import RUN_MODES, ApplyError, dataplane
 def cleanup(proxy_mode: str | None) -> None:
     """Remove svcproxy's chains, jumps and tables (both IP families), and userspace mode's
     svcproxy0 interface; foreign rules stay."""
-    failed = False
-    for mode in [proxy_mode] if proxy_mode else list(RUN_MODES):
-        dp = dataplane(mode, NodeConfig())
-        try:
-            dp.cleanup()
-        except ApplyError as e:
-            click.echo(f"error: {mode} mode: {e}", err=True)
-            failed = True
-            continue
-        click.echo(f"{mode}: removed svcproxy's " + ("interface svcproxy0" if mode == "userspace" else "rules"))
-    if failed:
+    if not cleanup_everything((proxy_mode,) if proxy_mode else RUN_MODES):
         raise SystemExit(1)

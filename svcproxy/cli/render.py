@@ -10,9 +10,10 @@ from ..config import NodeConfig
 from ..dataplane import renderer
 from ..gcpause import gc_paused
 from ..model.load import load_paths
+from ..proxyconfig import Settings
 from ..state import ProxyState, build_state
 from . import skip_teardown
-from .options import manifest_option, node_config, node_options
+from .options import manifest_option, proxy_options
 
 
 def report_errors(errors: list[str]) -> None:
@@ -36,12 +37,16 @@ def load_state(paths: tuple[str, ...], cfg: NodeConfig) -> ProxyState:
 
 @click.command()
 @manifest_option(required=True)
-@node_options
-def render(paths: tuple[str, ...], proxy_mode: str, **params: object) -> None:
-    """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH."""
-    cfg = node_config(params)
+@proxy_options
+def render(paths: tuple[str, ...], settings: Settings) -> None:
+    """Print the ruleset (iptables-restore or nft -f input) for the objects in -f PATH.
+
+    Takes kube-proxy's flags and --config file as `svcproxy run` does (the file's mode too)."""
+    for note in settings.notes:
+        click.echo(f"note: {note}", err=True)
+    cfg = settings.node
     with gc_paused():  # bulk work whose objects live to the end: see gcpause.py
         state = load_state(paths, cfg)
-        text = renderer(proxy_mode)(state, cfg)
+        text = renderer(settings.mode)(state, cfg)
     sys.stdout.write(text)
     skip_teardown()

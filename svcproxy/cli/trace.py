@@ -8,21 +8,23 @@ outcomes), json (shared/design.md's contract), svg or png (a picture of the way)
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from ..config import NodeConfig, ip_family
 from ..netfilter import TraceError, render_svg, render_text, trace_packet
-from .options import manifest_option, node_config, node_options
+from ..proxyconfig import Settings
+from .options import manifest_option, proxy_options
 
 
-def _rules_from_manifests(paths: tuple[str, ...], proxy_mode: str, params: dict[str, object]) -> tuple[str, list[str]]:
+def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) -> tuple[str, list[str]]:
     from ..dataplane import renderer
     from .render import load_state
 
-    cfg = node_config(params)
     state = load_state(paths, cfg)
-    return renderer(proxy_mode)(state, cfg), list(cfg.local_ips)
+    return renderer(mode)(state, cfg), list(cfg.local_ips)
 
 
 def _to_png(svg: str) -> bytes:
@@ -41,7 +43,7 @@ def _to_png(svg: str) -> bytes:
               help="The table of --rules given as bare iptables rules without '*nat'/'*filter' lines "
                    "(default: told from the chain names).")
 @manifest_option()
-@node_options
+@proxy_options
 @click.option("--source", required=True, help="The packet's source address.")
 @click.option("--destination", required=True, help="The packet's destination address.")
 @click.option("--port", type=click.IntRange(1, 65535), required=True, help="The destination port.")
@@ -51,23 +53,22 @@ def _to_png(svg: str) -> bytes:
               show_default=True, help="What to print.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False), default=None,
               help="Write the output here instead of stdout.")
-def trace(rules_file: str | None, paths: tuple[str, ...], proxy_mode: str, source: str, destination: str,
-          port: int, protocol: str, output_format: str, output_file: str | None, table: str | None,
-          **params: object) -> None:
+def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, source: str, destination: str,
+          port: int, protocol: str, output_format: str, output_file: str | None, table: str | None) -> None:
     """Walk a new connection SOURCE -> DESTINATION:PORT through a node's netfilter rules and show
     every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
     if bool(rules_file) == bool(paths):
         raise click.UsageError("give either --rules FILE or -f PATH (manifests to render), not both or neither")
-    local = [*(params.get("node_ip") or ()), *(params.get("local_address") or ())]  # type: ignore[misc]
+    cfg = settings.node
+    local = [*cfg.node_ips, *cfg.local_addresses]
     if rules_file:
         try:
             rules = sys.stdin.read() if rules_file == "-" else Path(rules_file).read_text()
         except OSError as e:
             raise click.UsageError(f"cannot read --rules {rules_file}: {e.strerror}") from None
     else:
-        if not params.get("ip_family"):  # the rules of the family the packet is in
-            params = {**params, "ip_family": "IPv6" if ":" in destination else "IPv4"}
-        rules, local = _rules_from_manifests(paths, proxy_mode, params)
+        cfg = replace(cfg, ip_family=ip_family(destination))  # the rules of the packet's family
+        rules, local = _rules_from_manifests(paths, settings.mode, cfg)
     try:
         result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table)
     except TraceError as e:

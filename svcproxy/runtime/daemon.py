@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import NodeConfig
 from ..dataplane import Dataplane, cleanup_other_modes, dataplane
@@ -48,6 +51,15 @@ class DaemonOptions:
     clear_conntrack: bool = True
     # the IP families to program, primary first; empty: cfg.ip_family alone
     families: tuple[int, ...] = ()
+    # kube-proxy's bindAddressHardFail: a healthz/metrics port that cannot be bound stops the
+    # daemon; otherwise the failure is logged and the bind retried every 5 s
+    bind_address_hard_fail: bool = False
+    # the --config file: the daemon exits when it changes, so the pod restarts with the new one
+    config_file: str = ""
+
+
+class ConfigFileChanged(RuntimeError):
+    """The --config file changed under a running daemon (kube-proxy exits on it too)."""
 
 
 class Daemon:
@@ -111,18 +123,23 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
-        runners = []
+        runners: list = []
+        tasks = []
         if self.opts.healthz_bind_address:
-            runners.append(await serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics))
+            tasks.append(self._serve("healthz", runners, lambda: serve_healthz(
+                self.opts.healthz_bind_address, self.health, self.metrics)))
         if self.opts.metrics_bind_address:
-            runners.append(await serve_metrics(self.opts.metrics_bind_address, self.metrics, self.opts.mode))
+            tasks.append(self._serve("metrics", runners, lambda: serve_metrics(
+                self.opts.metrics_bind_address, self.metrics, self.opts.mode)))
+        if self.opts.config_file:
+            tasks.append(asyncio.create_task(watch_config_file(self.opts.config_file), name="config file"))
         if self.status is not None:
             try:
                 runners.append(await serve_status(self.opts.status_bind_address, self.status))
             except OSError as e:  # the page is optional: the proxy runs without it
                 log.error("status page: cannot listen on %s (%s); running without it (choose another "
                           "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
-        tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
+        tasks += [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
         done: set[asyncio.Task] = set()
@@ -143,6 +160,23 @@ class Daemon:
             for r in runners:
                 await r.cleanup()
 
+    def _serve(self, name: str, runners: list, start: Callable[[], Awaitable[Any]]) -> asyncio.Task:
+        """Serve one endpoint as kube-proxy's serveHealthz/serveMetrics do: a port that cannot be
+        bound is fatal with bindAddressHardFail, else logged and retried every 5 s."""
+
+        async def keep_trying() -> None:
+            while True:
+                try:
+                    runners.append(await start())
+                    return
+                except OSError as e:
+                    if self.opts.bind_address_hard_fail:
+                        raise RuntimeError(f"{name} server failed: {e} (bindAddressHardFail is set)") from None
+                    log.error("%s server failed: %s; retrying in 5s", name, e)
+                    await asyncio.sleep(5)
+
+        return asyncio.create_task(keep_trying(), name=f"{name} server")
+
     async def _source(self, source: Source) -> None:
         await source.run(self.store)
 
@@ -151,6 +185,26 @@ class Daemon:
             await self.syncer.synced_once.wait()
             self.syncer.synced_once.clear()
             await self.service_health.reconcile()
+
+
+def _file_signature(path: str) -> tuple[str, float, int] | None:
+    """What changes when a ConfigMap-mounted file is replaced (its symlink target) or edited."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return real, st.st_mtime, st.st_size
+
+
+async def watch_config_file(path: str, interval: float = 1.0) -> None:
+    """Raise ConfigFileChanged once the file at path is written, replaced or removed."""
+    first = _file_signature(path)
+    while True:
+        await asyncio.sleep(interval)
+        if _file_signature(path) != first:
+            raise ConfigFileChanged(f"content of the configuration file {path} was updated; exiting so that "
+                                    "the restarted proxy reads it (as kube-proxy does)")
 
 
 def run_daemon(opts: DaemonOptions) -> None:
@@ -166,5 +220,8 @@ def run_daemon(opts: DaemonOptions) -> None:
             await task
         except asyncio.CancelledError:
             log.info("stopping; the rules stay in place")
+        except (ConfigFileChanged, RuntimeError) as e:
+            log.error("%s", e)
+            raise SystemExit(1) from None
 
     asyncio.run(main())

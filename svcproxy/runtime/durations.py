@@ -35,3 +35,16 @@ def format_duration(seconds: float) -> str:
     if seconds < 60 or seconds % 60:
         return f"{seconds:g}s"
     return f"{seconds / 60:g}m"
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a duration exactly as Go's time.ParseDuration takes it (kube-proxy's flags and
+    config file): a unit is required except for "0", and a sign may lead. ValueError otherwise."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    body = s.lstrip("+-")
+    if body == "0":
+        return 0.0
+    if not body or not _PART.match(body):
+        raise ValueError(f"{text!r} is not a duration (write a number with a unit: 500ms, 30s, 1m, 1h2m3s)")
+    return sign * parse_duration(body)

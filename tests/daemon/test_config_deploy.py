@@ -27,20 +27,20 @@ def test_durations_as_kube_proxy_writes_them() -> None:
             raise AssertionError(bad)
 
 
-def test_config_file_unknown_fields_reported_and_bad_mode_refused(tmp_path: Path) -> None:
+def test_config_file_bad_mode_refused_naming_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "kpc.yaml"
     cfg.write_text(yaml.safe_dump({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-                                   "kind": "KubeProxyConfiguration", "mode": "ipvs",
+                                   "kind": "KubeProxyConfiguration", "mode": "kernelspace",
                                    "conntrack": {"maxPerCore": 1}, "iptables": {"minSyncPeriod": "2s"}}))
     result = CliRunner().invoke(run, ["-f", str(tmp_path), "--config", str(cfg)])
-    assert result.exit_code == 2
-    assert "field 'conntrack' is not supported" in result.output
-    assert "mode 'ipvs' is not supported" in result.output
+    assert result.exit_code == 1
+    assert "mode: 'kernelspace' must be iptables, ipvs, nftables or blank" in result.output
 
 
 def test_bad_duration_flag_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(run, ["-f", str(tmp_path), "--min-sync-period", "soon"])
-    assert result.exit_code == 2 and "not a duration" in result.output
+    for flag in ("--min-sync-period", "--iptables-min-sync-period"):
+        result = CliRunner().invoke(run, ["-f", str(tmp_path), flag, "soon"])
+        assert result.exit_code == 2 and "not a duration" in result.output and flag in result.output
 
 
 def test_no_source_is_a_clear_error(monkeypatch) -> None:
