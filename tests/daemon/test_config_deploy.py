@@ -62,20 +62,53 @@ def test_rbac_is_read_only_least_privilege() -> None:
                        ("networking.k8s.io", "servicecidrs", "list"), ("networking.k8s.io", "servicecidrs", "watch")}
 
 
-def test_daemonset_runs_a_command_the_cli_accepts() -> None:
+def _containers(spec: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def test_daemonset_has_kube_proxys_shape_and_a_command_the_cli_accepts(tmp_path: Path) -> None:
+    """kubeadm's command line, ConfigMap keys and mounts; an --init-only init container."""
+    from svcproxy.cli.options import settings_from
+
     ds = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
     spec = ds["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True
-    c = spec["containers"][0]
-    assert c["command"][:2] == ["svcproxy", "run"]
-    args = [a.replace("$(NODE_NAME)", "n1").replace("$(NODE_IP)", "10.1.2.3") for a in c["command"][2:]]
-    cfg = yaml.safe_load((DEPLOY / "configmap.yaml").read_text())["data"]["config.yaml"]
-    assert yaml.safe_load(cfg)["kind"] == "KubeProxyConfiguration"
-    args = [a for a in args if not a.startswith("--config")]
-    ctx = run.make_context("run", args)  # parses and validates every flag
-    assert ctx.params["hostname_override"] == "n1"
-    assert c["livenessProbe"]["httpGet"]["port"] == 10256
+    data = yaml.safe_load((DEPLOY / "configmap.yaml").read_text())["data"]
+    (tmp_path / "config.conf").write_text(data["config.conf"])
+    containers = _containers(spec)
+    assert containers["node-setup"]["securityContext"]["privileged"] is True
+    assert "--init-only" in containers["node-setup"]["command"]
+    assert "privileged" not in containers["svcproxy"]["securityContext"]
+    for c in containers.values():
+        assert c["command"][0] == "/usr/local/bin/kube-proxy"
+        assert "/var/lib/kube-proxy" in {m["mountPath"] for m in c["volumeMounts"]}
+        args = [a.replace("$(NODE_NAME)", "Node-1").replace("/var/lib/kube-proxy", str(tmp_path))
+                for a in c["command"][1:]]
+        settings = settings_from(dict(run.make_context("run", args).params), ("iptables", "nftables"))
+        assert settings.node.hostname == "node-1" and settings.node.cluster_cidrs == ("10.244.0.0/16",)
+        assert settings.config.client_connection.kubeconfig == "/var/lib/kube-proxy/kubeconfig.conf"
+        assert not [n for n in settings.notes if "not a KubeProxyConfiguration field" in n]
+    main = containers["svcproxy"]
+    assert main["livenessProbe"]["httpGet"]["port"] == 10256
+    assert main["readinessProbe"]["initialDelaySeconds"] > 0
     assert any(v["hostPath"]["path"] == "/run/xtables.lock" for v in spec["volumes"] if "hostPath" in v)
+
+
+def test_deploy_kubeconfig_names_the_control_plane_not_a_cluster_ip() -> None:
+    data = yaml.safe_load((DEPLOY / "configmap.yaml").read_text())["data"]
+    kc = yaml.safe_load(data["kubeconfig.conf"])
+    server = kc["clusters"][0]["cluster"]["server"]
+    assert server.startswith("https://") and "kubernetes.default" not in server
+    assert kc["users"][0]["user"]["tokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert kust["images"][0]["name"] == "svcproxy" and "/" in kust["images"][0]["newName"]
+
+
+def test_image_installs_kube_proxy_and_cairo() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    assert "libcairo2" in text and "/usr/local/bin/kube-proxy" in text and "iptables-wrapper" in text
+    workdirs = [line.split()[1] for line in text.splitlines() if line.startswith("WORKDIR")]
+    assert workdirs[-1] == "/"
 
 
 def test_kubeconfig_gives_url_tls_and_auth(tmp_path: Path) -> None:
