@@ -337,3 +337,12 @@ def test_invoked_as_kube_proxy_it_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load(out.read_text())
     assert written["hostnameOverride"] == "node-1" and written["clusterCIDR"] == "10.244.0.0/16"
+
+
+def test_migrating_doc_lists_every_flag_and_field() -> None:
+    doc = (HERE.parents[1] / "docs" / "migrating.md").read_text()
+    for flag in FLAGS:
+        assert f"`--{flag.name}`" in doc or f"`-{flag.name}`" in doc, flag.name
+    for f in FIELDS:
+        head, _, tail = f.path.partition(".")
+        assert f"`{f.path}`" in doc or (tail and head in doc and f".{tail}" in doc), f.path
