@@ -25,6 +25,7 @@ DEFAULT_STATUS_ADDRESS = "127.0.0.1:10263"
 
 
 @click.command()
+@click.version_option(package_name="svcproxy", message="svcproxy %(version)s (kube-proxy 1.36 compatible)")
 @manifest_option()
 @click.option("--status-bind-address", default=DEFAULT_STATUS_ADDRESS, show_default=True,
               help="[svcproxy] host:port for the status page (what this node programmed, traffic per "

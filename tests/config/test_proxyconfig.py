@@ -346,3 +346,8 @@ def test_migrating_doc_lists_every_flag_and_field() -> None:
     for f in FIELDS:
         head, _, tail = f.path.partition(".")
         assert f"`{f.path}`" in doc or (tail and head in doc and f".{tail}" in doc), f.path
+
+
+def test_run_answers_version_as_kube_proxy_does() -> None:
+    result = CliRunner().invoke(run, ["--version"])
+    assert result.exit_code == 0 and "kube-proxy 1.36 compatible" in result.output
