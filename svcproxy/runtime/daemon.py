@@ -132,7 +132,7 @@ class Daemon:
         """The family's syncer and dataplane take the node config completed from the Node."""
         syncer = self.syncers[family]
         cfg = with_node(syncer.cfg, node, node_ips_given=bool(self.opts.cfg.node_ips))
-        for warning in setup_warnings(cfg):
+        for warning in setup_warnings(cfg, primary=syncer is self.syncer):
             log.warning("%s", warning)
         if cfg == syncer.cfg:
             return

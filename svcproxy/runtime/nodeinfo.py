@@ -69,10 +69,11 @@ def with_node(cfg: NodeConfig, node: Node | None, node_ips_given: bool) -> NodeC
     return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]
 
 
-def setup_warnings(cfg: NodeConfig) -> list[str]:
-    """What the resolved configuration of one family leaves out, worded for the log."""
+def setup_warnings(cfg: NodeConfig, primary: bool = True) -> list[str]:
+    """What the resolved configuration of one family leaves out, worded for the log (a no-op
+    detector only for the primary family, as kube-proxy's getLocalDetectors logs it)."""
     out = []
-    if (why := missing_input(cfg)):
+    if primary and (why := missing_input(cfg)):
         out.append(why)
     if "primary" in cfg.nodeport_addresses and not cfg.primary_ip:
         out.append(f"--nodeport-addresses primary: this node has no IPv{cfg.ip_family} address (no --node-ip, "

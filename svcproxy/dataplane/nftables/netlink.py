@@ -565,6 +565,8 @@ class _RuleText:
         if not name or len(name) > 15 or b"\\" in name:
             raise Unsupported(self.text)
         value = name[:-1] if name.endswith(b"*") else name.ljust(16, b"\0")
+        if not value:
+            raise Unsupported(self.text)  # a bare "*": left to nft
         self.exprs += [expr("meta", u32(2, 6), u32(1, REG_1)), cmp(value, op)]  # NFT_META_IIFNAME
 
     def fib(self) -> None:
