@@ -170,3 +170,37 @@ def test_without_node_ips_primary_nodeports_are_warned_about(tmp_path: Path, cap
     asyncio.run(main())
     assert "Node test-node not found" in caplog.text
     assert "--nodeport-addresses primary: this node has no IPv4 address" in caplog.text
+
+
+def test_from_an_api_server_the_node_ips_and_pod_cidrs_are_waited_for() -> None:
+    """A node that registers before its addresses and podCIDRs are filled in (as a kubelet's
+    does): the daemon programs nothing until the Node has them, then uses them; a later
+    podCIDR change ends the daemon."""
+    from svcproxy.sources.apiclient import ApiConfig
+    from svcproxy.sources.kubernetes import ApiSource
+
+    from .apiserver import StandInApiServer
+
+    bare = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "test-node"}}
+
+    async def main(server: StandInApiServer) -> None:
+        dp = RecordingDataplane()
+        cfg = NodeConfig(hostname="test-node", detect_local_mode="NodeCIDR")
+        opts = DaemonOptions(cfg=cfg, mode="fake", sources=[ApiSource(ApiConfig(host=server.url), "test-node")],
+                             min_sync_period=0, healthz_bind_address="", metrics_bind_address="",
+                             clear_conntrack=False)
+        d = Daemon(opts, dp=dp)
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.5)
+        assert not dp.calls
+        server.apply(node(["10.0.1.0/24"], [("InternalIP", "192.168.0.2")]))
+        await until(lambda: dp.calls, 10)
+        assert d.syncer.cfg.node_ips == ("192.168.0.2",)
+        assert d.syncer.cfg.node_pod_cidrs == ("10.0.1.0/24",)
+        server.apply(node(["10.0.9.0/24"], [("InternalIP", "192.168.0.2")]))
+        with pytest.raises(RestartRequired):
+            await asyncio.wait_for(task, 10)
+
+    with StandInApiServer() as server:
+        server.apply(service("web", "172.30.0.10"), bare)
+        asyncio.run(main(server))
