@@ -63,6 +63,13 @@ class NodeConfig:
         if self.detect_local_mode not in DETECT_LOCAL_MODES:
             raise ValueError(f"detect-local mode must be one of {', '.join(DETECT_LOCAL_MODES)}, "
                              f"got {self.detect_local_mode!r}")
+        # kube-proxy's validateDetectLocalConfiguration: the interface modes need their name
+        if self.detect_local_mode == "BridgeInterface" and not self.bridge_interface:
+            raise ValueError("detect-local mode BridgeInterface needs the bridge interface "
+                             "(--pod-bridge-interface, detectLocal.bridgeInterface): must not be empty")
+        if self.detect_local_mode == "InterfaceNamePrefix" and not self.interface_name_prefix:
+            raise ValueError("detect-local mode InterfaceNamePrefix needs the interface name prefix "
+                             "(--pod-interface-name-prefix, detectLocal.interfaceNamePrefix): must not be empty")
 
     @property
     def family_name(self) -> str:

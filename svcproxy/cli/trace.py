@@ -49,12 +49,16 @@ def _to_png(svg: str) -> bytes:
 @click.option("--port", type=click.IntRange(1, 65535), required=True, help="The destination port.")
 @click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False), default="TCP",
               show_default=True)
+@click.option("--in-interface", default=None, metavar="NAME",
+              help="The interface the packet arrives on (for -i / iifname matches: the interface "
+                   "detect-local modes); unknown if not given.")
 @click.option("--output", "output_format", type=click.Choice(["text", "json", "svg", "png"]), default="text",
               show_default=True, help="What to print.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False), default=None,
               help="Write the output here instead of stdout.")
 def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, source: str, destination: str,
-          port: int, protocol: str, output_format: str, output_file: str | None, table: str | None) -> None:
+          port: int, protocol: str, output_format: str, output_file: str | None, table: str | None,
+          in_interface: str | None) -> None:
     """Walk a new connection SOURCE -> DESTINATION:PORT through a node's netfilter rules and show
     every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
     if bool(rules_file) == bool(paths):
@@ -70,7 +74,8 @@ def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, so
         cfg = replace(cfg, ip_family=ip_family(destination))  # the rules of the packet's family
         rules, local = _rules_from_manifests(paths, settings.mode, cfg)
     try:
-        result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table)
+        result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table,
+                               in_interface=in_interface)
     except TraceError as e:
         where = f" in {rules_file}" if rules_file and rules_file != "-" else ""
         raise click.ClickException(f"cannot trace{where}: {e}") from None

@@ -119,7 +119,8 @@ class ServiceCIDR:
 class Node:
     name: str
     labels: tuple[tuple[str, str], ...] = ()
-    addresses: tuple[str, ...] = ()  # InternalIP/ExternalIP addresses, in the order given
+    addresses: tuple[str, ...] = ()  # status.addresses: InternalIPs, then ExternalIPs (kube-proxy's order)
+    pod_cidrs: tuple[str, ...] = ()  # spec.podCIDRs (detect-local mode NodeCIDR)
 
     @property
     def zone(self) -> str:

@@ -321,11 +321,18 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
     r = _Reader("Node", obj)
     _, name, labels = _metadata(r, obj, namespaced=False)
     status = r.get(obj, "status", "status", dict, {})
-    addrs = []
+    by_type: dict[str, list[str]] = {"InternalIP": [], "ExternalIP": []}
     for p, a in r.items(status, "addresses", "status.addresses"):
-        if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP"):
-            addrs.append(r.ip(a.get("address"), f"{p}.address"))
-    return Node(name=name, labels=tuple(sorted(labels.items())), addresses=tuple(addrs))
+        if isinstance(a, dict) and a.get("type") in by_type:
+            by_type[a["type"]].append(r.ip(a.get("address"), f"{p}.address"))
+    spec = r.get(obj, "spec", "spec", dict, {})
+    raw = r.get(spec, "podCIDRs", "spec.podCIDRs", list, [])
+    cidrs = [r.cidr(c, f"spec.podCIDRs[{i}]") for i, c in enumerate(raw)]
+    if not cidrs and spec.get("podCIDR"):  # written by hand with the old singular field only
+        cidrs = [r.cidr(spec["podCIDR"], "spec.podCIDR")]
+    # InternalIPs first, then ExternalIPs: the order kube-proxy's GetNodeHostIPs picks from
+    return Node(name=name, labels=tuple(sorted(labels.items())),
+                addresses=(*by_type["InternalIP"], *by_type["ExternalIP"]), pod_cidrs=tuple(cidrs))
 
 
 def parse_service_cidr(obj: Mapping[str, Any]) -> ServiceCIDR:

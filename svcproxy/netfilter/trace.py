@@ -56,22 +56,26 @@ def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
 
 def trace_packet(rules: str, source: str, destination: str, port: int, protocol: str = "TCP",
                  local_addresses: Sequence[str] = (), source_port: int = SOURCE_PORT,
-                 table: str | None = None) -> TraceResult:
+                 table: str | None = None, in_interface: str | None = None) -> TraceResult:
     """Walk a new connection source -> destination:port through the ruleset; every outcome.
 
     local_addresses are the node's own addresses (loopback is always local); a packet whose
-    source is one of them starts at OUTPUT, any other at PREROUTING.
+    source is one of them starts at OUTPUT, any other at PREROUTING. in_interface is the
+    interface a packet from elsewhere arrives on (`-i`, `iifname`: the interface detect-local
+    modes); None leaves it unknown, and rules that ask are reported.
     """
     with no_gc():
         ruleset = parse_rules(rules, table=table)
         try:
-            return trace_ruleset(ruleset, source, destination, port, protocol, local_addresses, source_port)
+            return trace_ruleset(ruleset, source, destination, port, protocol, local_addresses, source_port,
+                                 in_interface)
         finally:
             ruleset.dispose()
 
 
 def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, protocol: str = "TCP",
-                  local_addresses: Sequence[str] = (), source_port: int = SOURCE_PORT) -> TraceResult:
+                  local_addresses: Sequence[str] = (), source_port: int = SOURCE_PORT,
+                  in_interface: str | None = None) -> TraceResult:
     src, dst = _address(source, "source"), _address(destination, "destination")
     if src.version != dst.version:
         raise TraceError(f"source {source} and destination {destination} are of different IP families")
@@ -84,7 +88,10 @@ def trace_ruleset(ruleset: Ruleset, source: str, destination: str, port: int, pr
     local = frozenset(int(a) for a in (_address(x, "local address") for x in local_addresses) if a.version == fam)
     ctx = Context(fam, local)
     local_origin = ctx.is_local(fam, int(src))
-    pkt = Packet(fam, int(src), int(dst), source_port, port, proto, local_origin=local_origin)
+    # a locally generated packet has no input interface: `-i X` fails and `! -i X` matches, as
+    # in the kernel (nft's iifname reads "" there); it comes back in through lo (walk.py)
+    iif = "" if local_origin else in_interface
+    pkt = Packet(fam, int(src), int(dst), source_port, port, proto, iif=iif, local_origin=local_origin)
     with no_gc():
         return _trace(ruleset, ctx, pkt, protocol)
 

@@ -27,6 +27,7 @@ from ..sources import ObjectStore, Source
 from ..state import ProxyState
 from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
+from .nodeinfo import NodeSetupError, NodeWatch, RestartRequired, setup_warnings, wait_for_node, with_node
 from .status import StatusServer
 from .syncer import Syncer
 
@@ -47,7 +48,7 @@ class DaemonOptions:
     sync_period: float = DEFAULT_SYNC_PERIOD
     healthz_bind_address: str = "0.0.0.0:10256"  # "" disables
     metrics_bind_address: str = "127.0.0.1:10249"  # "" disables
-    status_bind_address: str = ""  # the status page; `svcproxy run` defaults to 127.0.0.1:10257
+    status_bind_address: str = ""  # the status page; `svcproxy run` defaults to 127.0.0.1:10263
     clear_conntrack: bool = True
     # the IP families to program, primary first; empty: cfg.ip_family alone
     families: tuple[int, ...] = ()
@@ -56,10 +57,18 @@ class DaemonOptions:
     bind_address_hard_fail: bool = False
     # the --config file: the daemon exits when it changes, so the pod restarts with the new one
     config_file: str = ""
+    # how long to wait for this node's Node to give its IPs (no --node-ip) and podCIDRs
+    # (detect-local mode NodeCIDR): kube-proxy's 30 s and 5 min
+    node_ips_timeout: float = 30.0
+    pod_cidrs_timeout: float = 300.0
 
 
 class ConfigFileChanged(RuntimeError):
     """The --config file changed under a running daemon (kube-proxy exits on it too)."""
+
+
+class BindFailed(RuntimeError):
+    """A healthz or metrics port could not be bound, with bindAddressHardFail set."""
 
 
 class Daemon:
@@ -74,9 +83,11 @@ class Daemon:
         if dp is not None:
             given[families[0]] = dp
         self.syncers: dict[int, Syncer] = {}
+        self._given = set(given)  # families whose dataplane a test gave: kept as they are
         # the mode's own dataplanes (not a test's) first remove what other modes left
         self._cleanup: asyncio.Task | None = None
-        before = None if given else self._cleanup_other_modes
+        self._node: asyncio.Task | None = None  # waits for this node's Node, once for all families
+        self.node_watch: NodeWatch | None = None
         for i, family in enumerate(families):
             cfg = replace(opts.cfg, ip_family=family)
             fdp = given[family] if family in given else dataplane(opts.mode, cfg)
@@ -84,7 +95,7 @@ class Daemon:
                                           sync_period=opts.sync_period, metrics=self.metrics,
                                           clear_conntrack=opts.clear_conntrack,
                                           feed=self.store.feed if i == 0 else self.store.subscribe(),
-                                          before_first_sync=before)
+                                          before_first_sync=lambda f=family: self._before_first_sync(f))
         self.syncer = self.syncers[families[0]]  # the primary family's
         self.dp = self.syncer.dp
         self.health = ProxierHealth(
@@ -115,6 +126,47 @@ class Daemon:
             self.status.syncs.record(changed is None, last.build_seconds + last.apply_seconds,
                                      sorted(changed) if changed is not None else [], len(state.services), family)
 
+    async def _before_first_sync(self, family: int) -> None:
+        """Every source has synced: complete this family's node config from the Node (its IPs,
+        its podCIDRs), then remove other modes' leftovers (only for the mode's own dataplanes)."""
+        if self._node is None:
+            self._node = asyncio.create_task(self._wait_for_node())
+        node = await asyncio.shield(self._node)
+        self._use_node(family, node)
+        if not self._given:
+            await self._cleanup_other_modes()
+
+    async def _wait_for_node(self):  # noqa: ANN202 - Node | None
+        opts = self.opts
+        live = any(s.name == "api" for s in opts.sources)
+        node = await wait_for_node(self.store, opts.cfg.hostname, opts.cfg, live, opts.node_ips_timeout,
+                                   opts.pod_cidrs_timeout)
+        self.node_watch = NodeWatch(opts.cfg.hostname, opts.cfg, node)
+        return node
+
+    def _use_node(self, family: int, node) -> None:  # noqa: ANN001 - Node | None
+        """The family's syncer and dataplane take the node config completed from the Node."""
+        syncer = self.syncers[family]
+        cfg = with_node(syncer.cfg, node, node_ips_given=bool(self.opts.cfg.node_ips))
+        for warning in setup_warnings(cfg, primary=syncer is self.syncer):
+            log.warning("%s", warning)
+        if cfg == syncer.cfg:
+            return
+        syncer.cfg = cfg
+        if family not in self._given:
+            syncer.dp = dataplane(self.opts.mode, cfg)
+        if syncer is self.syncer:
+            self.dp = syncer.dp
+
+    async def _watch_node(self) -> None:
+        """Follow this node's Node after start: RestartRequired when its podCIDRs change in
+        NodeCIDR mode (kube-proxy exits then), a log line when its IPs change."""
+        feed = self.store.subscribe()
+        while True:
+            await feed.changed.wait()
+            if feed.take().nodes and self.node_watch is not None:
+                self.node_watch.check(self.store.node(self.opts.cfg.hostname))
+
     async def _cleanup_other_modes(self) -> None:
         """Once per daemon, whichever family's syncer gets here first; the other waits for it."""
         if self._cleanup is None:
@@ -126,11 +178,11 @@ class Daemon:
         runners: list = []
         tasks = []
         if self.opts.healthz_bind_address:
-            tasks.append(self._serve("healthz", runners, lambda: serve_healthz(
-                self.opts.healthz_bind_address, self.health, self.metrics)))
+            tasks += await self._serve("healthz", runners, lambda: serve_healthz(
+                self.opts.healthz_bind_address, self.health, self.metrics))
         if self.opts.metrics_bind_address:
-            tasks.append(self._serve("metrics", runners, lambda: serve_metrics(
-                self.opts.metrics_bind_address, self.metrics, self.opts.mode)))
+            tasks += await self._serve("metrics", runners, lambda: serve_metrics(
+                self.opts.metrics_bind_address, self.metrics, self.opts.mode))
         if self.opts.config_file:
             tasks.append(asyncio.create_task(watch_config_file(self.opts.config_file), name="config file"))
         if self.status is not None:
@@ -142,6 +194,7 @@ class Daemon:
         tasks += [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
+        tasks.append(asyncio.create_task(self._watch_node(), name="node watch"))
         done: set[asyncio.Task] = set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -160,22 +213,28 @@ class Daemon:
             for r in runners:
                 await r.cleanup()
 
-    def _serve(self, name: str, runners: list, start: Callable[[], Awaitable[Any]]) -> asyncio.Task:
+    async def _serve(self, name: str, runners: list, start: Callable[[], Awaitable[Any]]) -> list[asyncio.Task]:
         """Serve one endpoint as kube-proxy's serveHealthz/serveMetrics do: a port that cannot be
-        bound is fatal with bindAddressHardFail, else logged and retried every 5 s."""
+        bound is fatal with bindAddressHardFail, else logged and retried every 5 s (in a task,
+        returned, so the proxy goes on meanwhile)."""
+
+        async def attempt() -> bool:
+            try:
+                runners.append(await start())
+                return True
+            except OSError as e:
+                if self.opts.bind_address_hard_fail:
+                    raise BindFailed(f"{name} server failed: {e} (bindAddressHardFail is set)") from None
+                log.error("%s server failed: %s; retrying in 5s", name, e)
+                return False
 
         async def keep_trying() -> None:
-            while True:
-                try:
-                    runners.append(await start())
-                    return
-                except OSError as e:
-                    if self.opts.bind_address_hard_fail:
-                        raise RuntimeError(f"{name} server failed: {e} (bindAddressHardFail is set)") from None
-                    log.error("%s server failed: %s; retrying in 5s", name, e)
-                    await asyncio.sleep(5)
+            while not await attempt():
+                await asyncio.sleep(5)
 
-        return asyncio.create_task(keep_trying(), name=f"{name} server")
+        if await attempt():
+            return []
+        return [asyncio.create_task(keep_trying(), name=f"{name} server")]
 
     async def _source(self, source: Source) -> None:
         await source.run(self.store)
@@ -220,8 +279,12 @@ def run_daemon(opts: DaemonOptions) -> None:
             await task
         except asyncio.CancelledError:
             log.info("stopping; the rules stay in place")
-        except (ConfigFileChanged, RuntimeError) as e:
+        except (ConfigFileChanged, BindFailed) as e:
             log.error("%s", e)
             raise SystemExit(1) from None
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (RestartRequired, NodeSetupError) as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None

@@ -64,7 +64,11 @@ def listing_after(cfg: NodeConfig, use_netlink: bool) -> tuple[str, int]:
         subprocess.run(["ip", "netns", "del", ns.name], check=False)
 
 
-@pytest.mark.parametrize("cfg", [CFG, V6, replace(CFG, masquerade_all=True)], ids=["ipv4", "ipv6", "masq-all"])
+@pytest.mark.parametrize("cfg", [
+    CFG, V6, replace(CFG, masquerade_all=True),
+    replace(CFG, detect_local_mode="BridgeInterface", bridge_interface="cbr0"),
+    replace(V6, detect_local_mode="InterfaceNamePrefix", interface_name_prefix="veth"),
+], ids=["ipv4", "ipv6", "masq-all", "bridge-interface", "interface-prefix-ipv6"])
 def test_netlink_programs_what_nft_programs(cfg: NodeConfig) -> None:
     by_nft, batches_nft = listing_after(cfg, use_netlink=False)
     by_netlink, batches = listing_after(cfg, use_netlink=True)

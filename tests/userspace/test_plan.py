@@ -57,3 +57,21 @@ def test_round_robin_and_affinity():
     sticky.expire(100.0, 10)
     assert sticky._affinity == {}
     assert b.choose("c", [], 0, 0.0) is None
+
+
+def test_cluster_clients_follow_the_local_traffic_detector() -> None:
+    from dataclasses import replace
+
+    from svcproxy.config import NodeConfig
+
+    node = NodeConfig(hostname="test-node", node_ips=("192.168.0.2",), cluster_cidrs=("10.0.0.0/8",))
+    assert is_cluster_client("10.0.1.5", node) and is_cluster_client("192.168.0.2", node)
+    assert not is_cluster_client("192.168.0.9", node)
+    by_cidr = replace(node, detect_local_mode="NodeCIDR", node_pod_cidrs=("10.0.1.0/24",))
+    assert is_cluster_client("10.0.1.5", by_cidr) and not is_cluster_client("10.0.2.5", by_cidr)
+    bridge = replace(node, detect_local_mode="BridgeInterface", bridge_interface="cbr0")
+    assert is_cluster_client("10.9.9.9", bridge, lambda ip: "cbr0")
+    assert not is_cluster_client("10.0.1.5", bridge, lambda ip: "eth0")
+    assert not is_cluster_client("10.0.1.5", bridge)  # interface unknown: not a pod
+    prefix = replace(node, detect_local_mode="InterfaceNamePrefix", interface_name_prefix="veth")
+    assert is_cluster_client("10.0.1.5", prefix, lambda ip: "veth1234")

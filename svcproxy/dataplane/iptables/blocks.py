@@ -24,7 +24,8 @@ class RenderContext:
     hostname: str
     zone: str
     masquerade_all: bool
-    local_cidr: str  # pod CIDR of this family; "" = kube-proxy's no-op local detector
+    if_local: str  # the local detector's IfLocal (`-s CIDR`, `-i br0`, `-i veth+`); "" = no-op
+    if_not_local: str  # its IfNotLocal (`! -s CIDR`, ...)
     node_ip: str  # primary node IP, for loadBalancerSourceRanges that cover the node
     large_cluster: bool  # > 1000 endpoints: drop per-endpoint comments, as kube-proxy does
 
@@ -143,8 +144,8 @@ def _own_chains(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChains,
     proto = port.protocol.lower()
     pmatch = f"-m {proto} -p {proto}"
     rules: dict[str, list[str]] = {}
-    if pol.has_internal and (ctx.masquerade_all or ctx.local_cidr):
-        not_local = "" if ctx.masquerade_all else f" ! -s {ctx.local_cidr}"
+    if pol.has_internal and (ctx.masquerade_all or ctx.if_not_local):
+        not_local = "" if ctx.masquerade_all else f" {ctx.if_not_local}"
         rules[c.internal] = [f'-A {c.internal} -m comment --comment "{c.name} cluster IP" {pmatch} '
                              f"-d {port.cluster_ip} --dport {port.port}{not_local} -j {n.MARK_MASQ}\n"]
     chains: list[str] = []
@@ -184,9 +185,9 @@ def _ext_rules(port: ServicePortInfo, name: str, ext_chain: str, svc_chain: str,
                f"-j {n.MARK_MASQ}\n"]
     else:
         out = []
-        if ctx.local_cidr:
+        if ctx.if_local:
             out.append(f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations" '
-                       f"-s {ctx.local_cidr} -j {svc_chain}\n")
+                       f"{ctx.if_local} -j {svc_chain}\n")
         out.append(f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external '
                    f'destinations" -m addrtype --src-type LOCAL -j {n.MARK_MASQ}\n')
         out.append(f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external '

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ...config import NodeConfig
 from ...gcpause import gc_paused
+from ...localdetect import local_detector
 from ...state import EndpointInfo, ProxyState, ServicePortInfo, ServiceState
 from . import names as n
 from .blocks import PortBlock, RenderContext, port_block
@@ -64,10 +65,11 @@ class BlockCache:
 
 def render_context(state: ProxyState, cfg: NodeConfig) -> RenderContext:
     total = sum(len(eps) for svc in state.services.values() for eps in svc.endpoints.values())
-    cidrs = cfg.family_cluster_cidrs
+    detector = local_detector(cfg)
     return RenderContext(
         family=cfg.ip_family, hostname=cfg.hostname, zone=state.zone or cfg.zone,
-        masquerade_all=cfg.masquerade_all, local_cidr=cidrs[0] if cidrs else "", node_ip=cfg.primary_ip,
+        masquerade_all=cfg.masquerade_all, if_local=detector.iptables(), if_not_local=detector.iptables(negate=True),
+        node_ip=cfg.primary_ip,
         large_cluster=total > LARGE_CLUSTER_ENDPOINTS,
     )
 

@@ -553,6 +553,22 @@ class _RuleText:
         else:
             self.exprs += [payload(1, offset, c.addr_len), cmp(c.address(value), op)]
 
+    def iifname(self) -> None:
+        """`iifname [!=] "br0"` (the name NUL-padded to IFNAMSIZ) or `"veth*"` (a compare of the
+        prefix alone), as nft encodes them: the local-traffic detector's interface modes."""
+        self.take(1)
+        op = 0
+        if self.i < len(self.tokens) and self.tokens[self.i] == "!=":
+            op, self.i = 1, self.i + 1
+        (quoted,) = self.take(1)
+        name = quoted.strip('"').encode()
+        if not name or len(name) > 15 or b"\\" in name:
+            raise Unsupported(self.text)
+        value = name[:-1] if name.endswith(b"*") else name.ljust(16, b"\0")
+        if not value:
+            raise Unsupported(self.text)  # a bare "*": left to nft
+        self.exprs += [expr("meta", u32(2, 6), u32(1, REG_1)), cmp(value, op)]  # NFT_META_IIFNAME
+
     def fib(self) -> None:
         if self.take(4) != ["fib", "saddr", "type", "local"]:
             raise Unsupported(self.text)
@@ -602,7 +618,7 @@ class _RuleText:
         self.user = comment_udata(quoted.strip('"'))
 
     STATEMENTS: ClassVar[dict[str, Callable[[_RuleText], None]]] = {
-        "fib": fib, "ct": ct, "jump": jump, "goto": jump, "drop": final, "accept": final, "return": final,
+        "fib": fib, "iifname": iifname, "ct": ct, "jump": jump, "goto": jump, "drop": final, "accept": final, "return": final,
         "numgen": numgen, "update": update, "dnat": dnat, "comment": comment,
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import NodeConfig
+from ...localdetect import local_detector
 from ...model.selection import Policy, port_policy
 from ...state import EndpointInfo, ServicePortInfo
 from . import names
@@ -49,13 +50,9 @@ class Block:
 
 
 def local_match(cfg: NodeConfig, negate: bool) -> str:
-    """kube-proxy's cluster-CIDR local-traffic detector ("" when no --cluster-cidr is given)."""
-    cidrs = cfg.family_cluster_cidrs
-    if not cidrs:
-        return ""
-    ip = names.family_keyword(cfg.ip_family)
-    target = cidrs[0] if len(cidrs) == 1 else "{ " + ", ".join(cidrs) + " }"
-    return f"{ip} saddr {'!= ' if negate else ''}{target}"
+    """kube-proxy's local-traffic detector, IfLocalNFT / IfNotLocalNFT (svcproxy/localdetect.py):
+    `ip saddr CIDR`, `iifname "br0"`, `iifname "veth*"`; "" for the no-op detector."""
+    return local_detector(cfg).nft(negate)
 
 
 def endpoint_target(ip: str, port: int) -> str:

@@ -8,9 +8,11 @@ sockets so the choice of addresses and endpoints can be read and tested without 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...config import NodeConfig
+from ...localdetect import local_detector
 from ...state import ProxyState, ServicePortInfo, ServiceState
 
 Endpoint = tuple[str, int]  # (ip, port)
@@ -137,7 +139,14 @@ def in_ranges(ip: str, ranges: tuple[str, ...]) -> bool:
     return any(addr in ipaddress.ip_network(r, strict=False) for r in ranges)
 
 
-def is_cluster_client(ip: str, cfg: NodeConfig) -> bool:
-    """A pod (in --cluster-cidr) or the node itself: kube-proxy sends its traffic to an external
-    address of a service to the Cluster endpoints even with externalTrafficPolicy Local."""
-    return cfg.is_local(ip) or in_ranges(ip, cfg.family_cluster_cidrs)
+def is_cluster_client(ip: str, cfg: NodeConfig, in_interface: Callable[[str], str | None] = lambda ip: None) -> bool:
+    """A pod (by the local-traffic detector) or the node itself: kube-proxy sends its traffic to
+    an external address of a service to the Cluster endpoints even with externalTrafficPolicy
+    Local. in_interface tells the interface a client's packets arrive on (the interface modes
+    need it; unknown counts as not a pod)."""
+    if cfg.is_local(ip):
+        return True
+    detector = local_detector(cfg)
+    if detector.kind in ("interface", "interface-prefix"):
+        return bool(detector.is_local(ip, in_interface(ip)))
+    return bool(detector.is_local(ip, None))

@@ -8,8 +8,11 @@ so established connections and the accept queue are untouched).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
 import time
+from functools import lru_cache
 
 from ...config import NodeConfig
 from .balancer import Balancer
@@ -20,6 +23,18 @@ from .udp import UdpFrontend
 log = logging.getLogger("svcproxy.dataplane.userspace")
 
 HOUSEKEEPING_PERIOD = 1.0
+
+
+@lru_cache(maxsize=4096)
+def route_interface(ip: str) -> str | None:
+    """The interface this node reaches a client by, which (routing being symmetric for pods) is
+    the one its packets arrive on: the interface detect-local modes' input in userspace mode,
+    where an accepted socket does not tell it. Looked up once per client address."""
+    try:
+        out = subprocess.run(["ip", "-j", "route", "get", ip], capture_output=True, text=True, timeout=2).stdout
+        return json.loads(out or "[{}]")[0].get("dev")
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 class Proxier:
@@ -88,7 +103,7 @@ class Proxier:
             if fe.source_ranges and not in_ranges(client_ip, fe.source_ranges):
                 log.debug("%s: client %s is outside loadBalancerSourceRanges", fe.service, client_ip)
                 return None
-            outside = fe.is_external and not is_cluster_client(client_ip, self.cfg)
+            outside = fe.is_external and not is_cluster_client(client_ip, self.cfg, route_interface)
             candidates = [ep for ep in (fe.external if outside else fe.internal) if ep not in failed]
             balancer = self.balancers.setdefault(fe.service, Balancer())
             if failed:
