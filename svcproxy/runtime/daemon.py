@@ -24,6 +24,7 @@ from ..sources import ObjectStore, Source
 from ..state import ProxyState
 from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
+from .node_setup import ConntrackSettings, NodeSetupError, apply_oom_score_adj, init_node
 from .status import StatusServer
 from .syncer import Syncer
 
@@ -48,6 +49,10 @@ class DaemonOptions:
     clear_conntrack: bool = True
     # the IP families to program, primary first; empty: cfg.ip_family alone
     families: tuple[int, ...] = ()
+    # node setup at start, as kube-proxy's (node_setup.py): the conntrack sysctls (None: leave
+    # them as they are) and this process's OOM score (None: leave it)
+    conntrack: ConntrackSettings | None = None
+    oom_score_adj: int | None = -999
 
 
 class Daemon:
@@ -64,6 +69,7 @@ class Daemon:
         self.syncers: dict[int, Syncer] = {}
         # the mode's own dataplanes (not a test's) first remove what other modes left
         self._cleanup: asyncio.Task | None = None
+        self.owns_node = not given  # a test's dataplanes: no node setup, no cleanup of other modes
         before = None if given else self._cleanup_other_modes
         for i, family in enumerate(families):
             cfg = replace(opts.cfg, ip_family=family)
@@ -109,8 +115,22 @@ class Daemon:
             self._cleanup = asyncio.create_task(asyncio.to_thread(cleanup_other_modes, self.opts.mode, self.opts.cfg))
         await asyncio.shield(self._cleanup)
 
+    def setup_node(self) -> list[str]:
+        """kube-proxy's start-up node setup, in its order: conntrack sysctls and route_localnet
+        (as --init-only does), then the OOM score; raises NodeSetupError naming the setting."""
+        cfg = self.opts.cfg
+        lines = init_node(self.opts.mode, tuple(self.syncers), self.opts.conntrack,
+                          localhost_nodeports=cfg.localhost_nodeports, nodeport_addresses=cfg.nodeport_addresses,
+                          node_ips=cfg.node_ips)
+        oom = apply_oom_score_adj(self.opts.oom_score_adj)
+        return [*lines, *([oom] if oom else [])]
+
     async def run(self) -> None:
-        """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
+        """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards.
+        The node is set up first (before any server or sync), unless a test gave the dataplanes."""
+        if self.owns_node:
+            for line in await asyncio.to_thread(self.setup_node):
+                log.info("node setup: %s", line)
         runners = []
         if self.opts.healthz_bind_address:
             runners.append(await serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics))
@@ -167,4 +187,8 @@ def run_daemon(opts: DaemonOptions) -> None:
         except asyncio.CancelledError:
             log.info("stopping; the rules stay in place")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except NodeSetupError as e:  # kube-proxy exits when it cannot set the node up
+        log.error("%s", e)
+        raise SystemExit(1) from None
