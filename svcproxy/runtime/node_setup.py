@@ -230,21 +230,28 @@ _KERNEL_BE_LIBERAL = "net/netfilter/nf_conntrack_tcp_be_liberal"
 
 def init_node(mode: str, families: Sequence[int], conntrack: ConntrackSettings | None, *,
               localhost_nodeports: bool = True, nodeport_addresses: Sequence[str] = (),
-              node_ips: Sequence[str] = (), ncpu: int | None = None,
+              node_ips: Sequence[str] = (), ncpu: int | None = None, cleanup_leftovers: bool = False,
               proc: Path = PROC, sys: Path = SYS) -> list[str]:
-    """Everything kube-proxy's --init-only does to the node, in its order: the conntrack
-    sysctls (platformSetup), then route_localnet (the iptables proxier's constructor). Returns
-    a line per thing done, for the log; raises NodeSetupError naming the setting on failure.
+    """Everything kube-proxy's --init-only does to the node, in its order: (with
+    cleanup_leftovers) the other modes' leftovers removed (platformCleanup: best effort, failures
+    logged), the conntrack sysctls (platformSetup), then route_localnet (the iptables proxier's
+    constructor). Returns a line per thing done, for the log; raises NodeSetupError naming the
+    setting when a write fails. The daemon passes cleanup_leftovers=False: its syncers remove the
+    leftovers just before their first sync.
 
     conntrack None skips the conntrack sysctls. userspace mode does neither: it NATs nothing
     (conntrack limits and timeouts only shape the NAT modes' flows, and a refused sysctl is
     fatal in kube-proxy, which would stop the mode meant for hosts where netfilter cannot be
-    programmed) and its NodePorts are real sockets on 127.0.0.1, which need no route_localnet.
-    Removing other modes' leftovers (kube-proxy's platformCleanup, which --init-only also runs
-    first) is dataplane.cleanup_other_modes."""
-    if mode not in NETFILTER_MODES:
-        return [f"{mode} mode: no conntrack sysctls or route_localnet needed"]
+    programmed) and its NodePorts are real sockets on 127.0.0.1, which need no route_localnet."""
     lines: list[str] = []
+    if cleanup_leftovers:
+        from ..config import NodeConfig
+        from ..dataplane import cleanup_other_modes
+
+        cleanup_other_modes(mode, NodeConfig())
+        lines.append(f"removed what modes other than {mode} left (a failure there is logged, not fatal)")
+    if mode not in NETFILTER_MODES:
+        return [*lines, f"{mode} mode: no conntrack sysctls or route_localnet needed"]
     if conntrack is not None:
         n = ncpu if ncpu is not None else cpu_count(sys)
         writes = conntrack_writes(conntrack, n)

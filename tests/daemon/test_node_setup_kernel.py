@@ -6,6 +6,7 @@ iptables mode because the daemon set route_localnet (the test does not)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .manifests_util import endpoint, endpoint_slice, service
-from .netenv import NODE_IP, PYTHON, Daemon, NetEnv
+from .netenv import NODE_IP, PYTHON, Daemon, NetEnv, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -130,3 +131,42 @@ def test_localhost_nodeport_answers_in_iptables_mode(env: NetEnv, tmp_path: Path
             assert connect(env, "127.0.0.1", 30080).startswith("error")
     finally:
         daemon.stop()
+
+
+def test_init_only_path_removes_other_modes_leftovers_first(env: NetEnv) -> None:
+    """What --init-only does in nftables mode: iptables (and ipvs) mode's leftovers go, then the sysctls."""
+    sh("ip", "netns", "exec", env.node, "iptables-restore", "--noflush", input=(
+        '*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -m comment --comment "kubernetes service portals" '
+        "-j KUBE-SERVICES\nCOMMIT\n"))
+    got = run_in(env, """
+        import json
+        from svcproxy.runtime.node_setup import ConntrackSettings, init_node
+        ct = ConntrackSettings(max_per_core=0, tcp_established_timeout=7200, tcp_close_wait_timeout=None)
+        print(json.dumps(init_node("nftables", (4,), ct, cleanup_leftovers=True)))
+    """)
+    assert got == ["removed what modes other than nftables left (a failure there is logged, not fatal)",
+                   "set net.netfilter.nf_conntrack_tcp_timeout_established to 7200 (was 432000)"]
+    assert "KUBE-" not in env.exec(env.node, "iptables-save", "-t", "nat")
+
+
+def test_daemon_exits_with_the_setting_when_node_setup_fails(env: NetEnv, tmp_path: Path) -> None:
+    mode = env.exec(env.node, "stat", "-c", "%A", NF + "nf_conntrack_max").strip()
+    if "w" in mode:
+        pytest.skip("nf_conntrack_max is writable in this namespace on this kernel")
+    current = int(env.exec(env.node, "cat", NF + "nf_conntrack_max"))
+    code = textwrap.dedent(f"""
+        import logging
+        from svcproxy.config import NodeConfig
+        from svcproxy.runtime.daemon import DaemonOptions, run_daemon
+        from svcproxy.runtime.node_setup import ConntrackSettings
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        run_daemon(DaemonOptions(cfg=NodeConfig(hostname="node-a"), mode="nftables", healthz_bind_address="",
+                                 metrics_bind_address="", conntrack=ConntrackSettings(max_per_core=1, min={max(current - 1, 1024)})))
+    """)
+    p = env.spawn(env.node, [PYTHON, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1, out
+    assert "ERROR could not set conntrack parameters from kube-proxy configuration: open " \
+           "/proc/sys/net/netfilter/nf_conntrack_max: permission denied" in out
+    assert "conntrack.maxPerCore / conntrack.min (--conntrack-max-per-core, --conntrack-min)" in out
+    assert "Traceback" not in out
