@@ -168,11 +168,13 @@ def _remove_virtual_services(r: _Runner, addresses: list[str], lines: list[str],
 def _cleanup_chains(ipt: Iptables, lines: list[str], errors: list[str]) -> None:
     """kube-proxy's cleanupIptablesLeftovers for one family: its jumps, then flush and delete its
     chains; a shared chain still in use is left to iptables mode's cleanup."""
+    present = {t: ipt.chains(t) for t in ("nat", "filter")}
     for table, chain, target, comment in IPVS_JUMPS:
+        if target not in present[table]:
+            continue  # no chain, no jump to it
         while ipt.run("-t", table, "-D", chain, "-m", "comment", "--comment", comment, "-j", target,
                       check=False).returncode == 0:
             lines.append(f"IPv{ipt.family}: deleted ipvs mode's jump {table}/{chain} -> {target}")
-    present = {t: ipt.chains(t) for t in ("nat", "filter")}
     mine = [(t, c) for t, c in IPVS_CHAINS if c in present[t]]
     ipvs_only = [(t, c) for t, c in mine if c not in SHARED_CHAINS]
     for t, c in mine:
