@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for cmd_pkg in iptables:iptables nft:nftables ip:iproute2 conntrack:conntrack openssl:openssl sysctl:procps; do
+for cmd_pkg in iptables:iptables nft:nftables ip:iproute2 conntrack:conntrack openssl:openssl sysctl:procps ipset:ipset; do
   command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd_pkg#*:}")
 done
 ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2' || need_apt+=(libcairo2)

@@ -53,7 +53,9 @@ def dataplane(mode: str, cfg: NodeConfig) -> Dataplane:
 def cleanup_other_modes(mode: str, cfg: NodeConfig) -> None:
     """Remove what the other modes left on this node, once, before this mode first programs
     it (kube-proxy does the same at startup): rules of both kinds would otherwise both apply,
-    and userspace's svcproxy0 would keep answering for service addresses. A failure is only
+    and userspace's svcproxy0 would keep answering for service addresses. kube-proxy's ipvs
+    mode's leftovers (kube-ipvs0, its ipsets and chains) go with iptables mode's, as in
+    kube-proxy: so in every mode but iptables (whose chains they share). A failure is only
     logged: leftovers must not stop this mode from working."""
     for other in RUN_MODES:
         if other == mode:

@@ -28,9 +28,10 @@ from .plan import (
 LAN_PREFIXLEN = ipaddress.ip_network(LAN_CIDR).prefixlen
 SERVER = Path(__file__).with_name("server.py")
 
+# route_localnet is not here: `svcproxy run` sets it itself in iptables mode, as kube-proxy does
+# (runtime/node_setup.py), and nftables mode has no NodePorts on 127.0.0.1
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",  # nodes route between pods, nodes and the outside
-    "net.ipv4.conf.all.route_localnet": "1",  # NodePorts on 127.0.0.1 (kube-proxy sets it too)
     "net.ipv4.conf.all.rp_filter": "0",
     "net.ipv4.conf.default.rp_filter": "0",
 }

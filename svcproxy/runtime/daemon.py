@@ -27,7 +27,9 @@ from ..sources import ObjectStore, Source
 from ..state import ProxyState
 from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
-from .nodeinfo import NodeSetupError, NodeWatch, RestartRequired, setup_warnings, wait_for_node, with_node
+from .node_setup import ConntrackSettings, NodeSetupError, apply_oom_score_adj, init_node
+from .nodeinfo import NodeSetupError as NodeNeverReady
+from .nodeinfo import NodeWatch, RestartRequired, setup_warnings, wait_for_node, with_node
 from .status import StatusServer
 from .syncer import Syncer
 
@@ -61,6 +63,10 @@ class DaemonOptions:
     # (detect-local mode NodeCIDR): kube-proxy's 30 s and 5 min
     node_ips_timeout: float = 30.0
     pod_cidrs_timeout: float = 300.0
+    # node setup at start, as kube-proxy's (node_setup.py): the conntrack sysctls (None: leave
+    # them as they are) and this process's OOM score (None: leave it)
+    conntrack: ConntrackSettings | None = None
+    oom_score_adj: int | None = -999
 
 
 class ConfigFileChanged(RuntimeError):
@@ -88,6 +94,7 @@ class Daemon:
         self._cleanup: asyncio.Task | None = None
         self._node: asyncio.Task | None = None  # waits for this node's Node, once for all families
         self.node_watch: NodeWatch | None = None
+        self.owns_node = not given  # a test's dataplanes: no node setup, no cleanup of other modes
         for i, family in enumerate(families):
             cfg = replace(opts.cfg, ip_family=family)
             fdp = given[family] if family in given else dataplane(opts.mode, cfg)
@@ -173,8 +180,22 @@ class Daemon:
             self._cleanup = asyncio.create_task(asyncio.to_thread(cleanup_other_modes, self.opts.mode, self.opts.cfg))
         await asyncio.shield(self._cleanup)
 
+    def setup_node(self) -> list[str]:
+        """kube-proxy's start-up node setup, in its order: conntrack sysctls and route_localnet
+        (as --init-only does), then the OOM score; raises NodeSetupError naming the setting."""
+        cfg = self.opts.cfg
+        lines = init_node(self.opts.mode, tuple(self.syncers), self.opts.conntrack,
+                          localhost_nodeports=cfg.localhost_nodeports, nodeport_addresses=cfg.nodeport_addresses,
+                          node_ips=cfg.node_ips)
+        oom = apply_oom_score_adj(self.opts.oom_score_adj)
+        return [*lines, *([oom] if oom else [])]
+
     async def run(self) -> None:
-        """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
+        """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards.
+        The node is set up first (before any server or sync), unless a test gave the dataplanes."""
+        if self.owns_node:
+            for line in await asyncio.to_thread(self.setup_node):
+                log.info("node setup: %s", line)
         runners: list = []
         tasks = []
         if self.opts.healthz_bind_address:
@@ -285,6 +306,6 @@ def run_daemon(opts: DaemonOptions) -> None:
 
     try:
         asyncio.run(main())
-    except (RestartRequired, NodeSetupError) as e:
+    except (RestartRequired, NodeNeverReady, NodeSetupError) as e:  # kube-proxy exits on these too
         log.error("%s", e)
         raise SystemExit(1) from None

@@ -17,6 +17,7 @@ from ...state import ProxyState
 from ..protocol import ApplyError, SyncResult
 from . import names as n
 from .cleanup import cleanup_family
+from .ipvs_leftovers import cleanup_ipvs_leftovers
 from .jumps import ALL_JUMPS
 from .kernel import Iptables
 from .render import BlockCache, Ruleset, build_ruleset
@@ -120,8 +121,14 @@ class IptablesDataplane:
 
     # -- cleanup ------------------------------------------------------------------------------
     def cleanup(self) -> None:
-        """Remove every chain and jump svcproxy's iptables mode creates, in both families."""
+        """Remove every chain and jump svcproxy's iptables mode creates, in both families, and
+        first what kube-proxy's ipvs mode left (kube-proxy removes both together: ipvs mode shares
+        chain names with iptables mode, so neither's leftovers go while iptables mode runs)."""
         errors: list[str] = []
+        try:
+            cleanup_ipvs_leftovers(self.netns)
+        except ApplyError as e:
+            errors.append(str(e))
         for family in (4, 6):
             ipt = Iptables(family, self.netns)
             try:
