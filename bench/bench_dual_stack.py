@@ -90,7 +90,8 @@ def run_one(mode: str, families: tuple[int, ...], manifests: Path, args: argpars
             ["ip", "netns", "exec", ns, str(Path(sys.executable).with_name("svcproxy")), "run", "-f", str(manifests),
              "--proxy-mode", *mode_args(mode), "--hostname-override", "node-0", *fam_args,
              "--no-detect-local-addresses", "--min-sync-period", "0", "--sync-period", "600s",
-             "--healthz-bind-address", "", "--metrics-bind-address", "", "--status-bind-address", ""],
+             "--healthz-bind-address", "", "--metrics-bind-address", "", "--status-bind-address", "",
+             "--conntrack-max-per-core=0"],
             stderr=subprocess.PIPE, text=True)
         log = Lines(daemon)
         cold: dict[str, float] = {}

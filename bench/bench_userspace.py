@@ -214,7 +214,7 @@ def with_proxy(mode: str, manifest: Path, samples: int, mib: int) -> dict:
     proc = subprocess.Popen(["ip", "netns", "exec", NODE_NS, SVCPROXY, "run", "-f", str(manifest),
                              "--proxy-mode", mode, "--hostname-override", "bench-node", "--node-ip", NODE_IP,
                              "--cluster-cidr", "10.78.0.0/24", "--healthz-bind-address", "",
-                             "--metrics-bind-address", ""], stdout=log, stderr=subprocess.STDOUT)
+                             "--metrics-bind-address", "", "--conntrack-max-per-core=0"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_answer()
         return measure(CLUSTER_IP, PORT, samples, mib)

@@ -171,7 +171,7 @@ def dual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         daemon = spawn(node, [SVCPROXY, "run", "-f", str(tmp / "services.yaml"), "--proxy-mode", mode,
                               *(["--nftables-layout", layout] if layout else []),
                               "--node-ip", NODE[4], "--node-ip", NODE[6],
-                              "--cluster-cidr", "10.0.0.0/8", "--cluster-cidr", "fd00:10::/48",
+                              "--cluster-cidr", "10.0.0.0/8", "--cluster-cidr", "fd00:10::/48", "--conntrack-max-per-core=0",
                               "--hostname-override", "test-node", "--healthz-bind-address", "",
                               "--metrics-bind-address", "", "--status-bind-address", "",
                               "--min-sync-period", "0s"], tmp / "svcproxy.log")
@@ -272,7 +272,7 @@ def test_a_family_that_cannot_be_programmed_does_not_stop_the_other(tmp_path: Pa
                               "--proxy-mode", "iptables", "--node-ip", "10.1.0.1", "--node-ip", "fd00:10:1::1",
                               "--hostname-override", "test-node", "--healthz-bind-address", "127.0.0.1:10256",
                               "--metrics-bind-address", "", "--status-bind-address", "",
-                              "--min-sync-period", "0s", "--sync-period", "1s"], log)
+                              "--min-sync-period", "0s", "--sync-period", "1s", "--conntrack-max-per-core=0"], log)
         try:
             deadline = time.monotonic() + 30
             while "KUBE-SVC-" not in exec_in(node, ["iptables-save", "-t", "nat"], check=False):

@@ -92,7 +92,8 @@ def v6(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
                               *(["--nftables-layout", layout] if layout else []),
                               "--ip-family", "IPv6", "--node-ip", "fd00:192::2", "--cluster-cidr", "fd00:10::/48",
                               "--hostname-override", "test-node", "--healthz-bind-address", "",
-                              "--metrics-bind-address", "", "--min-sync-period", "0s"], tmp / "svcproxy.log")
+                              "--metrics-bind-address", "", "--min-sync-period", "0s", "--conntrack-max-per-core=0"],
+                       tmp / "svcproxy.log")
         try:
             deadline = time.monotonic() + 60
             while "KUBE-SVC-" not in _rules(node, mode) and "service-" not in _rules(node, mode):

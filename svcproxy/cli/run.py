@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import click
@@ -55,7 +55,42 @@ def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses
         from .cleanup import cleanup_everything
 
         raise SystemExit(0 if cleanup_everything(echo=log.info) else 1)
+    if settings.init_only:
+        _init_only(settings, detect_local_addresses)
+        return
     _run_daemon(paths, status_bind_address, detect_local_addresses, settings)
+
+
+def _conntrack(settings: Settings):  # type: ignore[no-untyped-def]
+    from ..runtime.node_setup import ConntrackSettings
+
+    return ConntrackSettings(**asdict(settings.config.conntrack))
+
+
+def _families(settings: Settings, detect_local_addresses: bool) -> tuple:  # type: ignore[type-arg]
+    from ..runtime.addresses import kernel_links, node_address_families, run_families
+
+    cfg = settings.node
+    links = kernel_links() if detect_local_addresses else []
+    return run_families(None, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs], node_address_families(links))
+
+
+def _init_only(settings: Settings, detect_local_addresses: bool) -> None:
+    """--init-only: the node setup that needs full privileges (kube-proxy's init container),
+    after removing other modes' leftovers as kube-proxy's start does, then exit."""
+    from ..runtime.node_setup import NodeSetupError, init_node
+
+    cfg = settings.node
+    try:
+        lines = init_node(settings.mode, _families(settings, detect_local_addresses), _conntrack(settings),
+                          localhost_nodeports=cfg.localhost_nodeports, nodeport_addresses=cfg.nodeport_addresses,
+                          node_ips=cfg.node_ips, cleanup_leftovers=True)
+    except NodeSetupError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None
+    for line in lines:
+        log.info("node setup: %s", line)
+    log.info("--init-only: node set up; exiting")
 
 
 def _write_config(settings: Settings) -> None:
@@ -90,7 +125,8 @@ def _run_daemon(paths: tuple[str, ...], status_bind_address: str, detect_local_a
         cfg=cfg, mode=settings.mode, sources=sources, min_sync_period=c.min_sync_period,
         sync_period=c.sync_period, families=families, healthz_bind_address=c.healthz_bind_address,
         metrics_bind_address=c.metrics_bind_address, status_bind_address=status_bind_address,
-        bind_address_hard_fail=c.bind_address_hard_fail, config_file=settings.config_file))
+        bind_address_hard_fail=c.bind_address_hard_fail, config_file=settings.config_file,
+        conntrack=_conntrack(settings), oom_score_adj=c.oom_score_adj))
 
 
 def _sources(paths: tuple[str, ...], settings: Settings, hostname: str) -> list[Any]:

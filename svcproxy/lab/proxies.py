@@ -40,7 +40,9 @@ def run_argv(node: NodeSpec, mode: str, manifests: Path, nftables_layout: str = 
     return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode, *layout,
             "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR, *dual,
             "--healthz-bind-address", f"{node.ip}:{HEALTHZ_PORT}",
-            "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}", "--min-sync-period", MIN_SYNC_PERIOD]
+            "--metrics-bind-address", f"{node.ip}:{METRICS_PORT}", "--min-sync-period", MIN_SYNC_PERIOD,
+            # a node namespace sees the host's nf_conntrack_max, read-only: leave it (as kind does)
+            "--conntrack-max-per-core=0"]
 
 
 def start(ns: str, node: NodeSpec, mode: str, manifests: Path, log: Path, nftables_layout: str = "kube-proxy") -> int:

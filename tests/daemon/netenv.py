@@ -147,6 +147,7 @@ class Daemon:
         argv = [str(Path(PYTHON).with_name("svcproxy")), "run", *source, "--proxy-mode", mode,
                 *(["--nftables-layout", layout] if layout else []),
                 "--hostname-override", "node-a", "--node-ip", NODE_IP, "--min-sync-period", "0",
+                "--conntrack-max-per-core=0",  # nf_conntrack_max is read-only in a namespace
                 "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                 *self.extra]
         self.proc = self.env.spawn(self.env.node, argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)

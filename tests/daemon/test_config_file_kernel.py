@@ -26,6 +26,7 @@ def kubeadm_file(path: Path, mode: str) -> Path:
     doc.update(mode=mode, clusterCIDR="10.0.1.0/24", healthzBindAddress="127.0.0.1:10256",
                metricsBindAddress="127.0.0.1:10249")
     doc["clientConnection"]["kubeconfig"] = ""
+    doc["conntrack"]["maxPerCore"] = 0  # nf_conntrack_max is the host's in a namespace (kind's file does this)
     doc["iptables"].update(masqueradeAll=True, masqueradeBit=3, minSyncPeriod="0s")
     doc["nftables"].update(masqueradeAll=False, masqueradeBit=7, minSyncPeriod="0s")
     path.write_text(yaml.safe_dump(doc))
@@ -102,3 +103,30 @@ def test_daemon_exits_when_its_configmap_file_changes(env: NetEnv, tmp_path: Pat
     assert daemon.proc.returncode == 1
     assert "configuration file" in daemon.log() and "was updated" in daemon.log()
     daemon.stop()
+
+
+def test_init_only_sets_the_node_up_and_exits(env: NetEnv, tmp_path: Path) -> None:
+    """kube-proxy's init container: `--init-only` writes the per-namespace sysctls and exits 0,
+    programming no rules."""
+    svcproxy = str(Path(__import__("sys").executable).with_name("svcproxy"))
+    out = env.exec(env.node, svcproxy, "run", "--init-only", "--conntrack-max-per-core=0",
+                   "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-be-liberal",
+                   "--conntrack-udp-timeout=45s", "--hostname-override=node-a", "--node-ip=10.0.1.1")
+    read = lambda key: env.exec(env.node, "sysctl", "-n", key).strip()  # noqa: E731
+    assert read("net.netfilter.nf_conntrack_tcp_timeout_established") == "7200"
+    assert read("net.netfilter.nf_conntrack_tcp_be_liberal") == "1"
+    assert read("net.netfilter.nf_conntrack_udp_timeout") == "45"
+    assert read("net.ipv4.conf.all.route_localnet") == "1", "iptables mode, localhost NodePorts on"
+    assert "KUBE-SERVICES" not in env.exec(env.node, "iptables-save"), out
+
+
+def test_init_only_names_the_setting_it_cannot_write(env: NetEnv) -> None:
+    import subprocess
+    import sys
+
+    svcproxy = str(Path(sys.executable).with_name("svcproxy"))
+    done = subprocess.run(["ip", "netns", "exec", env.node, svcproxy, "run", "--init-only",
+                           "--conntrack-max-per-core=1000000", "--hostname-override=node-a"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "nf_conntrack_max" in done.stderr and "conntrack" in done.stderr
