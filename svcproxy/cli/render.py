@@ -9,7 +9,7 @@ import click
 from ..config import NodeConfig
 from ..dataplane import renderer
 from ..gcpause import gc_paused
-from ..model.load import load_paths
+from ..model.load import Objects, load_paths
 from ..proxyconfig import Settings
 from ..state import ProxyState, build_state
 from . import skip_teardown
@@ -24,15 +24,30 @@ def report_errors(errors: list[str]) -> None:
         click.echo(f"{len(errors)} object(s) skipped; everything else was rendered.", err=True)
 
 
-def load_state(paths: tuple[str, ...], cfg: NodeConfig) -> ProxyState:
-    """The desired state from -f PATH..., bad objects reported on stderr (shared with trace)."""
+def load_state(paths: tuple[str, ...], cfg: NodeConfig) -> tuple[ProxyState, NodeConfig]:
+    """The desired state from -f PATH..., bad objects reported on stderr (shared with trace),
+    and the node config completed from this node's Node object where the manifests hold one."""
     try:
         objects = load_paths(paths)
     except FileNotFoundError as e:
         raise click.UsageError(str(e)) from None
+    cfg = node_from_manifests(objects, cfg)
     state = build_state(objects, cfg)
     report_errors(state.errors)
-    return state
+    return state, cfg
+
+
+def node_from_manifests(objects: Objects, cfg: NodeConfig) -> NodeConfig:
+    """The daemon's rule for a node it renders for: without --node-ip (or --bind-address), the
+    node's IPs come from its Node object (and NodeCIDR mode's podCIDRs always do), here from
+    the manifests. Warnings name what is still missing."""
+    from ..runtime.nodeinfo import setup_warnings, with_node
+
+    node = next((n for n in objects.nodes if n.name == cfg.hostname), None)
+    cfg = with_node(cfg, node, node_ips_given=bool(cfg.node_ips))
+    for warning in setup_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
+    return cfg
 
 
 @click.command()
@@ -46,7 +61,7 @@ def render(paths: tuple[str, ...], settings: Settings) -> None:
         click.echo(f"note: {note}", err=True)
     cfg = settings.node
     with gc_paused():  # bulk work whose objects live to the end: see gcpause.py
-        state = load_state(paths, cfg)
+        state, cfg = load_state(paths, cfg)
         text = renderer(settings.mode)(state, cfg)
     sys.stdout.write(text)
     skip_teardown()

@@ -23,7 +23,7 @@ def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) ->
     from ..dataplane import renderer
     from .render import load_state
 
-    state = load_state(paths, cfg)
+    state, cfg = load_state(paths, cfg)
     return renderer(mode)(state, cfg), list(cfg.local_ips)
 
 

@@ -351,3 +351,22 @@ def test_migrating_doc_lists_every_flag_and_field() -> None:
 def test_run_answers_version_as_kube_proxy_does() -> None:
     result = CliRunner().invoke(run, ["--version"])
     assert result.exit_code == 0 and "kube-proxy 1.36 compatible" in result.output
+
+
+def test_render_takes_node_ips_from_the_node_object(tmp_path: Path) -> None:
+    """nftables mode answers NodePorts on the primary IP; without --node-ip it is the Node's."""
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "default"},
+           "spec": {"type": "NodePort", "clusterIP": "172.30.0.40",
+                    "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}}
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "test-node"},
+            "status": {"addresses": [{"type": "Hostname", "address": "test-node"},
+                                     {"type": "InternalIP", "address": "192.168.0.2"}]}}
+    (tmp_path / "svc.yaml").write_text(yaml.safe_dump(svc))
+    args = ["-f", str(tmp_path), "--proxy-mode=nftables", "--hostname-override=test-node"]
+    without = CliRunner().invoke(render, args)
+    assert "NodePorts answer on no address" in without.stderr
+    assert "192.168.0.2" not in without.stdout
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
+    with_node = CliRunner().invoke(render, args)
+    assert with_node.exit_code == 0 and "NodePorts answer on no address" not in with_node.stderr
+    assert "192.168.0.2" in with_node.stdout
