@@ -21,8 +21,18 @@ from dataclasses import dataclass, field, replace
 from ..config import NodeConfig
 from ..dataplane import Dataplane, cleanup_other_modes, dataplane
 from ..sources import ObjectStore, Source
+from ..sources.kubernetes import ApiSource, EventSink
 from ..state import ProxyState
-from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
+from . import events
+from .health import (
+    FamilyHealth,
+    ProxierHealth,
+    ServiceHealth,
+    node_eligible,
+    serve_healthz,
+    serve_metrics,
+    serve_status,
+)
 from .metrics import Metrics
 from .status import StatusServer
 from .syncer import Syncer
@@ -56,7 +66,13 @@ class Daemon:
         """dp / dps: dataplanes to use instead of the mode's (tests); dp is the primary family's."""
         self.opts = opts
         self.store = ObjectStore(s.name for s in opts.sources)
-        self.metrics = Metrics()
+        self.metrics = Metrics(opts.mode)
+        api = next((s for s in opts.sources if isinstance(s, ApiSource)), None)
+        if api is not None:
+            api.metrics = self.metrics
+        # kube-proxy's Events, posted through the API when there is one (else only logged)
+        self.sink = EventSink(api.api, self.metrics) if api is not None else None
+        self.events = events.EventRecorder(self.sink)
         families = tuple(dict.fromkeys(opts.families or (opts.cfg.ip_family,)))
         given = dict(dps or {})
         if dp is not None:
@@ -77,15 +93,16 @@ class Daemon:
         self.dp = self.syncer.dp
         self.health = ProxierHealth(
             [FamilyHealth(s.cfg.family_name, timeout=lambda s=s: 2 * s.full_sync_interval,
-                          last_updated=lambda s=s: s.last_success, pending_since=s.pending_since)
+                          last_updated=lambda s=s: s.last_success or s.started, pending_since=s.pending_since)
              for s in self.syncers.values()],
-            node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
-        for s in self.syncers.values():  # pending changes are read from each feed at scrape time
-            fm = self.metrics.family(s.cfg.family_name)
-            fm.endpoint_changes_pending.set_function(lambda f=s.feed: f.pending.endpoint_events)
-            fm.service_changes_pending.set_function(lambda f=s.feed: f.pending.service_events)
+            node_eligible=lambda: node_eligible(self.store.node_eligible, opts.cfg.hostname, self.store.nodes_watched))
+        # pending changes, read from the feeds at scrape time; in dual-stack kube-proxy each
+        # proxier's tracker counts every change, so the families' pending changes add up
+        feeds = [s.feed for s in self.syncers.values()]
+        self.metrics.endpoint_changes_pending.set_function(lambda: sum(f.pending.endpoint_events for f in feeds))
+        self.metrics.service_changes_pending.set_function(lambda: sum(len(f.pending.service_keys) for f in feeds))
         # the health-check node ports answer for the primary family's endpoints (on 0.0.0.0)
-        self.service_health = ServiceHealth(self.health)
+        self.service_health = ServiceHealth(self.health, on_listen_error=self._health_port_failed)
         self.syncer.listeners.append(self.service_health.update)
         self.status: StatusServer | None = None
         if opts.status_bind_address:
@@ -95,6 +112,20 @@ class Daemon:
                                        lambda: self.store.problems, opts.mode, cfg.hostname, local)
             for s in self.syncers.values():
                 s.listeners.append(lambda state, changed, s=s: self._record_sync(s, state, changed))
+
+    def _health_port_failed(self, key: str, port: int, error: OSError) -> None:
+        note = f'node {self.opts.cfg.hostname} failed to start healthcheck "{key}" on port {port}: {error}'
+        self.events.eventf(events.service_ref(key), events.WARNING, "FailedToStartServiceHealthcheck", "Listen", note)
+
+    async def _serve_or_record(self, start, reason: str):  # noqa: ANN001, ANN202 - an awaitable's factory
+        """Start a server; when it cannot listen, record kube-proxy's Event for it, then fail."""
+        try:
+            return await start()
+        except OSError as e:
+            node = events.node_ref(self.opts.cfg.hostname)
+            self.events.eventf(node, events.WARNING, reason, "StartKubeProxy", str(e))
+            await self.events.flush()
+            raise
 
     def _record_sync(self, syncer: Syncer, state: ProxyState, changed: set[str] | None) -> None:
         if self.status is not None and syncer.last is not None:
@@ -113,9 +144,13 @@ class Daemon:
         """Run until cancelled (SIGTERM/SIGINT); the rules stay in the kernel afterwards."""
         runners = []
         if self.opts.healthz_bind_address:
-            runners.append(await serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics))
+            runners.append(await self._serve_or_record(
+                lambda: serve_healthz(self.opts.healthz_bind_address, self.health, self.metrics),
+                "FailedToStartProxierHealthcheck"))
         if self.opts.metrics_bind_address:
-            runners.append(await serve_metrics(self.opts.metrics_bind_address, self.metrics, self.opts.mode))
+            runners.append(await self._serve_or_record(
+                lambda: serve_metrics(self.opts.metrics_bind_address, self.metrics, self.opts.mode),
+                "FailedToStartMetricServer"))
         if self.status is not None:
             try:
                 runners.append(await serve_status(self.opts.status_bind_address, self.status))
@@ -123,6 +158,9 @@ class Daemon:
                 log.error("status page: cannot listen on %s (%s); running without it (choose another "
                           "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
         tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
+        # kube-proxy's birth cry: once the servers listen and the sources are started
+        self.events.eventf(events.node_ref(self.opts.cfg.hostname), events.NORMAL, "Starting", "StartKubeProxy")
+        tasks.append(asyncio.create_task(self.events.run(), name="events"))
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
         done: set[asyncio.Task] = set()
@@ -142,6 +180,8 @@ class Daemon:
             await self.service_health.close()
             for r in runners:
                 await r.cleanup()
+            if self.sink is not None:
+                await self.sink.close()
 
     async def _source(self, source: Source) -> None:
         await source.run(self.store)

@@ -75,6 +75,10 @@ class Syncer:
         self.listeners: list[Callable[[ProxyState, set[str] | None], None]] = []
         self.synced_once = asyncio.Event()
         self.before_first_sync = before_first_sync
+        self.started = time.time()  # /healthz's lastUpdated until the first sync (kube-proxy's SyncLoop start)
+        self.last_queued = self.started  # wall time a sync was last asked for
+        if self.metrics:
+            self.metrics.last_queued_timestamp.set_function(self.queued_timestamp)
 
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
@@ -113,8 +117,12 @@ class Syncer:
         pend = self.feed.pending
         if pend.oldest is not None and self.oldest_pending is None:
             self.oldest_pending = pend.oldest
-        if self.metrics:
-            self.metrics.last_queued_timestamp.set(time.time())
+
+    def queued_timestamp(self) -> float:
+        """kube-proxy's last_queued_timestamp: set whenever a change asks for a sync (read at
+        scrape time, so a change waiting behind a stuck sync shows at once)."""
+        queued = self.feed.pending.queued_at
+        return max(self.last_queued, queued) if queued is not None else self.last_queued
 
     # -- one sync ----------------------------------------------------------
     def build(self, changes: Changes) -> tuple[ProxyState, set[str] | None]:
@@ -126,6 +134,8 @@ class Syncer:
         """Build and apply; True on success. A failure keeps the old rules and schedules a full retry."""
         self.last_start = time.monotonic()
         changes = self.feed.take()
+        if changes.queued_at is not None:
+            self.last_queued = max(self.last_queued, changes.queued_at)
         oldest = self.oldest_pending if self.oldest_pending is not None else changes.oldest
         self.oldest_pending = None
         t0 = time.perf_counter()
@@ -159,7 +169,7 @@ class Syncer:
         if full:
             self.last_full = time.monotonic()
             self.last_full_seconds = apply_s
-        n_changed = len(state.services) if full else len(changed or ())
+        n_changed = len(changed) if changed is not None else count_changed(previous, state)
         self.last = SyncStats(full, len(state.services), n_changed, build_s, apply_s, result)
         log.info("%s %s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",
                  self.cfg.family_name, "full" if full else "partial", len(state.services), n_changed, build_s * 1e3, apply_s * 1e3,
@@ -180,6 +190,8 @@ class Syncer:
         backoff = min(self.sync_period, max(self.min_sync_period, 0.5) * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + backoff
         if self.metrics:
+            # both counted as kube-proxy's iptables proxier does (a partial failure is also a
+            # restore failure); exported in iptables mode only
             self.metrics.restore_failures.inc()
             if not full:
                 self.metrics.partial_restore_failures.inc()
@@ -192,23 +204,17 @@ class Syncer:
         (m.sync_full_duration if full else m.sync_partial_duration).observe(seconds)
         m.last_timestamp.set(self.last_success or time.time())
         now = time.time()
-        for t in changes.trigger_times:
-            m.network_programming.observe(max(0.0, now - t))
+        for times in changes.trigger_times.values():
+            for t in times:
+                m.network_programming.observe(max(0.0, now - t))
         if result:
             for table, n in result.rules.items():
                 m.iptables_total.labels(table=table).set(n)
-        if full:
-            internal = external = 0
-            for svc in state.services.values():
-                for p in svc.ports:
-                    if not (p.internal_policy_local or p.external_policy_local):
-                        continue
-                    local = any(e.is_local for e in svc.endpoints.get(p.name, ()))
-                    if not local:
-                        internal += p.internal_policy_local
-                        external += p.external_policy_local
-            m.no_local_endpoints.labels(traffic_policy="internal").set(internal)
-            m.no_local_endpoints.labels(traffic_policy="external").set(external)
+            for table, n in result.written.items():
+                m.iptables_last.labels(table=table).set(n)
+        internal, external = no_local_endpoints(state, self.cfg)
+        m.no_local_endpoints.labels(traffic_policy="internal").set(internal)
+        m.no_local_endpoints.labels(traffic_policy="external").set(external)
 
     async def _clear_conntrack(self, old: ProxyState | None, new: ProxyState, changed: set[str] | None) -> None:
         if old is None:
@@ -228,3 +234,29 @@ class Syncer:
         if self.oldest_pending is not None:
             return self.oldest_pending
         return self.feed.pending.oldest
+
+
+def count_changed(old: ProxyState | None, new: ProxyState) -> int:
+    """How many services a full sync actually changed (added, removed or different), so that
+    the periodic full sync that repairs drift does not log work it did not do."""
+    if old is None:
+        return len(new.services)
+    keys = old.services.keys() | new.services.keys()
+    return sum(old.services.get(k) != new.services.get(k) for k in keys)
+
+
+def no_local_endpoints(state: ProxyState, cfg: NodeConfig) -> tuple[int, int]:
+    """kube-proxy's no_local_endpoints_total (internal, external): service ports whose traffic
+    policy is Local and which have usable endpoints, but none on this node (their traffic is
+    dropped here). Ports without any endpoint are rejected, not counted."""
+    internal = external = 0
+    for svc in state.services.values():
+        for port in svc.ports:
+            if not (port.internal_policy_local or port.external_policy_local):
+                continue
+            policy = state.policy(port, cfg)
+            if not policy.has_endpoints:
+                continue
+            internal += not policy.has_internal
+            external += not policy.has_external
+    return internal, external
