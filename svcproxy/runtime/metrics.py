@@ -158,7 +158,7 @@ class Metrics:
         for name in families_for(mode):
             self.registry.register(getattr(self, name))
         if process:
-            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, ProcessExtras()):
                 self.registry.register(collector)
 
     def family(self, name: str) -> FamilyMetrics:
@@ -170,6 +170,47 @@ class Metrics:
         response came; the latency runs to the response's headers (a watch's stream excluded)."""
         self.rest_requests.labels(code=code, method=method, host=host).inc()
         self.rest_duration.labels(verb=method, host=host).observe(seconds)
+
+
+def net_dev_bytes(text: str) -> tuple[float, float]:
+    """(received, transmitted) bytes over every interface of a /proc/<pid>/net/dev table."""
+    rx = tx = 0.0
+    for line in text.splitlines()[2:]:
+        _, _, counters = line.partition(":")
+        fields = counters.split()
+        if len(fields) >= 9:
+            rx += float(fields[0])
+            tx += float(fields[8])
+    return rx, tx
+
+
+def address_space_limit(limits: str) -> float:
+    """The "Max address space" soft limit of a /proc/<pid>/limits table, in bytes
+    (unlimited: RLIM_INFINITY, as client_golang reports it)."""
+    for line in limits.splitlines():
+        if line.startswith("Max address space"):
+            soft = line[len("Max address space"):].split()[0]
+            return float(2**64 - 1) if soft == "unlimited" else float(soft)
+    return float(2**64 - 1)
+
+
+class ProcessExtras:
+    """The process_* families client_golang's process collector has and prometheus_client's
+    lacks: the network namespace's traffic and the address-space limit."""
+
+    def collect(self):  # noqa: ANN201 - a prometheus_client collector
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            with open("/proc/self/net/dev") as f:
+                rx, tx = net_dev_bytes(f.read())
+            with open("/proc/self/limits") as f:
+                limit = address_space_limit(f.read())
+        except OSError:
+            return
+        yield CounterMetricFamily("process_network_receive_bytes", "Number of bytes received by the process over the network.", value=rx)
+        yield CounterMetricFamily("process_network_transmit_bytes", "Number of bytes sent by the process over the network.", value=tx)
+        yield GaugeMetricFamily("process_virtual_memory_max_bytes", "Maximum amount of virtual memory available in bytes.", value=limit)
 
 
 class _Table:

@@ -393,7 +393,7 @@ def main() -> None:
     ap.add_argument("--commands", action="store_true",
                     help='read JSON lines from stdin: {"apply": [objects]}, {"delete": [kind, ns, name]}, '
                          '{"compact": true}, {"drop_watches": true}, {"reachable": false|true}, '
-                         '{"list_delay": seconds}')
+                         '{"list_delay": seconds}, {"fail": n}')
     args = ap.parse_args()
     server = StandInApiServer(args.host, args.port, bookmark_interval=30)
     objs = []
@@ -423,6 +423,8 @@ def main() -> None:
                 (server.reachable if cmd["reachable"] else server.unreachable)()
             elif "list_delay" in cmd:
                 server.call(setattr, server, "list_delay", float(cmd["list_delay"]))
+            elif "fail" in cmd:
+                server.fail_requests(int(cmd["fail"]))
             print("ok", flush=True)
         server.stop()
         return
