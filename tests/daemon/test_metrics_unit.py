@@ -14,7 +14,7 @@ from svcproxy.model.parse import parse_endpoint_slice
 from svcproxy.runtime.events import ObjectRef, make_event, micro_time, service_ref
 from svcproxy.runtime.health import FamilyHealth, ProxierHealth, go_time, node_eligible
 from svcproxy.runtime.metrics import Metrics, families_for
-from svcproxy.runtime.syncer import count_changed, no_local_endpoints
+from svcproxy.runtime.syncer import NoLocalCounts, count_changed, no_local_endpoints
 from svcproxy.sources.store import ObjectStore
 from svcproxy.state import build_state
 
@@ -76,6 +76,13 @@ def test_no_local_endpoints_counts_local_policies_with_remote_endpoints_only() -
     ]
     state = build_state(load_text(json.dumps({"kind": "List", "items": objs})), CFG)
     assert no_local_endpoints(state, CFG) == (1, 1)  # (internal: itp, external: remote-only)
+    # kept up to date by partial syncs: a local endpoint appears for remote-only, itp goes away
+    counts = NoLocalCounts()
+    assert counts.update(state, CFG, None) == (1, 1)
+    objs[1] = endpoint_slice("a", "remote-only", [endpoint("10.0.1.1", "node-a")])
+    later = build_state(load_text(json.dumps({"kind": "List", "items": objs[:5] + objs[7:]})), CFG)
+    assert counts.update(later, CFG, {"default/remote-only", "default/itp"}) == (0, 0)
+    assert counts.update(later, CFG, None) == no_local_endpoints(later, CFG) == (0, 0)
 
 
 def test_count_changed_says_what_a_full_sync_changed() -> None:
