@@ -157,6 +157,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         for name in families_for(mode):
             self.registry.register(getattr(self, name))
+        if mode == "iptables":
+            from .nfacct import NfacctCollector
+
+            self.registry.register(NfacctCollector())
         if process:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, ProcessExtras()):
                 self.registry.register(collector)

@@ -121,8 +121,8 @@ KUBE_PROXY_FAMILIES = {
     "rest_client_request_duration_seconds": ("histogram", {"host", "verb"}),
     "rest_client_requests_total": ("counter", {"code", "host", "method"}),
 }
-# kube-proxy's, not exported here: the nfacct counters need `-m nfacct` in the iptables rules,
-# which the iptables renderer does not write (docs/monitoring.md)
+# kube-proxy's, not exported here: the nfacct counters are read (test_nfacct.py) but only exist
+# once rules update them with `-m nfacct`, which the iptables renderer does not write yet
 NOT_EXPORTED = {"kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
                 "kubeproxy_iptables_localhost_nodeports_accepted_packets_total"}
 # iptables_restore_failures: registered by kube-proxy, shown once one happens (as here)
