@@ -12,6 +12,8 @@ done
 ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2' || need_apt+=(libcairo2)
 # the status page's tests drive a real browser (headless, no display needed)
 [ "${1:-}" = "--test" ] && { [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium); }
+# the monitoring test scrapes a daemon with a real Prometheus (kubernetes-mixin's queries, an alert)
+[ "${1:-}" = "--test" ] && { command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus); }
 if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   need_apt+=(python3 python3-venv)
 fi

@@ -23,6 +23,7 @@ class SyncResult:
     full: bool  # a full resync (all chains/objects) rather than a partial one
     input_bytes: int = 0  # size of the text/messages handed to the kernel tool
     rules: dict[str, int] = field(default_factory=dict)  # e.g. {"nat": 1234, "filter": 12} for metrics
+    written: dict[str, int] = field(default_factory=dict)  # rules this sync wrote, by table (iptables_last)
 
 
 class Dataplane(Protocol):

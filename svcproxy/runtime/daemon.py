@@ -24,8 +24,18 @@ from typing import Any
 from ..config import NodeConfig
 from ..dataplane import Dataplane, cleanup_other_modes, dataplane
 from ..sources import ObjectStore, Source
+from ..sources.kubernetes import ApiSource, EventSink
 from ..state import ProxyState
-from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
+from . import events
+from .health import (
+    FamilyHealth,
+    ProxierHealth,
+    ServiceHealth,
+    node_eligible,
+    serve_healthz,
+    serve_metrics,
+    serve_status,
+)
 from .metrics import Metrics
 from .node_setup import ConntrackSettings, NodeSetupError, apply_oom_score_adj, init_node
 from .nodeinfo import NodeSetupError as NodeNeverReady
@@ -83,7 +93,13 @@ class Daemon:
         """dp / dps: dataplanes to use instead of the mode's (tests); dp is the primary family's."""
         self.opts = opts
         self.store = ObjectStore(s.name for s in opts.sources)
-        self.metrics = Metrics()
+        self.metrics = Metrics(opts.mode)
+        api = next((s for s in opts.sources if isinstance(s, ApiSource)), None)
+        if api is not None:
+            api.metrics = self.metrics
+        # kube-proxy's Events, posted through the API when there is one (else only logged)
+        self.sink = EventSink(api.api, self.metrics) if api is not None else None
+        self.events = events.EventRecorder(self.sink)
         families = tuple(dict.fromkeys(opts.families or (opts.cfg.ip_family,)))
         given = dict(dps or {})
         if dp is not None:
@@ -107,15 +123,16 @@ class Daemon:
         self.dp = self.syncer.dp
         self.health = ProxierHealth(
             [FamilyHealth(s.cfg.family_name, timeout=lambda s=s: 2 * s.full_sync_interval,
-                          last_updated=lambda s=s: s.last_success, pending_since=s.pending_since)
+                          last_updated=lambda s=s: s.last_success or s.started, pending_since=s.pending_since)
              for s in self.syncers.values()],
-            node_eligible=lambda: self.store.node_eligible.get(opts.cfg.hostname, True))
-        for s in self.syncers.values():  # pending changes are read from each feed at scrape time
-            fm = self.metrics.family(s.cfg.family_name)
-            fm.endpoint_changes_pending.set_function(lambda f=s.feed: f.pending.endpoint_events)
-            fm.service_changes_pending.set_function(lambda f=s.feed: f.pending.service_events)
+            node_eligible=lambda: node_eligible(self.store.node_eligible, opts.cfg.hostname, self.store.nodes_watched))
+        # pending changes, read from the feeds at scrape time; in dual-stack kube-proxy each
+        # proxier's tracker counts every change, so the families' pending changes add up
+        feeds = [s.feed for s in self.syncers.values()]
+        self.metrics.endpoint_changes_pending.set_function(lambda: sum(f.pending.endpoint_events for f in feeds))
+        self.metrics.service_changes_pending.set_function(lambda: sum(len(f.pending.service_keys) for f in feeds))
         # the health-check node ports answer for the primary family's endpoints (on 0.0.0.0)
-        self.service_health = ServiceHealth(self.health)
+        self.service_health = ServiceHealth(self.health, on_listen_error=self._health_port_failed)
         self.syncer.listeners.append(self.service_health.update)
         self.status: StatusServer | None = None
         if opts.status_bind_address:
@@ -125,6 +142,10 @@ class Daemon:
                                        lambda: self.store.problems, opts.mode, cfg.hostname, local)
             for s in self.syncers.values():
                 s.listeners.append(lambda state, changed, s=s: self._record_sync(s, state, changed))
+
+    def _health_port_failed(self, key: str, port: int, error: OSError) -> None:
+        note = f'node {self.opts.cfg.hostname} failed to start healthcheck "{key}" on port {port}: {error}'
+        self.events.eventf(events.service_ref(key), events.WARNING, "FailedToStartServiceHealthcheck", "Listen", note)
 
     def _record_sync(self, syncer: Syncer, state: ProxyState, changed: set[str] | None) -> None:
         if self.status is not None and syncer.last is not None:
@@ -200,10 +221,10 @@ class Daemon:
         tasks = []
         if self.opts.healthz_bind_address:
             tasks += await self._serve("healthz", runners, lambda: serve_healthz(
-                self.opts.healthz_bind_address, self.health, self.metrics))
+                self.opts.healthz_bind_address, self.health, self.metrics), "FailedToStartProxierHealthcheck")
         if self.opts.metrics_bind_address:
             tasks += await self._serve("metrics", runners, lambda: serve_metrics(
-                self.opts.metrics_bind_address, self.metrics, self.opts.mode))
+                self.opts.metrics_bind_address, self.metrics, self.opts.mode), "FailedToStartMetricServer")
         if self.opts.config_file:
             tasks.append(asyncio.create_task(watch_config_file(self.opts.config_file), name="config file"))
         if self.status is not None:
@@ -213,6 +234,9 @@ class Daemon:
                 log.error("status page: cannot listen on %s (%s); running without it (choose another "
                           "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
         tasks += [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
+        # kube-proxy's birth cry: once the servers listen and the sources are started
+        self.events.eventf(events.node_ref(self.opts.cfg.hostname), events.NORMAL, "Starting", "StartKubeProxy")
+        tasks.append(asyncio.create_task(self.events.run(), name="events"))
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
         tasks.append(asyncio.create_task(self._watch_node(), name="node watch"))
@@ -233,18 +257,24 @@ class Daemon:
             await self.service_health.close()
             for r in runners:
                 await r.cleanup()
+            if self.sink is not None:
+                await self.sink.close()
 
-    async def _serve(self, name: str, runners: list, start: Callable[[], Awaitable[Any]]) -> list[asyncio.Task]:
+    async def _serve(self, name: str, runners: list, start: Callable[[], Awaitable[Any]],
+                     reason: str) -> list[asyncio.Task]:
         """Serve one endpoint as kube-proxy's serveHealthz/serveMetrics do: a port that cannot be
-        bound is fatal with bindAddressHardFail, else logged and retried every 5 s (in a task,
-        returned, so the proxy goes on meanwhile)."""
+        bound records kube-proxy's Event (reason), and is fatal with bindAddressHardFail, else
+        logged and retried every 5 s (in a task, returned, so the proxy goes on meanwhile)."""
 
         async def attempt() -> bool:
             try:
                 runners.append(await start())
                 return True
             except OSError as e:
+                self.events.eventf(events.node_ref(self.opts.cfg.hostname), events.WARNING, reason,
+                                   "StartKubeProxy", str(e))
                 if self.opts.bind_address_hard_fail:
+                    await self.events.flush()
                     raise BindFailed(f"{name} server failed: {e} (bindAddressHardFail is set)") from None
                 log.error("%s server failed: %s; retrying in 5s", name, e)
                 return False

@@ -1,8 +1,10 @@
 """Health endpoints as kube-proxy serves them.
 
 - /healthz and /livez on --healthz-bind-address: 200 while the rules are fresh, 503 when a
-  change has been waiting longer than twice the sync period (kube-proxy's healthTimeout);
-  the JSON body is kube-proxy's.
+  change has been waiting longer than twice the sync period (kube-proxy's healthTimeout), and
+  /healthz also when this Node is being deleted or was never seen; the JSON body is 1.36's
+  (RFC 3339 times, "healthy", a "status" per IP family).
+- /metrics, /proxyMode and a plain /healthz on --metrics-bind-address, as kube-proxy's.
 - one HTTP server per healthCheckNodePort (LoadBalancer services with externalTrafficPolicy
   Local): 200 while this node has ready local endpoints for the service, 503 with none, so the
   cloud load balancer sends traffic only to nodes that can serve it locally.
@@ -13,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -27,10 +30,15 @@ log = logging.getLogger("svcproxy.runtime.health")
 
 
 def go_time(t: float | None) -> str:
-    """A timestamp as Go prints a time.Time (kube-proxy's JSON carries these strings)."""
+    """A timestamp as Go's encoding/json writes a time.Time: RFC 3339 with nanoseconds, trailing
+    zeros dropped, in UTC (kube-proxy's JSON carries these strings); None is Go's zero time."""
     if t is None:
-        return "0001-01-01 00:00:00 +0000 UTC"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC")
+        return "0001-01-01T00:00:00Z"
+    ns = round(t * 1e9)
+    secs, frac = divmod(ns, 10**9)
+    base = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{base}.{digits}Z" if digits else f"{base}Z"
 
 
 def split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -50,18 +58,27 @@ class FamilyHealth:
 
     name: str  # "IPv4" or "IPv6"
     timeout: Callable[[], float]  # 2 x the (possibly stretched) full sync interval
-    last_updated: Callable[[], float | None]  # wall time of the last successful sync
+    last_updated: Callable[[], float | None]  # wall time of the last successful sync (or of the loop's start)
     pending_since: Callable[[], float | None]  # monotonic time of the oldest unprogrammed change
 
     def healthy(self) -> bool:
+        """kube-proxy's rule: unhealthy once a queued change has waited healthTimeout or longer."""
         since = self.pending_since()
         return since is None or time.monotonic() - since < self.timeout()
 
 
+def node_eligible(eligible: Mapping[str, bool], name: str, watched: bool) -> bool:
+    """kube-proxy's NodeEligible: false for a Node being deleted or tainted for deletion, and
+    for a Node it never saw. Only a source that watches Nodes (the API) can know one is
+    missing; with manifests alone a Node absent from them says nothing, so it is eligible."""
+    if name in eligible:
+        return eligible[name]
+    return not watched
+
+
 @dataclass
 class ProxierHealth:
-    """kube-proxy's ProxyHealthServer semantics, fed by one syncer per IP family: healthy while
-    every family is; when one is not, lastUpdated is that family's last successful sync."""
+    """kube-proxy's ProxyHealthServer, fed by one syncer per IP family."""
 
     families: list[FamilyHealth]
     node_eligible: Callable[[], bool] = lambda: True
@@ -74,11 +91,26 @@ class ProxierHealth:
         return [f.name for f in self.families if not f.healthy()]
 
     def last_updated(self) -> float | None:
-        stale = [f for f in self.families if not f.healthy()]
-        times = [t for f in (stale or self.families) if (t := f.last_updated()) is not None]
-        if not times:
-            return None
-        return min(times) if stale else max(times)
+        """The most recent family's last update (kube-proxy's top-level lastUpdated, kept for
+        backward compatibility), whatever the families' health."""
+        times = [t for f in self.families if (t := f.last_updated()) is not None]
+        return max(times) if times else None
+
+    def document(self, now: float, eligible: bool | None) -> tuple[bool, dict[str, Any]]:
+        """(healthy, the JSON object) as kube-proxy's /healthz (eligible given) or /livez
+        (eligible None) writes it; keys in Go's struct order. While healthy, lastUpdated is
+        now, as older releases said when the sync loop last ran."""
+        status = {f.name: {"lastUpdated": go_time(f.last_updated()), "healthy": f.healthy()}
+                  for f in sorted(self.families, key=lambda f: f.name) if f.last_updated() is not None}
+        healthy = all(s["healthy"] for s in status.values()) and eligible is not False
+        doc: dict[str, Any] = {"lastUpdated": go_time(now if healthy else self.last_updated()),
+                               "currentTime": go_time(now)}
+        if eligible is not None:
+            doc["nodeEligible"] = eligible
+        doc["healthy"] = all(s["healthy"] for s in status.values())
+        if status:
+            doc["status"] = status
+        return healthy, doc
 
 
 async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -89,25 +121,19 @@ async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
 
 
 def healthz_app(health: ProxierHealth, metrics: Metrics | None) -> web.Application:
-    async def healthz(request: web.Request) -> web.Response:
-        eligible = health.node_eligible()
-        ok = health.healthy() and eligible
-        now = time.time()
-        last = now if ok else health.last_updated()
+    """/healthz (node eligibility included) and /livez (the sync loops only), 200 or 503."""
+
+    def answer(eligible: bool | None, counter: str) -> web.Response:
+        ok, doc = health.document(time.time(), eligible)
         if metrics:
-            metrics.healthz_total.labels(code="200" if ok else "503").inc()
-        body = f'{{"lastUpdated": {json.dumps(go_time(last))},"currentTime": {json.dumps(go_time(now))}, ' \
-               f'"nodeEligible": {"true" if eligible else "false"}}}'
-        return _json(body, 200 if ok else 503)
+            getattr(metrics, counter).labels(code="200" if ok else "503").inc()
+        return _json(json.dumps(doc, separators=(",", ":")), 200 if ok else 503)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return answer(health.node_eligible(), "healthz_total")
 
     async def livez(request: web.Request) -> web.Response:
-        ok = health.healthy()
-        now = time.time()
-        last = now if ok else health.last_updated()
-        if metrics:
-            metrics.livez_total.labels(code="200" if ok else "503").inc()
-        body = f'{{"lastUpdated": {json.dumps(go_time(last))},"currentTime": {json.dumps(go_time(now))}}}'
-        return _json(body, 200 if ok else 503)
+        return answer(None, "livez_total")
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -116,8 +142,9 @@ def healthz_app(health: ProxierHealth, metrics: Metrics | None) -> web.Applicati
 
 
 def _json(body: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    h = {"X-Content-Type-Options": "nosniff", **(headers or {})}
-    return web.Response(text=body, status=status, content_type="application/json", headers=h)
+    # exactly "application/json", as Go writes it (aiohttp would add a charset)
+    h = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff", **(headers or {})}
+    return web.Response(body=body.encode(), status=status, headers=h)
 
 
 async def serve_healthz(address: str, health: ProxierHealth, metrics: Metrics | None) -> web.AppRunner:
@@ -128,9 +155,13 @@ async def serve_healthz(address: str, health: ProxierHealth, metrics: Metrics | 
 class ServiceHealth:
     """Per-service health-check node ports, opened and closed as services come and go."""
 
-    def __init__(self, health: ProxierHealth, host: str = "0.0.0.0") -> None:
+    def __init__(self, health: ProxierHealth, host: str = "0.0.0.0",
+                 on_listen_error: Callable[[str, int, OSError], None] | None = None) -> None:
+        """on_listen_error(service key, port, error): a port could not be opened (the daemon
+        records kube-proxy's FailedToStartServiceHealthcheck Event)."""
         self.health = health
         self.host = host
+        self.on_listen_error = on_listen_error
         self.counts: dict[str, int] = {}  # service key -> ready local endpoints
         self.ports: dict[str, int] = {}  # service key -> its healthCheckNodePort
         self.servers: dict[int, tuple[str, web.AppRunner]] = {}  # port -> (service key, runner)
@@ -166,6 +197,8 @@ class ServiceHealth:
                 self.servers[port] = (key, await _serve(self._app(key), self.host, port))
             except OSError as e:
                 log.error("service %s: cannot listen on healthCheckNodePort %d: %s", key, port, e)
+                if self.on_listen_error is not None:
+                    self.on_listen_error(key, port, e)
 
     def _app(self, key: str) -> web.Application:
         ns, name = key.split("/", 1)
@@ -189,17 +222,27 @@ class ServiceHealth:
 
 
 def metrics_app(metrics: Metrics, mode: str) -> web.Application:
+    """The metrics port as kube-proxy's serveMetrics sets it up: /metrics, /proxyMode, and the
+    generic /healthz ("ok" once the process serves; no /livez there)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    text = {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}
 
     async def handle_metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def proxy_mode(request: web.Request) -> web.Response:
-        return web.Response(text=mode)
+        return web.Response(text=mode, headers=text)
+
+    async def healthz(request: web.Request) -> web.Response:
+        verbose = "verbose" in request.query
+        return web.Response(text="[+]ping ok\nhealthz check passed\n" if verbose else "ok", headers=text)
 
     app = web.Application()
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/proxyMode", proxy_mode)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz/ping", healthz)
     return app
 
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from ..config import NodeConfig
@@ -75,6 +75,11 @@ class Syncer:
         self.listeners: list[Callable[[ProxyState, set[str] | None], None]] = []
         self.synced_once = asyncio.Event()
         self.before_first_sync = before_first_sync
+        self.no_local = NoLocalCounts()
+        self.started = time.time()  # /healthz's lastUpdated until the first sync (kube-proxy's SyncLoop start)
+        self.last_queued = self.started  # wall time a sync was last asked for
+        if self.metrics:
+            self.metrics.last_queued_timestamp.set_function(self.queued_timestamp)
 
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
@@ -113,8 +118,12 @@ class Syncer:
         pend = self.feed.pending
         if pend.oldest is not None and self.oldest_pending is None:
             self.oldest_pending = pend.oldest
-        if self.metrics:
-            self.metrics.last_queued_timestamp.set(time.time())
+
+    def queued_timestamp(self) -> float:
+        """kube-proxy's last_queued_timestamp: set whenever a change asks for a sync (read at
+        scrape time, so a change waiting behind a stuck sync shows at once)."""
+        queued = self.feed.pending.queued_at
+        return max(self.last_queued, queued) if queued is not None else self.last_queued
 
     # -- one sync ----------------------------------------------------------
     def build(self, changes: Changes) -> tuple[ProxyState, set[str] | None]:
@@ -126,6 +135,8 @@ class Syncer:
         """Build and apply; True on success. A failure keeps the old rules and schedules a full retry."""
         self.last_start = time.monotonic()
         changes = self.feed.take()
+        if changes.queued_at is not None:
+            self.last_queued = max(self.last_queued, changes.queued_at)
         oldest = self.oldest_pending if self.oldest_pending is not None else changes.oldest
         self.oldest_pending = None
         t0 = time.perf_counter()
@@ -159,13 +170,13 @@ class Syncer:
         if full:
             self.last_full = time.monotonic()
             self.last_full_seconds = apply_s
-        n_changed = len(state.services) if full else len(changed or ())
+        n_changed = len(changed) if changed is not None else count_changed(previous, state)
         self.last = SyncStats(full, len(state.services), n_changed, build_s, apply_s, result)
         log.info("%s %s sync: %d service(s), %d changed, build %.1f ms, apply %.1f ms, input %d bytes",
                  self.cfg.family_name, "full" if full else "partial", len(state.services), n_changed, build_s * 1e3, apply_s * 1e3,
                  result.input_bytes if result else 0)
         if m:
-            self._record(m, full, time.perf_counter() - t0, result, changes, state)
+            self._record(m, full, time.perf_counter() - t0, result, changes, state, changed)
         for listener in self.listeners:
             listener(state, None if full else changed)
         self.synced_once.set()
@@ -180,6 +191,8 @@ class Syncer:
         backoff = min(self.sync_period, max(self.min_sync_period, 0.5) * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + backoff
         if self.metrics:
+            # both counted as kube-proxy's iptables proxier does (a partial failure is also a
+            # restore failure); exported in iptables mode only
             self.metrics.restore_failures.inc()
             if not full:
                 self.metrics.partial_restore_failures.inc()
@@ -187,28 +200,22 @@ class Syncer:
                   self.cfg.family_name, e, self.cfg.family_name, backoff, exc_info=not isinstance(e, RuntimeError))
 
     def _record(self, m: FamilyMetrics, full: bool, seconds: float, result: SyncResult | None, changes: Changes,
-                state: ProxyState) -> None:
+                state: ProxyState, changed: set[str] | None) -> None:
         m.sync_duration.observe(seconds)
         (m.sync_full_duration if full else m.sync_partial_duration).observe(seconds)
         m.last_timestamp.set(self.last_success or time.time())
         now = time.time()
-        for t in changes.trigger_times:
-            m.network_programming.observe(max(0.0, now - t))
+        for times in changes.trigger_times.values():
+            for t in times:
+                m.network_programming.observe(max(0.0, now - t))
         if result:
             for table, n in result.rules.items():
                 m.iptables_total.labels(table=table).set(n)
-        if full:
-            internal = external = 0
-            for svc in state.services.values():
-                for p in svc.ports:
-                    if not (p.internal_policy_local or p.external_policy_local):
-                        continue
-                    local = any(e.is_local for e in svc.endpoints.get(p.name, ()))
-                    if not local:
-                        internal += p.internal_policy_local
-                        external += p.external_policy_local
-            m.no_local_endpoints.labels(traffic_policy="internal").set(internal)
-            m.no_local_endpoints.labels(traffic_policy="external").set(external)
+            for table, n in result.written.items():
+                m.iptables_last.labels(table=table).set(n)
+        internal, external = self.no_local.update(state, self.cfg, None if full else changed)
+        m.no_local_endpoints.labels(traffic_policy="internal").set(internal)
+        m.no_local_endpoints.labels(traffic_policy="external").set(external)
 
     async def _clear_conntrack(self, old: ProxyState | None, new: ProxyState, changed: set[str] | None) -> None:
         if old is None:
@@ -228,3 +235,58 @@ class Syncer:
         if self.oldest_pending is not None:
             return self.oldest_pending
         return self.feed.pending.oldest
+
+
+def count_changed(old: ProxyState | None, new: ProxyState) -> int:
+    """How many services a full sync actually changed (added, removed or different), so that
+    the periodic full sync that repairs drift does not log work it did not do."""
+    if old is None:
+        return len(new.services)
+    keys = old.services.keys() | new.services.keys()
+    return sum(old.services.get(k) != new.services.get(k) for k in keys)
+
+
+def service_no_local(state: ProxyState, key: str, cfg: NodeConfig) -> tuple[int, int]:
+    """One service's share of kube-proxy's no_local_endpoints_total (internal, external): its
+    ports whose traffic policy is Local and which have usable endpoints, but none on this node
+    (their traffic is dropped here). Ports without any endpoint are rejected, not counted."""
+    internal = external = 0
+    svc = state.services.get(key)
+    for port in svc.ports if svc else ():
+        if not (port.internal_policy_local or port.external_policy_local):
+            continue
+        policy = state.policy(port, cfg)
+        if policy.has_endpoints:
+            internal += not policy.has_internal
+            external += not policy.has_external
+    return internal, external
+
+
+def no_local_endpoints(state: ProxyState, cfg: NodeConfig) -> tuple[int, int]:
+    """no_local_endpoints_total (internal, external) over every service."""
+    shares = [service_no_local(state, key, cfg) for key in state.services]
+    return sum(i for i, _ in shares), sum(e for _, e in shares)
+
+
+class NoLocalCounts:
+    """no_local_endpoints_total kept up to date with the services a sync changed (kube-proxy
+    recounts every port on every sync; at 10,000 services that is milliseconds per partial sync)."""
+
+    def __init__(self) -> None:
+        self.shares: dict[str, tuple[int, int]] = {}
+        self.internal = self.external = 0
+
+    def update(self, state: ProxyState, cfg: NodeConfig, changed: Collection[str] | None) -> tuple[int, int]:
+        """changed: the keys a partial sync rebuilt; None recounts every service."""
+        if changed is None:
+            self.shares = {key: share for key in state.services if any(share := service_no_local(state, key, cfg))}
+        else:
+            for key in changed:
+                share = service_no_local(state, key, cfg)
+                if any(share):
+                    self.shares[key] = share
+                else:
+                    self.shares.pop(key, None)
+        self.internal = sum(i for i, _ in self.shares.values())
+        self.external = sum(e for _, e in self.shares.values())
+        return self.internal, self.external

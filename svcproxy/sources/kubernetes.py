@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -31,6 +31,9 @@ from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
 from ..model.parse import ObjectError, parse_endpoint_slice, parse_node, parse_service, parse_service_cidr
 from .apiclient import ApiConfig
 from .store import Obj, ObjectStore
+
+if TYPE_CHECKING:
+    from ..runtime.metrics import Metrics
 
 log = logging.getLogger("svcproxy.sources.kubernetes")
 
@@ -103,12 +106,56 @@ def _node_eligible(raw: Mapping[str, Any]) -> bool:
     return not any(isinstance(t, dict) and t.get("key") == TAINT_TO_BE_DELETED for t in taints)
 
 
+async def request(api: ApiConfig, session: aiohttp.ClientSession, method: str, url: str,
+                  metrics: Metrics | None, **kw: Any) -> aiohttp.ClientResponse:
+    """One API request, counted as client-go counts it (rest_client_requests_total by code,
+    rest_client_request_duration_seconds to the response's headers; "<error>" when none came)."""
+    started = time.perf_counter()
+    host = urlsplit(api.host).netloc
+    try:
+        resp = await session.request(method, url, headers=api.headers(), ssl=api.ssl_context,
+                                     server_hostname=api.server_hostname, **kw)
+    except (aiohttp.ClientError, TimeoutError):
+        if metrics is not None:
+            metrics.api_request(method, host, "<error>", time.perf_counter() - started)
+        raise
+    if metrics is not None:
+        metrics.api_request(method, host, str(resp.status), time.perf_counter() - started)
+    return resp
+
+
+class EventSink:
+    """Creates Events (events.k8s.io/v1) on the API server, for runtime/events.EventRecorder."""
+
+    def __init__(self, api: ApiConfig, metrics: Metrics | None = None) -> None:
+        self.api, self.metrics = api, metrics
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, namespace: str, event: Mapping[str, Any]) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        url = f"{self.api.host}/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+        resp = await request(self.api, self.session, "POST", url, self.metrics, json=event,
+                             timeout=aiohttp.ClientTimeout(total=30, sock_connect=10))
+        try:
+            if resp.status not in (200, 201, 202):
+                raise ApiError(f"POST events: HTTP {resp.status}: {(await resp.text())[:300]}", resp.status)
+        finally:
+            resp.release()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
 class Reflector:
     """List-then-watch one resource into the store, forever."""
 
     def __init__(self, api: ApiConfig, session: aiohttp.ClientSession, res: Resource, store: ObjectStore,
-                 page_size: int = 500) -> None:
+                 page_size: int = 500, metrics: Metrics | None = None) -> None:
         self.api, self.session, self.res, self.store = api, session, res, store
+        self.metrics = metrics
         self.name = f"api/{res.kind}"
         self.page_size = page_size
         self.resource_version = ""
@@ -160,8 +207,7 @@ class Reflector:
         return f"{self.api.host}{self.res.path}?{urlencode([*self.res.params, *params.items()])}"
 
     async def _get(self, url: str, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        resp = await self.session.get(url, headers=self.api.headers(), ssl=self.api.ssl_context, timeout=timeout,
-                                      server_hostname=self.api.server_hostname)
+        resp = await request(self.api, self.session, "GET", url, self.metrics, timeout=timeout)
         if resp.status == 410:
             resp.release()
             raise Gone()
@@ -274,16 +320,18 @@ class ApiSource:
     def __init__(self, api: ApiConfig, node_name: str, page_size: int = 500) -> None:
         self.api, self.node_name, self.page_size = api, node_name, page_size
         self.reflectors: list[Reflector] = []
+        self.metrics: Metrics | None = None  # the daemon's, for the rest_client_* families
 
     async def run(self, store: ObjectStore) -> None:
+        store.nodes_watched = True  # a Node never listed means it does not exist (for /healthz)
         for res in resources(self.node_name):
             store.add_source(f"api/{res.kind}")
         store.mark_synced(self.name)  # the reflectors stand for this source from here on
         connector = aiohttp.TCPConnector(limit=10)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self.reflectors = [Reflector(self.api, session, res, store, self.page_size)
+            self.reflectors = [Reflector(self.api, session, res, store, self.page_size, self.metrics)
                                for res in resources(self.node_name)]
             await asyncio.gather(*(r.run() for r in self.reflectors))
 
 
-__all__ = ["ApiSource", "Reflector"]
+__all__ = ["ApiSource", "EventSink", "Reflector"]

@@ -38,8 +38,12 @@ class Changes:
     nodes: bool = False  # some Node changed: this node's zone may have moved
     service_events: int = 0  # counts for kubeproxy_sync_proxy_rules_*_changes_total
     endpoint_events: int = 0
+    service_keys: set[str] = field(default_factory=set)  # services whose Service changed (*_pending)
     oldest: float | None = None  # monotonic time of the oldest change taken (for health)
-    trigger_times: list[float] = field(default_factory=list)  # wall time each slice change happened
+    queued_at: float | None = None  # wall time of the newest change (last_queued_timestamp)
+    # wall times from the endpoints.kubernetes.io/last-change-trigger-time annotation of slice
+    # changes, by service: only these are network programming latency (kube-proxy's rule)
+    trigger_times: dict[str, list[float]] = field(default_factory=dict)
 
 
 class ChangeFeed:
@@ -59,6 +63,9 @@ class ChangeFeed:
         """Put back changes a failed sync could not program (the next sync is full anyway)."""
         self.pending.all = True
         self.pending.services |= changes.services
+        self.pending.service_keys |= changes.service_keys
+        for key, times in changes.trigger_times.items():
+            self.pending.trigger_times.setdefault(key, []).extend(times)
         if changes.oldest is not None and (self.pending.oldest is None or changes.oldest < self.pending.oldest):
             self.pending.oldest = changes.oldest
 
@@ -78,6 +85,11 @@ class ObjectStore:
         self.feeds = [self.feed]
         self.changed = self.feed.changed
         self.node_eligible: dict[str, bool] = {}  # node name -> not being deleted (for /healthz)
+        # a source that watches this node's Node (the API) sets this: then a Node never seen
+        # makes /healthz say nodeEligible false, as kube-proxy's does; manifests may have none
+        self.nodes_watched = False
+        # trigger times older than this are the initial list's, not a change we programmed
+        self.started = time.time()
         # What each source could not use, by the object it names: shown by the status page.
         self.problems: dict[str, dict[str, str]] = {}  # source -> {"Kind ns/name": message}
 
@@ -123,8 +135,7 @@ class ObjectStore:
         elif isinstance(obj, Service):
             self._touch_service(key)
         else:
-            for feed in self.feeds:
-                feed.pending.nodes = True
+            self._touch_nodes()
         self._notify()
 
     def delete(self, source: str, kind: str, key: str) -> None:
@@ -135,12 +146,11 @@ class ObjectStore:
             return
         if isinstance(old, EndpointSlice):
             self._unindex(old)
-            self._touch_service(old.service_key, endpoint=True)
+            self._touch_service(old.service_key, endpoint=True, removed=True)
         elif isinstance(old, Service):
             self._touch_service(key)
         else:
-            for feed in self.feeds:
-                feed.pending.nodes = True
+            self._touch_nodes()
         self._notify()
 
     def replace(self, source: str, objects: Objects | Iterable[Obj], keep: set[tuple[str, str]] = frozenset()) -> None:
@@ -205,19 +215,34 @@ class ObjectStore:
             if not keys:
                 del self.slices_by_service[sl.service_key]
 
-    def _touch_service(self, key: str, endpoint: bool = False, trigger_time: float | None = None) -> None:
-        now = time.monotonic()
-        when = trigger_time if trigger_time is not None else time.time()
+    def _touch_service(self, key: str, endpoint: bool = False, trigger_time: float | None = None,
+                       removed: bool = False) -> None:
+        """Queue a service for every feed. A slice's trigger time counts only when it is newer
+        than the store (not the initial list's); a removed slice drops the service's pending
+        ones, whose annotation dates from an earlier change (kube-proxy's rule)."""
+        now, wall = time.monotonic(), time.time()
+        trigger = trigger_time is not None and trigger_time > self.started
         for feed in self.feeds:
             c = feed.pending
             c.services.add(key)
             if endpoint:
                 c.endpoint_events += 1
-                c.trigger_times.append(when)
+                if removed:
+                    c.trigger_times.pop(key, None)
+                elif trigger:
+                    c.trigger_times.setdefault(key, []).append(trigger_time)  # type: ignore[arg-type]
             else:
                 c.service_events += 1
+                c.service_keys.add(key)
             if c.oldest is None:
                 c.oldest = now
+            c.queued_at = wall
+
+    def _touch_nodes(self) -> None:
+        wall = time.time()
+        for feed in self.feeds:
+            feed.pending.nodes = True
+            feed.pending.queued_at = wall
 
     def _notify(self) -> None:
         for feed in self.feeds:

@@ -7,7 +7,9 @@ What the daemon's reflectors rely on, and what the tests need to break on purpos
   BOOKMARK events when allowWatchBookmarks is set, timeoutSeconds;
 - 410 Gone for a compacted resourceVersion (as a watch ERROR event, or as an HTTP status);
 - dropped connections (drop_watches cuts every open watch stream mid-flight);
-- failures (fail_next_requests answers the next N requests with 500).
+- failures (fail_next_requests answers the next N requests with 500);
+- Events: POST .../namespaces/NS/events creates one (events.k8s.io/v1, as kube-proxy's
+  recorder writes them), listed like any other kind.
 
 It runs in a thread with its own event loop, so a daemon in the test's loop or in another
 process can use it; the mutators are thread-safe.
@@ -31,6 +33,7 @@ PATHS = {
     "EndpointSlice": "/apis/discovery.k8s.io/v1/endpointslices",
     "Node": "/api/v1/nodes",
     "ServiceCIDR": "/apis/networking.k8s.io/v1/servicecidrs",
+    "Event": "/apis/events.k8s.io/v1/events",
 }
 CLUSTER_SCOPED = ("Node", "ServiceCIDR")
 KINDS = {v: k for k, v in PATHS.items()}
@@ -119,6 +122,7 @@ class StandInApiServer:
             item = _item_path(kind)
             app.router.add_put(item, self._put)
             app.router.add_delete(item, functools.partial(self._delete_http, kind))
+        app.router.add_post("/apis/events.k8s.io/v1/namespaces/{ns}/events", self._create_event)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._loop.run_until_complete(self._runner.setup())
         site = self._site = web.TCPSite(self._runner, self.host, self.port)
@@ -248,6 +252,26 @@ class StandInApiServer:
             await asyncio.sleep(self.list_delay)
         return self._list(kind, labels, fields, int(q.get("limit", "0") or 0), q.get("continue", ""))
 
+    async def _create_event(self, request: web.Request) -> web.Response:
+        """POST an Event: 201 with the object, 409 if the name exists, 400 without the fields
+        the events.k8s.io/v1 API requires of a new Event."""
+        self.requests.append("create Event")
+        obj = await request.json()
+        meta = obj.get("metadata") or {}
+        missing = [f for f in ("eventTime", "reportingController", "reportingInstance", "action", "reason")
+                   if not obj.get(f)]
+        if missing or meta.get("namespace") != request.match_info["ns"] or not meta.get("name"):
+            return web.json_response({"kind": "Status", "code": 400, "message": f"invalid Event: {missing}"},
+                                     status=400)
+        if f"{meta['namespace']}/{meta['name']}" in self.objects["Event"]:
+            return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
+        self._apply([{**obj, "kind": "Event"}])
+        return web.json_response(obj, status=201)
+
+    def events(self) -> list[dict]:
+        """The Events created so far, oldest first."""
+        return self.call(lambda: sorted(self.objects["Event"].values(), key=lambda e: e["eventTime"]))
+
     async def _put(self, request: web.Request) -> web.Response:
         """PUT .../namespaces/NS/KIND/NAME: create or replace (for clients in other processes)."""
         obj = await request.json()
@@ -369,7 +393,7 @@ def main() -> None:
     ap.add_argument("--commands", action="store_true",
                     help='read JSON lines from stdin: {"apply": [objects]}, {"delete": [kind, ns, name]}, '
                          '{"compact": true}, {"drop_watches": true}, {"reachable": false|true}, '
-                         '{"list_delay": seconds}')
+                         '{"list_delay": seconds}, {"fail": n}')
     args = ap.parse_args()
     server = StandInApiServer(args.host, args.port, bookmark_interval=30)
     objs = []
@@ -399,6 +423,8 @@ def main() -> None:
                 (server.reachable if cmd["reachable"] else server.unreachable)()
             elif "list_delay" in cmd:
                 server.call(setattr, server, "list_delay", float(cmd["list_delay"]))
+            elif "fail" in cmd:
+                server.fail_requests(int(cmd["fail"]))
             print("ok", flush=True)
         server.stop()
         return

@@ -27,7 +27,8 @@ class RecordingDataplane:
             time.sleep(self.full_delay)
         self.calls.append((state, None if changed is None else sorted(changed)))
         self.synced.set()
-        return SyncResult(full=changed is None, input_bytes=0, rules={"nat": len(state.ports)})
+        written = len(state.ports) if changed is None else len(changed)
+        return SyncResult(full=changed is None, input_bytes=0, rules={"nat": len(state.ports)}, written={"nat": written})
 
     def cleanup(self) -> None:
         self.calls.clear()

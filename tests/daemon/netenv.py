@@ -139,6 +139,7 @@ class Daemon:
     def __init__(self, env: NetEnv, manifests: Path | None, mode: str, log: Path, *extra: str) -> None:
         self.env, self.manifests, self.mode, self.log_path, self.extra = env, manifests, mode, log, extra
         self.proc: subprocess.Popen | None = None
+        self.environ: dict[str, str] = {}  # added to the daemon's environment (e.g. a PATH with wrappers)
 
     def start(self) -> Daemon:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
@@ -150,7 +151,8 @@ class Daemon:
                 "--conntrack-max-per-core=0",  # nf_conntrack_max is read-only in a namespace
                 "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                 *self.extra]
-        self.proc = self.env.spawn(self.env.node, argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = self.env.spawn(self.env.node, argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, **self.environ} if self.environ else None)
         return self
 
     def syncs(self) -> int:
@@ -228,3 +230,7 @@ class ApiServer:
 
     def slow_lists(self, seconds: float) -> None:
         self._send({"list_delay": seconds})
+
+    def fail_requests(self, n: int) -> None:
+        """The next n requests are answered 500 (an overloaded or broken API server)."""
+        self._send({"fail": n})

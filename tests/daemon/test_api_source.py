@@ -249,3 +249,104 @@ def test_older_api_server_without_service_cidrs() -> None:
             assert dp.endpoints("default/web") == ["10.0.1.10:8080"]
 
         run_with_daemon(s, body)
+
+
+def test_a_node_never_seen_is_not_eligible() -> None:
+    """kube-proxy's NodeEligible: no Node object (not created yet, or deleted) -> /healthz 503."""
+    import aiohttp
+
+    from .test_health_metrics import free_port
+
+    hz = free_port()
+    with StandInApiServer(bookmark_interval=0.2) as server:
+        server.apply(service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.10")]))
+
+        async def main() -> None:
+            dp = RecordingDataplane()
+            source = ApiSource(ApiConfig(host=server.url), "node-a")
+            daemon = Daemon(DaemonOptions(cfg=CFG, mode="fake", sources=[source], min_sync_period=0.0,
+                                          healthz_bind_address=f"127.0.0.1:{hz}", metrics_bind_address="",
+                                          clear_conntrack=False), dp=dp)
+            task = asyncio.create_task(daemon.run())
+
+            async def get(path: str) -> tuple[int, dict]:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{hz}{path}") as r:
+                    return r.status, await r.json(content_type=None)
+
+            try:
+                await until(lambda: dp.calls)
+                status, doc = await get("/healthz")
+                assert status == 503 and doc["nodeEligible"] is False and doc["healthy"] is True
+                assert (await get("/livez"))[0] == 200
+                server.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}})
+                await until(lambda: "node-a" in daemon.store.node_eligible, 3)
+                status, doc = await get("/healthz")
+                assert status == 200 and doc["nodeEligible"] is True
+                server.delete("Node", "", "node-a")
+                await until(lambda: "node-a" not in daemon.store.node_eligible, 3)
+                assert (await get("/healthz"))[0] == 503
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        asyncio.run(main())
+
+
+def test_events_and_client_metrics(server: StandInApiServer) -> None:
+    """kube-proxy's Events reach the API (events.k8s.io/v1, reportingController kube-proxy), and
+    the API client's requests are counted under client-go's names."""
+    import socket
+
+    import aiohttp
+
+    from .test_health_metrics import free_port
+
+    mp = free_port()
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        source = ApiSource(ApiConfig(host=server.url), "node-a")
+        daemon = Daemon(DaemonOptions(cfg=CFG, mode="iptables", sources=[source], min_sync_period=0.0,
+                                      healthz_bind_address="", metrics_bind_address=f"127.0.0.1:{mp}",
+                                      clear_conntrack=False), dp=dp)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            await until(lambda: any(e["reason"] == "Starting" for e in server.events()), 5)
+            start = next(e for e in server.events() if e["reason"] == "Starting")
+            assert start["type"] == "Normal" and start["action"] == "StartKubeProxy"
+            assert start["regarding"] == {"apiVersion": "v1", "kind": "Node", "name": "node-a"}
+            assert start["reportingController"] == "kube-proxy"
+            assert start["reportingInstance"] == f"kube-proxy-{socket.gethostname()}"
+            assert start["metadata"]["namespace"] == "default" and start["metadata"]["name"].startswith("node-a.")
+
+            # a healthCheckNodePort that cannot be opened: a Warning on the Service
+            server.apply(service("lb", "172.30.0.20", type="LoadBalancer", externalTrafficPolicy="Local",
+                                 healthCheckNodePort=taken,
+                                 ports=[{"name": "p", "port": 80, "targetPort": 8080, "nodePort": 30020,
+                                         "protocol": "TCP"}]),
+                         endpoint_slice("lb-1", "lb", [endpoint("10.0.1.20", "node-a")]))
+            await until(lambda: any(e["reason"] == "FailedToStartServiceHealthcheck" for e in server.events()), 5)
+            hc = next(e for e in server.events() if e["reason"] == "FailedToStartServiceHealthcheck")
+            assert hc["type"] == "Warning" and hc["action"] == "Listen"
+            assert hc["regarding"] == {"apiVersion": "v1", "kind": "Service", "name": "lb", "namespace": "default"}
+            assert hc["metadata"]["namespace"] == "default"
+            assert f'failed to start healthcheck "default/lb" on port {taken}' in hc["note"]
+
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{mp}/metrics") as r:
+                text = await r.text()
+            host = server.url.split("//")[1]
+            assert f'rest_client_requests_total{{code="200",host="{host}",method="GET"}}' in text
+            assert f'rest_client_requests_total{{code="201",host="{host}",method="POST"}}' in text
+            assert f'rest_client_request_duration_seconds_bucket{{host="{host}",le="0.005",verb="GET"}}' in text
+            assert f'rest_client_request_duration_seconds_count{{host="{host}",verb="POST"}}' in text
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            busy.close()
+
+    asyncio.run(main())

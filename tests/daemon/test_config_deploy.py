@@ -51,7 +51,8 @@ def test_no_source_is_a_clear_error(monkeypatch) -> None:
     assert "--kubeconfig" in result.output and "-f PATH" in result.output
 
 
-def test_rbac_is_read_only_least_privilege() -> None:
+def test_rbac_is_least_privilege() -> None:
+    """Reads, plus the one write kube-proxy's Events need (create, as svcproxy's recorder does)."""
     docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -59,7 +60,8 @@ def test_rbac_is_read_only_least_privilege() -> None:
     assert granted == {("", "services", "list"), ("", "services", "watch"),
                        ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
                        ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
-                       ("networking.k8s.io", "servicecidrs", "list"), ("networking.k8s.io", "servicecidrs", "watch")}
+                       ("networking.k8s.io", "servicecidrs", "list"), ("networking.k8s.io", "servicecidrs", "watch"),
+                       ("events.k8s.io", "events", "create")}
 
 
 def _containers(spec: dict) -> dict[str, dict]:

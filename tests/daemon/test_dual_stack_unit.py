@@ -79,7 +79,8 @@ def test_a_failing_family_is_reported_and_the_other_keeps_programming(tmp_path: 
               v6_slice(["fd00:10::10"]))
         v4, v6 = RecordingDataplane(), RecordingDataplane()
         hz, mp = free_port(), free_port()
-        opts = DaemonOptions(cfg=CFG, mode="fake", sources=[ManifestSource([m])], families=(4, 6),
+        # iptables mode's metric families (the dataplanes are fakes: nothing touches the kernel)
+        opts = DaemonOptions(cfg=CFG, mode="iptables", sources=[ManifestSource([m])], families=(4, 6),
                              healthz_bind_address=f"127.0.0.1:{hz}", metrics_bind_address=f"127.0.0.1:{mp}",
                              min_sync_period=0.0, sync_period=0.2, clear_conntrack=False)
         daemon = Daemon(opts, dps={4: v4, 6: v6})
@@ -105,7 +106,11 @@ def test_a_failing_family_is_reported_and_the_other_keeps_programming(tmp_path: 
                 if status == 503:
                     break
                 await asyncio.sleep(0.02)
-            assert status == 503 and set(json.loads(body)) == {"lastUpdated", "currentTime", "nodeEligible"}
+            doc = json.loads(body)
+            assert status == 503 and doc["healthy"] is False
+            assert {f: st["healthy"] for f, st in doc["status"].items()} == {"IPv4": True, "IPv6": False}
+            # lastUpdated: the most recent family's update (kube-proxy's backward-compatible field)
+            assert doc["lastUpdated"] == doc["status"]["IPv4"]["lastUpdated"]
             assert daemon.health.failing() == ["IPv6"]
             # IPv4 is still answered at once while IPv6 backs off
             write(m / "web.json", dual_service(), endpoint_slice("web-v4", "web", [endpoint("10.0.1.12", "node-a")]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -39,6 +40,25 @@ async def get(url: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+async def get_full(url: str) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+
+
+def check_health_doc(doc: dict, healthz: bool) -> None:
+    """kube-proxy 1.36's /healthz (and /livez, without nodeEligible) JSON, key order included."""
+    keys = ["lastUpdated", "currentTime", *(["nodeEligible"] if healthz else []), "healthy", "status"]
+    assert list(doc) == keys
+    assert RFC3339_NANO.match(doc["lastUpdated"]) and RFC3339_NANO.match(doc["currentTime"])
+    assert isinstance(doc["healthy"], bool)
+    assert set(doc["status"]) == {"IPv4"}
+    assert list(doc["status"]["IPv4"]) == ["lastUpdated", "healthy"]
+    assert RFC3339_NANO.match(doc["status"]["IPv4"]["lastUpdated"])
+
+
 def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
     hz, mp, hc = free_port(), free_port(), free_port()
     m = tmp_path / "lb.json"
@@ -55,12 +75,23 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
         task = asyncio.create_task(daemon.run())
         try:
             await until(lambda: dp.calls)
-            status, body = await get(f"http://127.0.0.1:{hz}/healthz")
+            status, headers, body = await get_full(f"http://127.0.0.1:{hz}/healthz")
             assert status == 200
+            assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
+            assert "," in body and ", " not in body  # Go's compact encoding
             doc = json.loads(body)
-            assert set(doc) == {"lastUpdated", "currentTime", "nodeEligible"} and doc["nodeEligible"] is True
+            check_health_doc(doc, healthz=True)
+            # manifests hold no Node: nothing says this node is going away
+            assert doc["nodeEligible"] is True and doc["healthy"] is True
+            assert doc["status"]["IPv4"]["healthy"] is True
             status, body = await get(f"http://127.0.0.1:{hz}/livez")
-            assert status == 200 and set(json.loads(body)) == {"lastUpdated", "currentTime"}
+            assert status == 200
+            check_health_doc(json.loads(body), healthz=False)
+            # the metrics port answers the generic /healthz, as kube-proxy's does; no /livez there
+            status, headers, body = await get_full(f"http://127.0.0.1:{mp}/healthz")
+            assert (status, body) == (200, "ok") and headers["Content-Type"].startswith("text/plain")
+            assert (await get(f"http://127.0.0.1:{mp}/livez"))[0] == 404
+            assert await get(f"http://127.0.0.1:{mp}/proxyMode") == (200, "iptables")
 
             # the health-check node port: one ready local endpoint (the not-ready one does not count)
             async def hc_status() -> tuple[int, dict]:
@@ -95,12 +126,22 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
                          "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
                          "kubeproxy_network_programming_duration_seconds_bucket",
                          "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-                         "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-                         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-                         "kubeproxy_sync_proxy_rules_service_changes_total",
+                         "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0.0",
+                         "kubeproxy_sync_proxy_rules_service_changes_pending 0.0",
+                         "kubeproxy_sync_proxy_rules_endpoint_changes_total 2.0",
+                         "kubeproxy_sync_proxy_rules_service_changes_total 1.0",
                          'kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}',
-                         'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}'):
+                         'kubeproxy_sync_proxy_rules_iptables_last{ip_family="IPv4",table="nat"}',
+                         'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}',
+                         'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"}',
+                         'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1.0',
+                         'kubeproxy_proxy_healthz_total{code="200"} 1.0',
+                         'kubeproxy_proxy_livez_total{code="200"} 1.0',
+                         "process_resident_memory_bytes", "python_info"):
                 assert name in text, name
+            # manifests carry no last-change-trigger-time: no network programming latency
+            assert 'kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} 0.0' in text
+            assert "_created" not in text and "svcproxy_sync_proxy_rules_conntrack_clear_commands_total" in text
             partial = [ln for ln in text.splitlines()
                        if ln.startswith("kubeproxy_sync_partial_proxy_rules_duration_seconds_count")]
             assert float(partial[0].split()[-1]) >= 1
@@ -114,7 +155,13 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.02)
             assert status == 503
+            doc = json.loads(body)
+            check_health_doc(doc, healthz=True)
+            assert doc["healthy"] is False and doc["status"]["IPv4"]["healthy"] is False
+            assert doc["lastUpdated"] == doc["status"]["IPv4"]["lastUpdated"] != doc["currentTime"]
+            assert (await get(f"http://127.0.0.1:{hz}/livez"))[0] == 503
             status, text = await get(f"http://127.0.0.1:{mp}/metrics")
+            assert 'kubeproxy_proxy_healthz_total{code="503"}' in text
             assert 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"} 0.0' not in text
             assert 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}' in text
             dp.fail_next = 0

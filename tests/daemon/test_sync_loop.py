@@ -260,3 +260,26 @@ def test_stale_udp_conntrack_is_cleared_before_the_sync_counts_as_done(manifests
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_periodic_full_sync_logs_what_it_changed(manifests: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The full sync that repairs drift says it changed nothing when nothing changed (it used to
+    say "1 changed", counting every service)."""
+    import logging
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.2)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: len(dp.calls) >= 3)  # the first sync, then periodic ones
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert daemon.syncer.last is not None and daemon.syncer.last.full and daemon.syncer.last.changed == 0
+
+    with caplog.at_level(logging.INFO, logger="svcproxy.runtime.syncer"):
+        asyncio.run(main())
+    full = [r.getMessage() for r in caplog.records if " full sync: " in r.getMessage()]
+    assert "1 service(s), 1 changed," in full[0], full[0]
+    assert all(", 0 changed," in m for m in full[1:]) and len(full) >= 3, full

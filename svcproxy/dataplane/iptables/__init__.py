@@ -74,7 +74,8 @@ class IptablesDataplane:
             self.existing = existing
         self.applied = rs
         self.needs_full = False
-        return SyncResult(full=full, input_bytes=size, rules=rs.rule_counts())
+        inputs = self.last_input if isinstance(self.last_input, list) else [self.last_input]
+        return SyncResult(full=full, input_bytes=size, rules=rs.rule_counts(), written=written_rules(inputs))
 
     def _full_sync(self, rs: Ruleset) -> int:
         if self.existing is None:
@@ -140,4 +141,18 @@ class IptablesDataplane:
             raise ApplyError("; ".join(errors))
 
 
-__all__ = ["IptablesDataplane", "Iptables", "cleanup_family"]
+def written_rules(inputs: list[str]) -> dict[str, int]:
+    """Rules (-A/-I lines) per table in iptables-restore inputs: kube-proxy's iptables_last."""
+    counts = {"filter": 0, "nat": 0}  # a partial sync with nothing to write wrote no rules
+    for data in inputs:
+        table = ""
+        for line in data.splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+                counts.setdefault(table, 0)
+            elif line.startswith(("-A ", "-I ")):
+                counts[table] = counts.get(table, 0) + 1
+    return counts
+
+
+__all__ = ["IptablesDataplane", "Iptables", "cleanup_family", "written_rules"]

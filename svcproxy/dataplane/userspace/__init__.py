@@ -86,6 +86,7 @@ class UserspaceDataplane:
         self._failing: set[str] = set()  # frontends that could not listen, already named in the log
         self._plans: PlanCache = {}  # per service, reused while its ServiceState is unchanged
         self._addresses: set[str] | None = None  # on svcproxy0 after the last sync; None: read it
+        self.removed_interface = False  # the last cleanup() deleted svcproxy0 (it existed)
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
         """Reconcile the listeners and svcproxy0 with the state; only differences touch the
@@ -150,5 +151,6 @@ class UserspaceDataplane:
                 self._loop.run(self._proxier.close())
                 self._loop.stop()
                 self._loop, self._proxier = None, None
-            self.interface.delete()
+            # whether there was an interface to remove: `svcproxy cleanup` says so only then
+            self.removed_interface = self.interface.delete()
             self._addresses = None
