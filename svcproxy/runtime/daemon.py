@@ -124,6 +124,8 @@ class Daemon:
                           "--status-bind-address, or '' to turn it off)", self.opts.status_bind_address, e)
         tasks = [asyncio.create_task(self._source(s), name=f"source {s.name}") for s in self.opts.sources]
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
+        tasks += [asyncio.create_task(s.watch_canary(), name=f"{s.cfg.family_name} canary watch")
+                  for s in self.syncers.values()]
         tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
         done: set[asyncio.Task] = set()
         try:

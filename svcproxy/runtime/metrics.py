@@ -78,6 +78,24 @@ class Metrics:
         self.conntrack_cleared = Counter(
             "sync_proxy_rules_conntrack_clear_commands", "Stale UDP conntrack deletions issued (svcproxy)",
             FAMILY, namespace=ns, registry=r)
+        # -- failure detection (issue 27): kube-proxy's conntrack reconciler and nftables
+        # failure counters, and svcproxy's canary watch; each syncer records its family's
+        # through .labels(ip_family=...). One block, so it merges apart from the rest.
+        self.conntrack_reconcile_duration = Histogram(
+            "conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds",
+            FAMILY, namespace=ns, buckets=SYNC_BUCKETS, registry=r)
+        self.conntrack_reconcile_deleted = Counter(
+            "conntrack_reconciler_deleted_entries", "Cumulative conntrack flows deleted by conntrack reconciler",
+            FAMILY, namespace=ns, registry=r)
+        self.nftables_sync_failures = Counter(
+            "sync_proxy_rules_nftables_sync_failures", "Cumulative proxy nftables sync failures",
+            FAMILY, namespace=ns, registry=r)
+        self.nftables_cleanup_failures = Counter(
+            "sync_proxy_rules_nftables_cleanup_failures", "Cumulative proxy nftables cleanup failures",
+            FAMILY, namespace=ns, registry=r)
+        self.canary_resyncs = Counter(
+            "canary_resyncs", "Full resyncs forced by the canary watch: our rules were flushed or deleted "
+            "by someone else (svcproxy)", FAMILY, namespace="svcproxy", registry=r)
 
     def family(self, name: str) -> FamilyMetrics:
         """The metrics of one family's syncer ("IPv4" or "IPv6"), ip_family filled in."""

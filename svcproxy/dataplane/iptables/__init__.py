@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # that already exist costs a whole-table read per call, so somewhat larger batches win there
 # (at 10k services: 2500 chains 27 s, 5000 39 s, 20000 179 s).
 DEFAULT_BATCH_CHAINS = 1000
+CANARY_TABLES = ("mangle", "nat", "filter")  # where kube-proxy keeps KUBE-PROXY-CANARY
 WARM_BATCH_CHAINS = 2500
 
 
@@ -117,6 +118,18 @@ class IptablesDataplane:
         for j in ALL_JUMPS:
             if self.ipt.run("-t", j.table, "-C", j.chain, *j.args, check=False).returncode != 0:
                 self.ipt.run("-t", j.table, "-I", j.chain, *j.args)
+
+    # -- the canary ---------------------------------------------------------------------------
+    def canary_intact(self) -> bool:
+        """Whether KUBE-PROXY-CANARY still exists in mangle, nat and filter. Read-only (the
+        watch calls it beside a sync): a foreign flush deletes it with everything else, and
+        it costs one small listing per table, not a read of the whole ruleset."""
+        return all(self.ipt.run("-t", table, "-S", n.PROXY_CANARY, check=False).returncode == 0
+                   for table in CANARY_TABLES)
+
+    def forget(self) -> None:
+        """Someone else changed our tables: read which chains exist again at the next (full) sync."""
+        self.applied, self.existing, self.needs_full = None, None, True
 
     # -- cleanup ------------------------------------------------------------------------------
     def cleanup(self) -> None:
