@@ -42,6 +42,9 @@ class NodeConfig:
     # nftables table layout: "kube-proxy" (upstream's names and chains) or "maps" (endpoint
     # changes are data-only map elements; see docs/nftables-layouts.md)
     nftables_layout: str = "kube-proxy"
+    # net.netfilter.nf_conntrack_tcp_be_liberal is set: the kernel marks only out-of-window RSTs
+    # INVALID, so (as kube-proxy) no INVALID drop rule is written. Read from the kernel at start.
+    conntrack_tcp_be_liberal: bool = False
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import replace
 
 from ...config import NodeConfig
 from ...state import ProxyState
@@ -18,7 +19,7 @@ from ..protocol import ApplyError, SyncResult
 from . import names as n
 from .cleanup import cleanup_family
 from .jumps import ALL_JUMPS
-from .kernel import Iptables
+from .kernel import Iptables, tcp_be_liberal
 from .render import BlockCache, Ruleset, build_ruleset
 from .restore import ENTRY_NAT, full_batches, partial_input
 
@@ -40,6 +41,8 @@ class IptablesDataplane:
 
     def __init__(self, cfg: NodeConfig, netns: str | None = None,
                  batch_chains: int = DEFAULT_BATCH_CHAINS, warm_batch_chains: int = WARM_BATCH_CHAINS) -> None:
+        if not cfg.conntrack_tcp_be_liberal and tcp_be_liberal(netns):
+            cfg = replace(cfg, conntrack_tcp_be_liberal=True)
         self.cfg = cfg
         self.ipt = Iptables(cfg.ip_family, netns)
         self.netns = netns
@@ -107,6 +110,8 @@ class IptablesDataplane:
     def _first_sync(self) -> None:
         """Once per process: learn which service chains an earlier run left (to delete stale
         ones)."""
+        if self.cfg.conntrack_tcp_be_liberal:
+            log.info("nf_conntrack_tcp_be_liberal set, not installing DROP rules for INVALID packets")
         nat = self.ipt.chains("nat")
         self.existing = {c for c in nat if n.is_service_chain(c)}
         self.cold = not (set(ENTRY_NAT) & nat) and not self.existing
