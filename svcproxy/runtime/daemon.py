@@ -84,9 +84,11 @@ class Daemon:
             fm = self.metrics.family(s.cfg.family_name)
             fm.endpoint_changes_pending.set_function(lambda f=s.feed: f.pending.endpoint_events)
             fm.service_changes_pending.set_function(lambda f=s.feed: f.pending.service_events)
-        # the health-check node ports answer for the primary family's endpoints (on 0.0.0.0)
-        self.service_health = ServiceHealth(self.health)
-        self.syncer.listeners.append(self.service_health.update)
+        # the health-check node ports: per family, its endpoints on its addresses (kube-proxy's)
+        self.service_healths = {f: ServiceHealth.for_family(self.health, s.cfg) for f, s in self.syncers.items()}
+        for f, s in self.syncers.items():
+            s.listeners.append(self.service_healths[f].update)
+        self.service_health = self.service_healths[families[0]]  # the primary family's
         self.status: StatusServer | None = None
         if opts.status_bind_address:
             cfg = opts.cfg
@@ -126,7 +128,8 @@ class Daemon:
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks += [asyncio.create_task(s.watch_canary(), name=f"{s.cfg.family_name} canary watch")
                   for s in self.syncers.values()]
-        tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
+        tasks += [asyncio.create_task(self._health_ports(s, self.service_healths[f]), name=f"{s.cfg.family_name} health ports")
+                  for f, s in self.syncers.items()]
         done: set[asyncio.Task] = set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -141,18 +144,19 @@ class Daemon:
                     log.error("task %s failed while stopping: %s", t.get_name(), t.exception())
             for t in stuck:
                 log.error("task %s did not stop within 10s", t.get_name())
-            await self.service_health.close()
+            for sh in self.service_healths.values():
+                await sh.close()
             for r in runners:
                 await r.cleanup()
 
     async def _source(self, source: Source) -> None:
         await source.run(self.store)
 
-    async def _health_ports(self) -> None:
+    async def _health_ports(self, syncer: Syncer, ports: ServiceHealth) -> None:
         while True:
-            await self.syncer.synced_once.wait()
-            self.syncer.synced_once.clear()
-            await self.service_health.reconcile()
+            await syncer.synced_once.wait()
+            syncer.synced_once.clear()
+            await ports.reconcile()
 
 
 def run_daemon(opts: DaemonOptions) -> None:
