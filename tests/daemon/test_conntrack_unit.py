@@ -1,9 +1,16 @@
 """Which UDP conntrack entries the reconciler deletes (kube-proxy 1.36's CleanStaleEntries), and
-when it runs. Pure: no kernel."""
+when it runs: pure, except the last test, which deletes through ctnetlink in a namespace."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from svcproxy.config import NodeConfig
+from svcproxy.lab.netns import scratch_namespace
 from svcproxy.model.parse import parse_endpoint_slice, parse_service
 from svcproxy.runtime.conntrack import Entry, frontends, needs_reconcile, parse_entries, stale
 from svcproxy.state import ProxyState, build_service_state
@@ -100,3 +107,42 @@ def test_ipv6_addresses_compare_by_value() -> None:
     fronts = frontends(state(s))
     assert stale([Entry("fd00::9", "fd00:30:0::53", 1, 53, "fd00:1:0:0::1", 5353)], fronts) == []
     assert stale([Entry("fd00::9", "fd00:30::53", 1, 53, "fd00:1::2", 5353)], fronts)
+
+
+KERNEL_RECONCILE = """
+import socket, sys
+from svcproxy.config import NodeConfig
+from svcproxy.model.parse import parse_endpoint_slice, parse_service
+from svcproxy.runtime.conntrack import reconcile
+from svcproxy.state import ProxyState, build_service_state
+from tests.daemon.manifests_util import endpoint, endpoint_slice, service
+
+fam = int(sys.argv[1])
+vip, pod = ("127.0.0.53", "10.0.1.1") if fam == 4 else ("::1", "fd00:1::1")
+svc = parse_service(service("dns", vip, 53, "UDP", target=5353))
+sl = endpoint_slice("dns-1", "dns", [endpoint(pod)], 5353, "UDP")
+sl["addressType"] = f"IPv{fam}"
+s = build_service_state(svc, [parse_endpoint_slice(sl)], NodeConfig(hostname="node-a", ip_family=fam))
+sock = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+sock.sendto(b"x", (vip, 53))  # not DNATed: its reply source is the service address, no endpoint
+first = reconcile(ProxyState(services={s.key: s}), fam)
+again = reconcile(ProxyState(services={s.key: s}), fam)
+print(first.deleted, again.deleted)
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("family", [4, 6])
+def test_reconcile_deletes_through_netlink_in_both_families(family: int) -> None:
+    """The ctnetlink path against the kernel, in a namespace of its own (a ct rule makes the
+    kernel track the flow)."""
+    root = Path(__file__).resolve().parents[2]
+    with scratch_namespace("ctr") as ns:
+        run = ["ip", "netns", "exec", ns]
+        subprocess.run([*run, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run([*run, "nft", "add table inet t; add chain inet t c { type filter hook output priority 0; "
+                        "ct state new counter; }"], check=True)
+        out = subprocess.run([*run, sys.executable, "-c", KERNEL_RECONCILE, str(family)], capture_output=True,
+                             text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0"]
