@@ -6,7 +6,10 @@ Timing follows kube-proxy's BoundedFrequencyRunner:
 - every --sync-period a full sync runs even with no change, repairing drift (a chain someone
   deleted by hand comes back);
 - a failed sync is retried with exponential backoff (min-sync-period doubling up to the sync
-  period), and the retry is a full sync.
+  period), and the retry is a full sync;
+- a canary watch (kube-proxy's iptables Monitor, checked every quarter sync period) forces a
+  full sync at once when someone else flushed or deleted our rules, since at scale the
+  periodic one is stretched to minutes.
 Nothing is programmed before every source has delivered its first complete state.
 
 Work per sync grows with what changed: only the services whose Service or EndpointSlices
