@@ -8,8 +8,8 @@ cleared after a restart), the whole UDP table of the family is read over netlink
 entry is deleted whose original destination is a service IP:port or a NodePort of a UDP service
 port that has serving endpoints, and whose reply source is not one of them.
 
-The decision (which entries are stale) is pure; reading and deleting go through pyroute2's
-ctnetlink socket, or the `conntrack` tool where netlink is not available.
+The decision (which entries are stale) is pure; reading and deleting go through ctnetlink
+(ctnetlink.py), or the `conntrack` tool where netlink is not available.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..state import ProxyState, ServiceState
+from . import ctnetlink
 
 log = logging.getLogger("svcproxy.runtime.conntrack")
 
@@ -117,7 +118,7 @@ def reconcile(state: ProxyState, family: int) -> Reconciled:
     if fronts.by_ip or fronts.by_node_port:
         try:
             deleted = _Netlink(family).reconcile(fronts)
-        except (OSError, ImportError) as e:
+        except OSError as e:
             log.debug("conntrack over netlink failed (%s); using the conntrack tool", e)
             deleted = _Tool(family).reconcile(fronts)
     seconds = time.perf_counter() - start
@@ -128,36 +129,22 @@ def reconcile(state: ProxyState, family: int) -> Reconciled:
 
 
 class _Netlink:
-    """ctnetlink through pyroute2: one dump of the UDP entries (filtered in the kernel), one
-    delete per stale entry."""
+    """ctnetlink (ctnetlink.py): one dump of the UDP entries, one delete per stale entry."""
 
     def __init__(self, family: int) -> None:
-        self.af = socket.AF_INET6 if family == 6 else socket.AF_INET
+        self.family = family
 
     def reconcile(self, fronts: Frontends) -> int:
-        from pyroute2 import Conntrack
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-        ct = Conntrack(nfgen_family=self.af)
-        try:
-            raw = {}
-            for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(family=self.af, proto=socket.IPPROTO_UDP)):
-                o, r = e.tuple_orig, e.tuple_reply
-                if o.proto != socket.IPPROTO_UDP:
-                    continue
-                raw[Entry(o.saddr, o.daddr, o.sport, o.dport, r.saddr, r.sport)] = e
+        with ctnetlink.Conntrack(self.family) as ct:
+            flows = {Entry(f.orig.src, f.orig.dst, f.orig.sport, f.orig.dport, f.reply.src, f.reply.sport): f
+                     for f in ct.udp_flows()}
             deleted = 0
-            for entry in stale(raw, fronts):
+            for entry in stale(flows, fronts):
                 try:
-                    ct.delete(raw[entry])
-                    deleted += 1
-                except NetlinkError as err:  # gone meanwhile (timed out, or another cleaner)
-                    if err.code != 2:  # ENOENT
-                        log.warning("conntrack: deleting %s failed: %s", entry, err)
+                    deleted += ct.delete(flows[entry])  # False: gone meanwhile (timed out)
+                except OSError as err:
+                    log.warning("conntrack: deleting %s failed: %s", entry, err)
             return deleted
-        finally:
-            ct.close()
 
 
 class _Tool:
