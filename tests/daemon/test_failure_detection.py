@@ -19,10 +19,12 @@ DNS_IP = "172.30.0.53"
 # what a firewall reload or a cleanup script does to the tables, per mode
 FLUSH = {
     "iptables": [["iptables", "-w", "-t", table, flag] for table in ("mangle", "nat", "filter") for flag in ("-F", "-X")],
+    "iptables-rules": [["iptables", "-w", "-t", "nat", "-F"]],  # the rules go, the (empty) canary stays
     "nftables": [["nft", "delete", "table", "ip", "kube-proxy"]],
     "nftables-maps": [["nft", "flush", "table", "ip", "kube-proxy"]],
+    "nftables-ruleset": [["nft", "flush", "ruleset"]],
 }
-
+CASES = [pytest.param(damage.removesuffix("-rules").removesuffix("-ruleset"), damage, id=damage) for damage in FLUSH]
 
 def scrape(env: NetEnv, sample: str) -> float:
     """One sample of the daemon's /metrics (0 when absent), read from inside the node namespace."""
@@ -36,8 +38,9 @@ def scrape(env: NetEnv, sample: str) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_foreign_flush_repaired_long_before_the_sync_period(env: NetEnv, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "damage"), CASES)
+def test_foreign_flush_repaired_long_before_the_sync_period(env: NetEnv, tmp_path: Path, mode: str,
+                                                            damage: str) -> None:
     """--sync-period 60s: only the canary watch (every 5 s here) can bring the rules back in time."""
     m = tmp_path / "manifests"
     m.mkdir()
@@ -49,7 +52,7 @@ def test_foreign_flush_repaired_long_before_the_sync_period(env: NetEnv, tmp_pat
     try:
         time.sleep(0.5)
         assert client.events and all(e["ok"] for e in client.events)
-        for cmd in FLUSH[mode]:
+        for cmd in FLUSH[damage]:
             env.exec(env.node, *cmd)
         t_flushed = time.time()
         deadline = t_flushed + 12

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # (at 10k services: 2500 chains 27 s, 5000 39 s, 20000 179 s).
 DEFAULT_BATCH_CHAINS = 1000
 CANARY_TABLES = ("mangle", "nat", "filter")  # where kube-proxy keeps KUBE-PROXY-CANARY
+# built-in chain -> our chain: the jumps the canary watch checks besides the canary chains
+SENTINEL_JUMPS = (("nat", "PREROUTING", n.SERVICES), ("filter", "FORWARD", n.FORWARD))
 WARM_BATCH_CHAINS = 2500
 
 
@@ -126,11 +128,19 @@ class IptablesDataplane:
 
     # -- the canary ---------------------------------------------------------------------------
     def canary_intact(self) -> bool:
-        """Whether KUBE-PROXY-CANARY still exists in mangle, nat and filter. Read-only (the
-        watch calls it beside a sync): a foreign flush deletes it with everything else, and
-        it costs one small listing per table, not a read of the whole ruleset."""
-        return all(self.ipt.run("-t", table, "-S", n.PROXY_CANARY, check=False).returncode == 0
-                   for table in CANARY_TABLES)
+        """Whether KUBE-PROXY-CANARY still exists in mangle, nat and filter (a flush that
+        deletes chains takes it), and the jumps into nat's and filter's entry chains are still
+        there (a flush of the rules alone, `iptables -t nat -F`, takes those). Read-only, as
+        the watch calls it beside a sync; each check lists one chain, which iptables-nft does
+        without reading the table (0.01 s at 20,000 chains, where `-C` takes 0.4 s)."""
+        if not all(self.ipt.run("-t", table, "-S", n.PROXY_CANARY, check=False).returncode == 0
+                   for table in CANARY_TABLES):
+            return False
+        for table, chain, target in SENTINEL_JUMPS:
+            rules = self.ipt.run("-t", table, "-S", chain, check=False).stdout.splitlines()
+            if not any(rule.endswith(f" -j {target}") for rule in rules):
+                return False
+        return True
 
     def forget(self) -> None:
         """Someone else changed our tables: read which chains exist again at the next (full) sync."""
