@@ -93,6 +93,8 @@ class Syncer:
         self.reread = False  # the dataplane's record of the kernel is wrong: forget it first
         self.syncing = False
         self.cleanup_failures_seen = 0  # the dataplane's count, as last recorded
+        if metrics is not None:
+            self._zero_failure_metrics(metrics)
 
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
@@ -263,6 +265,20 @@ class Syncer:
             family = self.cfg.family_name
             self.all_metrics.conntrack_reconcile_duration.labels(ip_family=family).observe(done.seconds)
             self.all_metrics.conntrack_reconcile_deleted.labels(ip_family=family).inc(done.deleted)
+
+    def _zero_failure_metrics(self, m: Metrics) -> None:
+        """This family's failure-detection series from the start, at 0, as the other per-family
+        ones are: an alert's rate() then sees 0 rather than no series until the first failure.
+        The nftables counters only in nftables mode, the canary's only where there is one."""
+        labels = {"ip_family": self.cfg.family_name}
+        if self.clear_conntrack:
+            m.conntrack_reconcile_duration.labels(**labels)
+            m.conntrack_reconcile_deleted.labels(**labels)
+        if self.dp.mode == "nftables":
+            m.nftables_sync_failures.labels(**labels)
+            m.nftables_cleanup_failures.labels(**labels)
+        if hasattr(self.dp, "canary_intact"):
+            m.canary_resyncs.labels(**labels)
 
     def _record_cleanup_failures(self) -> None:
         """kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total: the stale chains the

@@ -71,6 +71,10 @@ def test_a_missing_canary_forces_one_full_resync_and_is_counted(manifests: Path)
             await until(lambda: dp.calls)
             await asyncio.sleep(0.3)
             assert len(dp.calls) == 1, "an intact canary forces nothing"
+            registry, family = daemon.metrics.registry, {"ip_family": "IPv4"}
+            for name in ("svcproxy_canary_resyncs_total", "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                         "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total"):
+                assert registry.get_sample_value(name, family) == 0, f"{name}: a series at 0 from the start"
             dp.intact = False
             await until(lambda: len(dp.calls) == 2, 2)
             assert dp.calls[1][1] is None, "a full sync"
