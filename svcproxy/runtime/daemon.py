@@ -128,8 +128,8 @@ class Daemon:
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
         tasks += [asyncio.create_task(s.watch_canary(), name=f"{s.cfg.family_name} canary watch")
                   for s in self.syncers.values()]
-        tasks += [asyncio.create_task(self._health_ports(s, self.service_healths[f]), name=f"{s.cfg.family_name} health ports")
-                  for f, s in self.syncers.items()]
+        tasks += [asyncio.create_task(self._health_ports(s, self.service_healths[f]),
+                                      name=f"{s.cfg.family_name} health ports") for f, s in self.syncers.items()]
         done: set[asyncio.Task] = set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -254,7 +254,8 @@ def test_stale_udp_conntrack_is_cleared_before_the_sync_counts_as_done(manifests
             await until(lambda: dp.calls)
             write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
                   endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53"), endpoint("10.0.1.54")], 53, "UDP"))
-            await until(lambda: "default/dns" in dp.last.services)
+            # counted, not just applied: the dataplane returns before the reconcile runs
+            await until(lambda: "default/dns" in getattr(daemon.syncer.programmed, "services", {}))
             done = daemon.syncer.syncs
             write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
                   endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53")], 53, "UDP"))

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 # that already exist costs a whole-table read per call, so somewhat larger batches win there
 # (at 10k services: 2500 chains 27 s, 5000 39 s, 20000 179 s).
 DEFAULT_BATCH_CHAINS = 1000
+WARM_BATCH_CHAINS = 2500
+
 CANARY_TABLES = ("mangle", "nat", "filter")  # where kube-proxy keeps KUBE-PROXY-CANARY
 # built-in chain -> our chain: the jumps the canary watch checks besides the canary chains
 SENTINEL_JUMPS = (("nat", "PREROUTING", n.SERVICES), ("filter", "FORWARD", n.FORWARD))
-WARM_BATCH_CHAINS = 2500
 
 
 class IptablesDataplane:
