@@ -51,6 +51,9 @@ class NodeConfig:
     node_pod_cidrs: tuple[str, ...] = ()
     bridge_interface: str = ""
     interface_name_prefix: str = ""
+    # net.netfilter.nf_conntrack_tcp_be_liberal is set: the kernel marks only out-of-window RSTs
+    # INVALID, so (as kube-proxy) no INVALID drop rule is written. Read from the kernel at start.
+    conntrack_tcp_be_liberal: bool = False
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):

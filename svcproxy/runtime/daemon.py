@@ -131,9 +131,12 @@ class Daemon:
         feeds = [s.feed for s in self.syncers.values()]
         self.metrics.endpoint_changes_pending.set_function(lambda: sum(f.pending.endpoint_events for f in feeds))
         self.metrics.service_changes_pending.set_function(lambda: sum(len(f.pending.service_keys) for f in feeds))
-        # the health-check node ports answer for the primary family's endpoints (on 0.0.0.0)
-        self.service_health = ServiceHealth(self.health, on_listen_error=self._health_port_failed)
-        self.syncer.listeners.append(self.service_health.update)
+        # the health-check node ports: per family, its endpoints on its addresses (kube-proxy's)
+        self.service_healths = {f: ServiceHealth.for_family(self.health, s.cfg) for f, s in self.syncers.items()}
+        for f, s in self.syncers.items():
+            self.service_healths[f].on_listen_error = self._health_port_failed
+            s.listeners.append(self.service_healths[f].update)
+        self.service_health = self.service_healths[families[0]]  # the primary family's
         self.status: StatusServer | None = None
         if opts.status_bind_address:
             cfg = opts.cfg
@@ -238,7 +241,10 @@ class Daemon:
         self.events.eventf(events.node_ref(self.opts.cfg.hostname), events.NORMAL, "Starting", "StartKubeProxy")
         tasks.append(asyncio.create_task(self.events.run(), name="events"))
         tasks += [asyncio.create_task(s.run(), name=f"{s.cfg.family_name} syncer") for s in self.syncers.values()]
-        tasks.append(asyncio.create_task(self._health_ports(), name="health ports"))
+        tasks += [asyncio.create_task(s.watch_canary(), name=f"{s.cfg.family_name} canary watch")
+                  for s in self.syncers.values()]
+        tasks += [asyncio.create_task(self._health_ports(s, self.service_healths[f]),
+                                      name=f"{s.cfg.family_name} health ports") for f, s in self.syncers.items()]
         tasks.append(asyncio.create_task(self._watch_node(), name="node watch"))
         done: set[asyncio.Task] = set()
         try:
@@ -254,7 +260,8 @@ class Daemon:
                     log.error("task %s failed while stopping: %s", t.get_name(), t.exception())
             for t in stuck:
                 log.error("task %s did not stop within 10s", t.get_name())
-            await self.service_health.close()
+            for sh in self.service_healths.values():
+                await sh.close()
             for r in runners:
                 await r.cleanup()
             if self.sink is not None:
@@ -290,11 +297,11 @@ class Daemon:
     async def _source(self, source: Source) -> None:
         await source.run(self.store)
 
-    async def _health_ports(self) -> None:
+    async def _health_ports(self, syncer: Syncer, ports: ServiceHealth) -> None:
         while True:
-            await self.syncer.synced_once.wait()
-            self.syncer.synced_once.clear()
-            await self.service_health.reconcile()
+            await syncer.synced_once.wait()
+            syncer.synced_once.clear()
+            await ports.reconcile()
 
 
 def _file_signature(path: str) -> tuple[str, float, int] | None:

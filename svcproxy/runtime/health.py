@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from ..config import NodeConfig
 from ..state import ProxyState
 from .metrics import Metrics
 from .status import StatusServer
@@ -113,10 +114,16 @@ class ProxierHealth:
         return healthy, doc
 
 
-async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _serve(app: web.Application, host: str | Sequence[str], port: int) -> web.AppRunner:
+    """Serve app on port at each host (one or several); if one cannot listen, none does."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        for h in [host] if isinstance(host, str) else host:
+            await web.TCPSite(runner, h, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
 
 
@@ -152,20 +159,35 @@ async def serve_healthz(address: str, health: ProxierHealth, metrics: Metrics | 
     return await _serve(healthz_app(health, metrics), host, port)
 
 
-class ServiceHealth:
-    """Per-service health-check node ports, opened and closed as services come and go."""
+def health_check_hosts(cfg: NodeConfig) -> tuple[str, ...]:
+    """Where one family's health-check node ports listen, as in kube-proxy: the addresses of
+    this family that --nodeport-addresses selects, or the family's any-address when it selects
+    none (no CIDR of this family given: kube-proxy then matches all, 0.0.0.0/0 or ::/0)."""
+    return cfg.nodeport_ips or (("::",) if cfg.ip_family == 6 else ("0.0.0.0",))
 
-    def __init__(self, health: ProxierHealth, host: str = "0.0.0.0",
+
+class ServiceHealth:
+    """One IP family's health-check node ports, opened and closed as services come and go. A
+    dual-stack daemon has one per family (kube-proxy: one per proxier), each counting its own
+    family's local endpoints and listening on its own family's addresses (IPv6 sockets are
+    IPv6-only, so both bind the same port)."""
+
+    def __init__(self, health: ProxierHealth, hosts: Sequence[str] = ("0.0.0.0",),
                  on_listen_error: Callable[[str, int, OSError], None] | None = None) -> None:
         """on_listen_error(service key, port, error): a port could not be opened (the daemon
         records kube-proxy's FailedToStartServiceHealthcheck Event)."""
         self.health = health
-        self.host = host
+        self.hosts = tuple(hosts)
         self.on_listen_error = on_listen_error
         self.counts: dict[str, int] = {}  # service key -> ready local endpoints
         self.ports: dict[str, int] = {}  # service key -> its healthCheckNodePort
         self.servers: dict[int, tuple[str, web.AppRunner]] = {}  # port -> (service key, runner)
         self.wanted: dict[int, str] = {}
+
+    @classmethod
+    def for_family(cls, health: ProxierHealth, cfg: NodeConfig) -> ServiceHealth:
+        """The health-check node ports of cfg's family, on health_check_hosts(cfg)."""
+        return cls(health, health_check_hosts(cfg))
 
     def update(self, state: ProxyState, changed: Collection[str] | None = None) -> None:
         """Recompute ports and local endpoint counts of the changed services (all if None); no I/O."""
@@ -194,9 +216,10 @@ class ServiceHealth:
             if port in self.servers:
                 continue
             try:
-                self.servers[port] = (key, await _serve(self._app(key), self.host, port))
+                self.servers[port] = (key, await _serve(self._app(key), self.hosts, port))
             except OSError as e:
-                log.error("service %s: cannot listen on healthCheckNodePort %d: %s", key, port, e)
+                log.error("service %s: cannot listen on healthCheckNodePort %d (%s): %s", key, port,
+                          ", ".join(self.hosts), e)
                 if self.on_listen_error is not None:
                     self.on_listen_error(key, port, e)
 

@@ -61,7 +61,7 @@ BY_MODE: dict[str, tuple[str, ...]] = {
     "userspace": ("sync_full_duration", "sync_partial_duration"),
 }
 # svcproxy's own, in every mode
-EXTRAS = ("conntrack_cleared", "build_info", "rest_requests", "rest_duration")
+EXTRAS = ("conntrack_cleared", "canary_resyncs", "build_info", "rest_requests", "rest_duration")
 
 
 def families_for(mode: str) -> tuple[str, ...]:
@@ -147,6 +147,9 @@ class Metrics:
                                namespace="svcproxy", registry=None)
         self.build_info.info({"version": __version__, "python_version": platform.python_version(),
                               "platform": f"{sys.platform}/{platform.machine()}", "mode": mode})
+        self.canary_resyncs = Counter(
+            "canary_resyncs", "Full resyncs forced by the canary watch: our rules were flushed or deleted "
+            "by someone else", FAMILY, namespace="svcproxy", registry=None)
         self.rest_requests = Counter(
             "rest_client_requests", "Number of HTTP requests, partitioned by status code, method, and host.",
             ["code", "method", "host"], registry=None)

@@ -6,7 +6,10 @@ Timing follows kube-proxy's BoundedFrequencyRunner:
 - every --sync-period a full sync runs even with no change, repairing drift (a chain someone
   deleted by hand comes back);
 - a failed sync is retried with exponential backoff (min-sync-period doubling up to the sync
-  period), and the retry is a full sync.
+  period), and the retry is a full sync;
+- a canary watch (kube-proxy's iptables Monitor, checked every quarter sync period) forces a
+  full sync at once when someone else flushed or deleted our rules, since at scale the
+  periodic one is stretched to minutes.
 Nothing is programmed before every source has delivered its first complete state.
 
 Work per sync grows with what changed: only the services whose Service or EndpointSlices
@@ -16,7 +19,6 @@ changed are rebuilt (state.update_state), and their keys go to Dataplane.sync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -30,6 +32,17 @@ from . import conntrack
 from .metrics import FamilyMetrics, Metrics
 
 log = logging.getLogger("svcproxy.runtime.syncer")
+
+
+# How long the canary watch lets a foreign flush go on before resyncing (kube-proxy polls the
+# other tables' canaries for up to 5 s; a shorter fixed wait keeps the repair quick).
+CANARY_SETTLE = 0.2
+
+
+def canary_interval(sync_period: float) -> float:
+    """How often the canary is checked: a quarter of --sync-period, between 0.5 s and 5 s, so
+    a foreign flush is repaired well within one sync period (kube-proxy checks once per period)."""
+    return min(max(sync_period / 4, 0.5), 5.0)
 
 
 @dataclass
@@ -58,6 +71,7 @@ class Syncer:
         self.min_sync_period = max(0.0, min_sync_period)
         self.sync_period = max(sync_period, self.min_sync_period, 0.001)
         self.metrics: FamilyMetrics | None = metrics.family(cfg.family_name) if metrics is not None else None
+        self.all_metrics = metrics  # the families the FamilyMetrics view does not carry
         self.clear_conntrack = clear_conntrack
         self.state = ProxyState(zone=cfg.zone)  # the desired state as last built
         self.programmed: ProxyState | None = None  # the state last applied successfully
@@ -80,6 +94,12 @@ class Syncer:
         self.last_queued = self.started  # wall time a sync was last asked for
         if self.metrics:
             self.metrics.last_queued_timestamp.set_function(self.queued_timestamp)
+        self.wake = asyncio.Event()  # set by the canary watch: a full sync is due now
+        self.reread = False  # the dataplane's record of the kernel is wrong: forget it first
+        self.syncing = False
+        self.cleanup_failures_seen = 0  # the dataplane's count, as last recorded
+        if metrics is not None:
+            self._zero_failure_metrics(metrics)
 
     # -- the loop ----------------------------------------------------------
     async def run(self) -> None:
@@ -92,11 +112,8 @@ class Syncer:
         while True:
             now = time.monotonic()
             due = self.last_full + self.full_sync_interval if self.retry_at is None else self.retry_at
-            if not self.feed.changed.is_set() and due > now:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(due - now):
-                        await self.feed.changed.wait()
+            if not self.feed.changed.is_set() and not self.wake.is_set() and due > now:
+                await self._wait_for_work(due - now)
             earliest = self.last_start + self.min_sync_period
             if self.retry_at is not None:
                 earliest = max(earliest, self.retry_at)
@@ -104,8 +121,18 @@ class Syncer:
             if wait > 0:
                 self._note_pending()
                 await asyncio.sleep(wait)
-            periodic = time.monotonic() >= self.last_full + self.full_sync_interval
+            periodic = time.monotonic() >= self.last_full + self.full_sync_interval or self.wake.is_set()
+            self.wake.clear()
             await self.sync_once(full=periodic)
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        """Until a change arrives, the canary watch asks for a sync, or timeout seconds pass."""
+        waits = [asyncio.ensure_future(self.feed.changed.wait()), asyncio.ensure_future(self.wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     @property
     def full_sync_interval(self) -> float:
@@ -150,11 +177,20 @@ class Syncer:
         previous = self.programmed
         self.state = state
         t1 = time.perf_counter()
+        if self.reread:
+            self.reread = False
+            forget = getattr(self.dp, "forget", None)
+            if forget is not None:
+                forget()
+        self.syncing = True
         try:
             result = await asyncio.to_thread(self.dp.sync, state, None if full else sorted(changed or ()))
         except Exception as e:  # ApplyError, or a bug in a backend: keep going, old rules stay
             self._failed(changes, oldest, full, e)
             return False
+        finally:
+            self.syncing = False
+            self._record_cleanup_failures()
         apply_s = time.perf_counter() - t1
         if self.clear_conntrack:
             # before the sync counts as done (its log line, its last-sync timestamp): until
@@ -190,6 +226,8 @@ class Syncer:
         self.failures += 1
         backoff = min(self.sync_period, max(self.min_sync_period, 0.5) * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + backoff
+        if self.all_metrics is not None and self.dp.mode == "nftables":
+            self.all_metrics.nftables_sync_failures.labels(ip_family=self.cfg.family_name).inc()
         if self.metrics:
             # both counted as kube-proxy's iptables proxier does (a partial failure is also a
             # restore failure); exported in iptables mode only
@@ -218,16 +256,70 @@ class Syncer:
         m.no_local_endpoints.labels(traffic_policy="external").set(external)
 
     async def _clear_conntrack(self, old: ProxyState | None, new: ProxyState, changed: set[str] | None) -> None:
-        if old is None:
-            return  # first sync: nothing was ours before (kube-proxy does the same)
-        keys = changed if changed is not None else set(old.services) | set(new.services)
-        stale = conntrack.Stale()
-        for key in keys:
-            conntrack.stale_entries(old.services.get(key), new.services.get(key), stale)
-        if stale:
-            n = await asyncio.to_thread(conntrack.clear, stale, self.cfg.ip_family)
-            if self.metrics:
-                self.metrics.conntrack_cleared.inc(n)
+        """kube-proxy 1.36's reconcile of the UDP conntrack table, after any sync that changed
+        a UDP service, the first one included (old None): flows to pods removed while no proxy
+        ran are cleared after a restart."""
+        if not conntrack.needs_reconcile(old, new, changed):
+            return
+        try:
+            done = await asyncio.to_thread(conntrack.reconcile, new, self.cfg.ip_family)
+        except Exception:  # a stale flow must not stop the proxy: log it, the next change retries
+            log.exception("%s conntrack reconcile failed", self.cfg.family_name)
+            return
+        if self.metrics:
+            self.metrics.conntrack_cleared.inc(done.deleted)
+        if self.all_metrics is not None:
+            family = self.cfg.family_name
+            self.all_metrics.conntrack_reconcile_duration.labels(ip_family=family).observe(done.seconds)
+            self.all_metrics.conntrack_reconcile_deleted.labels(ip_family=family).inc(done.deleted)
+
+    def _zero_failure_metrics(self, m: Metrics) -> None:
+        """This family's failure-detection series from the start, at 0, as the other per-family
+        ones are: an alert's rate() then sees 0 rather than no series until the first failure.
+        The nftables counters only in nftables mode, the canary's only where there is one."""
+        labels = {"ip_family": self.cfg.family_name}
+        if self.clear_conntrack:
+            m.conntrack_reconcile_duration.labels(**labels)
+            m.conntrack_reconcile_deleted.labels(**labels)
+        if self.dp.mode == "nftables":
+            m.nftables_sync_failures.labels(**labels)
+            m.nftables_cleanup_failures.labels(**labels)
+        if hasattr(self.dp, "canary_intact"):
+            m.canary_resyncs.labels(**labels)
+
+    def _record_cleanup_failures(self) -> None:
+        """kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total: the stale chains the
+        dataplane could not delete (it counts them; it knows no metrics)."""
+        seen = getattr(self.dp, "cleanup_failures", 0)
+        if self.all_metrics is not None and seen > self.cleanup_failures_seen:
+            self.all_metrics.nftables_cleanup_failures.labels(ip_family=self.cfg.family_name).inc(
+                seen - self.cleanup_failures_seen)
+        self.cleanup_failures_seen = seen
+
+    # -- the canary watch --------------------------------------------------
+    async def watch_canary(self, interval: float | None = None, settle: float = CANARY_SETTLE) -> None:
+        """kube-proxy's canary monitor, at a shorter interval: when someone else flushed or
+        deleted our rules (firewalld reload, `iptables -F -X`, `nft flush ruleset`), force a
+        full resync now instead of at the next periodic one, which at scale is minutes away.
+        Dataplanes without a canary_intact() are not watched."""
+        intact = getattr(self.dp, "canary_intact", None)
+        if intact is None:
+            return
+        interval = canary_interval(self.sync_period) if interval is None else interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.syncing or self.last_success is None or self.need_full or self.wake.is_set():
+                continue  # a full sync is coming (or running) anyway
+            if await asyncio.to_thread(intact) is not False:
+                continue
+            # a flush goes table by table: let it finish, so one resync repairs it all
+            await asyncio.sleep(settle)
+            log.warning("%s: our rules were flushed or deleted by someone else (canary gone); "
+                        "resyncing everything now", self.cfg.family_name)
+            if self.all_metrics is not None:
+                self.all_metrics.canary_resyncs.labels(ip_family=self.cfg.family_name).inc()
+            self.reread = True
+            self.wake.set()
 
     # -- health ------------------------------------------------------------
     def pending_since(self) -> float | None:

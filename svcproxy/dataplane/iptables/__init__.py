@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import replace
 
 from ...config import NodeConfig
 from ...state import ProxyState
@@ -19,7 +20,7 @@ from . import names as n
 from .cleanup import cleanup_family
 from .ipvs_leftovers import cleanup_ipvs_leftovers
 from .jumps import ALL_JUMPS
-from .kernel import Iptables
+from .kernel import Iptables, tcp_be_liberal
 from .render import BlockCache, Ruleset, build_ruleset
 from .restore import ENTRY_NAT, full_batches, partial_input
 
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_CHAINS = 1000
 WARM_BATCH_CHAINS = 2500
 
+CANARY_TABLES = ("mangle", "nat", "filter")  # where kube-proxy keeps KUBE-PROXY-CANARY
+# built-in chain -> our chain: the jumps the canary watch checks besides the canary chains
+SENTINEL_JUMPS = (("nat", "PREROUTING", n.SERVICES), ("filter", "FORWARD", n.FORWARD))
+
 
 class IptablesDataplane:
     """kube-proxy's iptables mode for one IP family (cfg.ip_family)."""
@@ -40,6 +45,8 @@ class IptablesDataplane:
 
     def __init__(self, cfg: NodeConfig, netns: str | None = None,
                  batch_chains: int = DEFAULT_BATCH_CHAINS, warm_batch_chains: int = WARM_BATCH_CHAINS) -> None:
+        if not cfg.conntrack_tcp_be_liberal and tcp_be_liberal(netns):
+            cfg = replace(cfg, conntrack_tcp_be_liberal=True)
         self.cfg = cfg
         self.ipt = Iptables(cfg.ip_family, netns)
         self.netns = netns
@@ -108,6 +115,8 @@ class IptablesDataplane:
     def _first_sync(self) -> None:
         """Once per process: learn which service chains an earlier run left (to delete stale
         ones)."""
+        if self.cfg.conntrack_tcp_be_liberal:
+            log.info("nf_conntrack_tcp_be_liberal set, not installing DROP rules for INVALID packets")
         nat = self.ipt.chains("nat")
         self.existing = {c for c in nat if n.is_service_chain(c)}
         self.cold = not (set(ENTRY_NAT) & nat) and not self.existing
@@ -119,6 +128,26 @@ class IptablesDataplane:
         for j in ALL_JUMPS:
             if self.ipt.run("-t", j.table, "-C", j.chain, *j.args, check=False).returncode != 0:
                 self.ipt.run("-t", j.table, "-I", j.chain, *j.args)
+
+    # -- the canary ---------------------------------------------------------------------------
+    def canary_intact(self) -> bool:
+        """Whether KUBE-PROXY-CANARY still exists in mangle, nat and filter (a flush that
+        deletes chains takes it), and the jumps into nat's and filter's entry chains are still
+        there (a flush of the rules alone, `iptables -t nat -F`, takes those). Read-only, as
+        the watch calls it beside a sync; each check lists one chain, which iptables-nft does
+        without reading the table (0.01 s at 20,000 chains, where `-C` takes 0.4 s)."""
+        if not all(self.ipt.run("-t", table, "-S", n.PROXY_CANARY, check=False).returncode == 0
+                   for table in CANARY_TABLES):
+            return False
+        for table, chain, target in SENTINEL_JUMPS:
+            rules = self.ipt.run("-t", table, "-S", chain, check=False).stdout.splitlines()
+            if not any(rule.endswith(f" -j {target}") for rule in rules):
+                return False
+        return True
+
+    def forget(self) -> None:
+        """Someone else changed our tables: read which chains exist again at the next (full) sync."""
+        self.applied, self.existing, self.needs_full = None, None, True
 
     # -- cleanup ------------------------------------------------------------------------------
     def cleanup(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from ..protocol import ApplyError
 
@@ -77,3 +78,18 @@ def explain(stderr: str, data: str) -> str:
             if 0 < i <= len(lines):
                 return f"{msg} (input line {i}: {lines[i - 1]})"
     return msg
+
+
+BE_LIBERAL = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"
+
+
+def tcp_be_liberal(netns: str | None = None) -> bool:
+    """nf_conntrack_tcp_be_liberal of the network namespace the rules go to (the daemon's own,
+    or netns); unreadable (no nf_conntrack loaded yet) counts as unset, as in kube-proxy."""
+    if netns is None:
+        try:
+            return Path(BE_LIBERAL).read_text().strip() not in ("", "0")
+        except OSError:
+            return False
+    p = subprocess.run(["ip", "netns", "exec", netns, "cat", BE_LIBERAL], capture_output=True, text=True)
+    return p.returncode == 0 and p.stdout.strip() not in ("", "0")

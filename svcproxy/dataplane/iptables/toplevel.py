@@ -27,8 +27,11 @@ def filter_top(blocks: list[PortBlock], cfg: NodeConfig) -> dict[str, str]:
         out[n.KUBELET_FIREWALL] = (
             f'-A {n.KUBELET_FIREWALL} -m comment --comment "block incoming localnet connections" '
             "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n")
+    # kube-proxy drops INVALID packets (a reset for an out-of-window segment would break the
+    # connection) unless nf_conntrack_tcp_be_liberal already keeps them VALID
+    invalid = "" if cfg.conntrack_tcp_be_liberal else f"-A {n.FORWARD} -m conntrack --ctstate INVALID -j DROP\n"
     out[n.FORWARD] = (
-        f"-A {n.FORWARD} -m conntrack --ctstate INVALID -j DROP\n"
+        invalid +
         f'-A {n.FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} -j ACCEPT\n'
         f'-A {n.FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")

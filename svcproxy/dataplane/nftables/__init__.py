@@ -34,6 +34,7 @@ from ..protocol import ApplyError, SyncResult
 from . import names, session
 from .commands import Tx
 from .kernel import Driver, KernelIO
+from .layout import NAT_PREROUTING
 from .pipeline import CommitStep, FullSyncPlanner
 from .render import BlockCache, ServiceRules
 from .transaction import Kernel, declare_fixed, fixed_part, plan_partial, shared_refs
@@ -70,6 +71,7 @@ class NftablesDataplane:
         # delete a chain that a just-removed (anonymous) map element still pins, so, as
         # kube-proxy does, they are deleted by a later sync.
         self.stale: dict[str, float] = {}
+        self.cleanup_failures = 0  # stale chains that could not be deleted (kube-proxy's metric)
 
     @property
     def transactions(self) -> list[str]:
@@ -114,6 +116,27 @@ class NftablesDataplane:
         self.service_cidrs = None
         self.need_full = True
 
+    def canary_intact(self) -> bool | None:
+        """Whether our table still holds the rule of its nat-prerouting base chain: `nft delete
+        table`, `nft flush table` and `nft flush ruleset` all take it. kube-proxy's nftables
+        mode has no canary chain; this reads one chain over a netlink socket of its own (the
+        watch calls it beside a sync), never the whole table. None: cannot tell."""
+        if not isinstance(self.io, KernelIO):
+            return None  # an in-memory kernel (tests): nothing outside can flush it
+        try:
+            sock = session.Session()
+            try:
+                return bool(sock.dump(self.family, session.GETRULE, names.TABLE, frozenset(), NAT_PREROUTING))
+            finally:
+                sock.close()
+        except OSError as e:
+            log.debug("nftables: canary check failed: %s", e)
+            return None
+
+    def forget(self) -> None:
+        """Someone else changed our table: read it again at the next (full) sync."""
+        self.kernel, self.need_full, self.stale = None, True, {}
+
     def _delete_stale_chains(self) -> None:
         kernel = self.kernel
         if kernel is None or not self.stale:
@@ -127,6 +150,7 @@ class NftablesDataplane:
         try:
             self.io.run_tx(tx)
         except ApplyError as e:  # not fatal: they are empty; try again next time
+            self.cleanup_failures += 1
             log.warning("could not delete stale chains yet: %s", e)
             return
         for name in due:
