@@ -8,8 +8,8 @@ elements) and for a full sync's commit (base chains and their jumps, map flushes
 encode the netlink batch ourselves and session.py sends it on one kept-open socket: a
 one-endpoint change then costs the kernel's commit (see docs/performance.md), not an nft run.
 Anything this encoder does not know (the table, its fixed sets and maps, the maps layout's
-members sets, the fixed regular chains' rules, anonymous sets other than the numgen vmap, ...)
-raises Unsupported and the caller uses nft.
+members sets, the fixed regular chains' rules, anonymous sets other than the numgen vmap and
+map, ...) raises Unsupported and the caller uses nft.
 
 The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
 ruleset` prints rules programmed here exactly as if nft had added them.
@@ -418,7 +418,7 @@ class Compiler:
 
     def rule(self, chain: str, text: str) -> None:
         exprs = self.common_rule(text)
-        if exprs is not None:  # the endpoint chains' two rules, 9 in 10 of all rules: no tokenizing
+        if exprs is not None:  # the service chains' numgen map DNAT, the endpoint chains' rules: no tokenizing
             self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, string(1, self.table), string(2, chain), nest(4, *exprs))
             return
         parsed = _RuleText(self, text)
