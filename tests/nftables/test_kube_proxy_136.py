@@ -120,15 +120,18 @@ def test_tracer_on_the_136_table(tmp_path: Path, flow: tuple, want: tuple) -> No
 
 
 @pytest.mark.kernel
-def test_tracer_reads_the_kernels_listing_of_kube_proxy_136s_table(tmp_path: Path) -> None:
+def test_tracer_reads_the_kernels_listings_of_kube_proxy_136s_table(tmp_path: Path) -> None:
     with scratch_namespace("kp136") as ns:
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=_loadable(KUBE_PROXY.read_text()),
                        text=True, check=True)
         listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"], capture_output=True,
                                  text=True, check=True).stdout
+        as_json = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset"], capture_output=True,
+                                 text=True, check=True).stdout
     assert "dnat ip to numgen random mod 2 map { 0 : 10.180.0.4 . 80, 1 : 10.180.0.5 . 80 }" in listing
-    path = tmp_path / "listing.nft"
-    path.write_text(listing)
-    for flow, want in FLOWS:
-        out = trace(path, *flow)
-        assert (out["endpoints"], out["masquerade"]) == want, flow
+    (tmp_path / "listing.nft").write_text(listing)
+    (tmp_path / "listing.json").write_text(as_json)
+    for path in (tmp_path / "listing.nft", tmp_path / "listing.json"):
+        for flow, want in FLOWS:
+            out = trace(path, *flow)
+            assert (out["endpoints"], out["masquerade"]) == want, (path.name, flow)
