@@ -144,6 +144,8 @@ class RuleText:
         out: dict[str, Any] = {}
         if self.peek() in ("ip", "ip6") and kind != "masquerade":
             out["family"] = self.take()
+            if [self.peek(), self.peek(1), self.peek(2)] == ["addr", ".", "port"]:
+                self.i += 3  # dnat ip addr . port to ... (kube-proxy's input; nft lists `dnat ip to`)
         if kind in ("snat", "dnat", "redirect") and self.peek() == "to":
             self.take()
             if self.peek() in ("ip", "ip6") and self.peek(1) == "saddr" and self.peek(2) == "map":
@@ -155,7 +157,7 @@ class RuleText:
                     self.take()
                     out["port"] = int(self.take("a port"))
                 return {kind: out}
-            if self.peek() == "numgen":  # dnat to numgen random mod N map @m (svcproxy's maps layout)
+            if self.peek() == "numgen":  # dnat to numgen random mod N map @m / map { i : addr . port }
                 key = self.selector()
                 self.expect_tok("map")
                 out["addr"] = {"map": {"key": key, "data": self.rhs(is_map=True)}}

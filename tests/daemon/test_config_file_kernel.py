@@ -41,8 +41,9 @@ def kernel_rules(env: NetEnv, mode: str) -> str:
 
 def masq_jumps(text: str, mode: str) -> int:
     """Masquerade jumps not limited to off-cluster sources (masqueradeAll writes those)."""
-    word = "-j KUBE-MARK-MASQ" if mode == "iptables" else "jump mark-for-masquerade"
-    return sum(word in line and "! -s" not in line and "saddr !=" not in line for line in text.splitlines())
+    words = ("-j KUBE-MARK-MASQ",) if mode == "iptables" else ("mark set mark or ", "meta mark set meta mark | ")
+    return sum(any(w in line for w in words) and "! -s" not in line and "saddr !=" not in line
+               for line in text.splitlines())
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])

@@ -49,7 +49,8 @@ def lines_with(text: str, what: str) -> list[str]:
 def test_each_detector_writes_its_match_where_kube_proxy_does(name: str, layout: str) -> None:
     cfg, if_local, if_not_local = DETECTORS[name]
     text = render_ruleset(overall(), replace(cfg, nftables_layout=layout))
-    masq = lines_with(text, f"{if_not_local} jump mark-for-masquerade")
+    ask = "jump mark-for-masquerade" if layout == "maps" else "mark set mark or 0x4000"  # 1.36 marks inline
+    masq = lines_with(text, f"{if_not_local} {ask}")
     # the ClusterIP masquerade only (per service port, or kube-proxy 1.36's one rule on @cluster-ips)
     assert masq and all("172.30.0.4" in r or "@cluster-ips" in r for r in masq), masq
     short = lines_with(text, f'{if_local} goto service-')

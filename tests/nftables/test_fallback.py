@@ -33,7 +33,7 @@ def test_refused_encoding_falls_back_to_nft(inside: Netns, monkeypatch: pytest.M
     reference.cleanup()
     # an encoder the kernel refuses: a dnat with an unknown NAT type (EINVAL)
     broken = netlink.expr("nat", netlink.u32(1, 99), netlink.u32(2, 2), netlink.u32(3, 1))
-    monkeypatch.setattr(netlink.Compiler, "nat", property(lambda self: broken))
+    monkeypatch.setattr(netlink.Compiler, "nat_numgen", property(lambda self: broken))  # every service chain
     dp = NftablesDataplane(CFG)
     dp.sync(state_of(A, B))
     assert not dp.use_netlink and table(inside) == want

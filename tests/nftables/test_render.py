@@ -46,23 +46,28 @@ def test_cluster_ip_dispatch_numgen_and_masquerade() -> None:
     svc = "service-" + names.port_base(ServicePortName("ns1", "a", "p", "TCP"))
     assert f"172.30.0.1 . tcp . 80 : goto {svc}" in elements(text, "service-ips")
     assert elements(text, "cluster-ips") == ["172.30.0.1"]
-    rules = chain(text, svc)
-    assert rules[0] == "ip daddr 172.30.0.1 tcp dport 80 ip saddr != 10.0.0.0/16 jump mark-for-masquerade"
-    assert re.fullmatch(r"numgen random mod 2 vmap \{ 0 : goto endpoint-\S+__10\.0\.1\.1/8080, "
-                        r"1 : goto endpoint-\S+__10\.0\.1\.2/8080 \}", rules[1])
-    ep = rules[1].split("goto ")[1].split(",")[0]
-    assert chain(text, ep) == ["ip saddr 10.0.1.1 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.0.1.1:8080"]
-    assert chain(text, "masquerading") == ["mark and 0x4000 == 0 return", "mark set mark xor 0x4000",
-                                           "masquerade fully-random"]
+    # kube-proxy 1.36 (writeServiceToEndpointDNATs): one DNAT through a numgen map, no endpoint chains
+    assert chain(text, svc) == ["meta l4proto tcp dnat ip addr . port to numgen random mod 2 "
+                                "map { 0 : 10.0.1.1 . 8080, 1 : 10.0.1.2 . 8080 }"]
+    assert "chain endpoint-" not in text and "set affinity-" not in text
+    # ClusterIP traffic from outside the pod network is masqueraded in "services", for all ClusterIPs
+    assert chain(text, "services")[0] == ('ip daddr @cluster-ips ip saddr != 10.0.0.0/16 mark set mark or 0x4000 '
+                                          'comment "masquerade clusterIP traffic from outside cluster"')
+    assert chain(text, "masquerading") == [
+        "mark and 0x4000 != 0 mark set mark xor 0x4000 masquerade fully-random",
+        "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections masquerade fully-random"]
+    assert "mark-for-masquerade" not in text
 
 
 def test_masquerade_all_and_no_cluster_cidr() -> None:
     st = state_of(service("a", "172.30.0.1", ["10.0.1.1"]))
     svc = "service-" + names.port_base(ServicePortName("ns1", "a", "p", "TCP"))
     text = render_ruleset(st, replace(CFG, masquerade_all=True))
-    assert chain(text, svc)[0] == "ip daddr 172.30.0.1 tcp dport 80 jump mark-for-masquerade"
+    assert chain(text, "services")[0] == (
+        'ip daddr @cluster-ips mark set mark or 0x4000 comment "masquerade all clusterIP traffic"')
+    assert chain(text, svc) == ["meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.0.1.1 . 8080 }"]
     text = render_ruleset(st, replace(CFG, cluster_cidrs=()))
-    assert chain(text, svc)[0].startswith("numgen")  # no local detector: nothing to masquerade
+    assert chain(text, "services")[0].startswith("ip daddr . meta l4proto")  # no local detector: no masquerade
 
 
 def test_no_endpoints_rejects() -> None:
@@ -85,15 +90,18 @@ def test_external_traffic_policy_local() -> None:
     assert '192.168.100.2 . tcp . 80 comment "ns1/a:p" : drop' in elements(text, "no-endpoint-services")
     assert chain(text, "external-" + base) == [
         f'ip saddr 10.0.0.0/16 goto service-{base} comment "short-circuit pod traffic"',
-        'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+        'fib saddr type local mark set mark or 0x4000 comment "masquerade local traffic"',
         f'fib saddr type local goto service-{base} comment "short-circuit local traffic"']
     # a local endpoint: external traffic goes to the local chain, which only has it
     text = render_ruleset(state_of(service("a", "172.30.0.1", ["10.0.1.1", "10.0.2.1"], local=("10.0.1.1",),
                                            **kw)), CFG)
     assert chain(text, "external-" + base)[-1] == f"goto local-{base}"
-    assert "mod 1 vmap { 0 : goto endpoint-" in chain(text, "local-" + base)[-1]
-    assert "__10.0.1.1/8080" in chain(text, "local-" + base)[-1]
-    assert "mod 2 vmap" in chain(text, "service-" + base)[-1]
+    assert chain(text, "local-" + base) == [
+        "meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.0.1.1 . 8080 }"]
+    assert "mod 2 map { 0 : 10.0.1.1 . 8080, 1 : 10.0.2.1 . 8080 }" in chain(text, "service-" + base)[-1]
+    # Cluster policy: the external chain asks for masquerade inline, then goes to the service chain
+    text = render_ruleset(state_of(service("a", "172.30.0.1", ["10.0.2.1"], node_port=30001)), CFG)
+    assert chain(text, "external-" + base) == ['mark set mark or 0x4000 comment "masquerade"', f"goto service-{base}"]
     assert elements(text, "no-endpoint-nodeports") == []
 
 
@@ -135,10 +143,14 @@ def test_session_affinity_timed_set_per_endpoint() -> None:
     text = render_ruleset(st, CFG)
     ep = names.endpoint_base(ServicePortName("ns1", "a", "p", "TCP"), "10.0.1.1", 8080)
     assert f"\tset affinity-{ep} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 300s\n" in text
-    rules = chain(text, "service-" + base)
-    assert rules[1] == f"ip saddr @affinity-{ep} goto endpoint-{ep}"
-    assert rules[3].startswith("numgen random mod 2 vmap")
-    assert chain(text, "endpoint-" + ep)[1] == f"update @affinity-{ep} {{ ip saddr }}"
+    ep2 = names.endpoint_base(ServicePortName("ns1", "a", "p", "TCP"), "10.0.1.2", 8080)
+    # kube-proxy 1.36 (writeServiceToEndpointJumps): per-endpoint chains only with ClientIP affinity
+    assert chain(text, "service-" + base) == [
+        f"ip saddr @affinity-{ep} goto endpoint-{ep}",
+        f"ip saddr @affinity-{ep2} goto endpoint-{ep2}",
+        f"numgen random mod 2 vmap {{ 0 : goto endpoint-{ep}, 1 : goto endpoint-{ep2} }}"]
+    assert chain(text, "endpoint-" + ep) == [f"update @affinity-{ep} {{ ip saddr }}",
+                                             "meta l4proto tcp dnat to 10.0.1.1:8080"]  # no hairpin rule
 
 
 def test_ipv6_udp_sctp() -> None:
@@ -149,10 +161,12 @@ def test_ipv6_udp_sctp() -> None:
     assert text.startswith("table ip6 kube-proxy {")
     assert "type ipv6_addr . inet_proto . inet_service : verdict" in text
     a = names.port_base(ServicePortName("ns1", "a", "p", "UDP"))
-    assert chain(text, "service-" + a)[0] == (
-        "ip6 daddr fd00:30::1 udp dport 53 ip6 saddr != fd00:10::/64 jump mark-for-masquerade")
-    assert "meta l4proto udp dnat to [fd00:10::5]:8080" in text
-    assert "meta l4proto sctp dnat to [fd00:10::6]:8080" in text
+    assert chain(text, "services")[0] == ('ip6 daddr @cluster-ips ip6 saddr != fd00:10::/64 mark set mark or 0x4000 '
+                                          'comment "masquerade clusterIP traffic from outside cluster"')
+    assert chain(text, "service-" + a) == [
+        "meta l4proto udp dnat ip6 addr . port to numgen random mod 1 map { 0 : fd00:10::5 . 8080 }"]
+    assert "meta l4proto sctp dnat ip6 addr . port to numgen random mod 1 map { 0 : fd00:10::6 . 8080 }" in text
+    assert "type ipv6_addr . ipv6_addr . inet_proto . inet_service" in text  # hairpin-connections
     assert "fd00:30::2 . sctp . 9 : goto service-" in text
     assert "ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports" in text
 
@@ -166,5 +180,29 @@ def test_example_cluster_renders(tmp_path) -> None:
     out = render_ruleset(st, CFG)
     # the terminating endpoint of web gets no new connections; three ready ones do
     web = names.port_base(ServicePortName("default", "web", "http", "TCP"))
-    assert "numgen random mod 3 vmap" in chain(out, "service-" + web)[-1]
+    assert "numgen random mod 3 map {" in chain(out, "service-" + web)[-1]
     assert "10.0.2.11" not in out
+
+
+def test_hairpin_connections_hold_the_local_endpoints() -> None:
+    """kube-proxy 1.36: a pod reaching itself through its service is masqueraded through
+    @hairpin-connections (endpoint . endpoint . protocol . port), local endpoints only, one
+    element however many services share the endpoint."""
+    st = state_of(service("a", "172.30.0.1", ["10.0.1.1", "10.0.2.1"], local=("10.0.1.1",)),
+                  service("b", "172.30.0.2", ["10.0.1.1"], local=("10.0.1.1",), protocol="UDP"),
+                  service("c", "172.30.0.3", ["10.0.1.1"], local=("10.0.1.1",)))
+    text = render_ruleset(st, CFG)
+    assert elements(text, "hairpin-connections") == ["10.0.1.1 . 10.0.1.1 . tcp . 8080",
+                                                     "10.0.1.1 . 10.0.1.1 . udp . 8080"]
+    assert text.index("set hairpin-connections {") < text.index("set cluster-ips {")  # declared first, as 1.36
+    assert ('\tset hairpin-connections {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n'
+            '\t\tcomment "service hairpin connections"\n') in text
+    assert "ip saddr 10.0.1.1" not in text  # no per-endpoint hairpin rule
+
+
+def test_maps_layout_keeps_its_own_masquerade() -> None:
+    """The maps layout is not kube-proxy's: it keeps mark-for-masquerade and its hairpin pairs."""
+    text = render_ruleset(state_of(service("a", "172.30.0.1", ["10.0.1.1"], local=("10.0.1.1",))),
+                          replace(CFG, nftables_layout="maps"))
+    assert "hairpin-connections" not in text and "chain mark-for-masquerade {" in text
+    assert chain(text, "masquerading")[-1] == "masquerade fully-random"

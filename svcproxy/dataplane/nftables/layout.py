@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...config import NodeConfig
+from ...localdetect import local_detector
 from .names import family_keyword
 
 TABLE_COMMENT = "rules for kube-proxy"
@@ -41,6 +42,7 @@ SERVICE_NODEPORTS = "service-nodeports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 FIREWALL_IPS = "firewall-ips"
+HAIRPIN_CONNECTIONS = "hairpin-connections"  # kube-proxy 1.36: endpoint . endpoint . proto . port
 # the maps layout's fixed sets: no-endpoint verdicts as data, and hairpin pairs
 REJECT_SERVICES = "reject-services"
 REJECT_NODEPORTS = "reject-nodeports"
@@ -59,7 +61,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 SHARDS = {"tcp": 64, "udp": 16, "sctp": 4}
 SLOT = 10_000  # numgen's modulus in a shared map: weights to 1/10,000; offsets read as decimals
 SLOTS = (2**32 - 1) // SLOT  # slots per map: 32-bit keys, and each range's end + 1 must fit too
-SHARED_CONTAINERS = frozenset({HAIRPIN})  # elements several services may claim (refcounted)
+SHARED_CONTAINERS = frozenset({HAIRPIN, HAIRPIN_CONNECTIONS})  # elements several services may claim (refcounted)
 
 
 class Hook(NamedTuple):
@@ -118,6 +120,20 @@ def masquerade_mark(cfg: NodeConfig) -> str:
     return hex(1 << cfg.masquerade_bit)
 
 
+def masquerade_statement(cfg: NodeConfig) -> str:
+    """How a rule asks for masquerade: kube-proxy 1.36 sets the mark inline; the maps layout
+    keeps its mark-for-masquerade chain."""
+    if cfg.nftables_layout == "maps":
+        return f"jump {MARK_MASQ}"
+    return f"mark set mark or {masquerade_mark(cfg)}"
+
+
+def local_match(cfg: NodeConfig, negate: bool) -> str:
+    """kube-proxy's local-traffic detector, IfLocalNFT / IfNotLocalNFT (svcproxy/localdetect.py):
+    `ip saddr CIDR`, `iifname "br0"`, `iifname "veth*"`; "" for the no-op detector."""
+    return local_detector(cfg).nft(negate)
+
+
 def no_localhost(cfg: NodeConfig) -> str:
     """NodePorts never answer on loopback in nftables mode (that needs route_localnet)."""
     return "ip daddr != 127.0.0.0/8" if cfg.ip_family == 4 else "ip6 daddr != ::1"
@@ -135,7 +151,11 @@ def containers(cfg: NodeConfig) -> tuple[Container, ...]:
     """The table's fixed sets and maps, in declaration order."""
     addr = addr_type(cfg)
     triple = f"{addr} . inet_proto . inet_service"
-    out = [Container(CLUSTER_IPS, addr, comment="Active ClusterIPs")]
+    out = []
+    if cfg.nftables_layout != "maps":  # kube-proxy 1.36 declares it first (setupNFTables)
+        out.append(Container(HAIRPIN_CONNECTIONS, f"{addr} . {addr} . inet_proto . inet_service",
+                             comment="service hairpin connections"))
+    out.append(Container(CLUSTER_IPS, addr, comment="Active ClusterIPs"))
     if nodeport_set_ips(cfg) is not None:
         out.append(Container(NODEPORT_IPS, addr, comment="IPs that accept NodePort traffic"))
     out += [
@@ -212,7 +232,6 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
 
     service_cidrs: the ClusterIP ranges; traffic to an unallocated address in them is dropped."""
     ip = family_keyword(cfg.ip_family)
-    mark = masquerade_mark(cfg)
     new = "ct state new"
 
     # Filter chains run just before DNAT (-100) so they see the service address.
@@ -245,11 +264,39 @@ def fixed_chains(cfg: NodeConfig, service_cidrs: tuple[str, ...] = ()) -> tuple[
               if service_cidrs else []),
         )),
         Chain(FIREWALL_CHECK, (f"{triple} vmap @{FIREWALL_IPS}",)),
-        Chain(MARK_MASQ, (f"mark set mark or {mark}",)),
-        Chain(MASQUERADING, (*masquerading, f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random")),
+        *_masquerading_chains(cfg, masquerading),
         Chain(NODEPORT_ENDPOINTS_CHECK, nodeport_checks),
         Chain(REJECT_CHAIN, ("reject",), comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
         Chain(SERVICE_ENDPOINTS_CHECK, service_check),
-        Chain(SERVICES, (f"{triple} vmap @{SERVICE_IPS}", nodeport_dispatch)),
+        Chain(SERVICES, (*_services_masquerade(cfg), f"{triple} vmap @{SERVICE_IPS}", nodeport_dispatch)),
         *affinity,
     )
+
+
+def _masquerading_chains(cfg: NodeConfig, maps_rules: tuple[str, ...]) -> tuple[Chain, ...]:
+    """masquerading (and the maps layout's mark-for-masquerade). kube-proxy 1.36: marked
+    packets, then hairpin connections by @hairpin-connections, with no mark involved."""
+    mark = masquerade_mark(cfg)
+    if cfg.nftables_layout == "maps":
+        return (Chain(MARK_MASQ, (f"mark set mark or {mark}",)),
+                Chain(MASQUERADING, (*maps_rules, f"mark and {mark} == 0 return", f"mark set mark xor {mark}",
+                                     "masquerade fully-random")))
+    ip = family_keyword(cfg.ip_family)
+    return (Chain(MASQUERADING, (
+        f"mark and {mark} != 0 mark set mark xor {mark} masquerade fully-random",
+        f"ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport @{HAIRPIN_CONNECTIONS} "
+        "masquerade fully-random")),)
+
+
+def _services_masquerade(cfg: NodeConfig) -> tuple[str, ...]:
+    """kube-proxy 1.36 masquerades ClusterIP traffic in "services", for every ClusterIP at
+    once (the maps layout does it per port, in the service chains)."""
+    if cfg.nftables_layout == "maps":
+        return ()
+    ip = family_keyword(cfg.ip_family)
+    masq = masquerade_statement(cfg)
+    if cfg.masquerade_all:
+        return (f'{ip} daddr @{CLUSTER_IPS} {masq} comment "masquerade all clusterIP traffic"',)
+    if (not_local := local_match(cfg, negate=True)):
+        return (f'{ip} daddr @{CLUSTER_IPS} {not_local} {masq} comment "masquerade clusterIP traffic from outside cluster"',)
+    return ()

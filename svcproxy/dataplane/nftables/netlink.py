@@ -8,8 +8,8 @@ elements) and for a full sync's commit (base chains and their jumps, map flushes
 encode the netlink batch ourselves and session.py sends it on one kept-open socket: a
 one-endpoint change then costs the kernel's commit (see docs/performance.md), not an nft run.
 Anything this encoder does not know (the table, its fixed sets and maps, the maps layout's
-members sets, the fixed regular chains' rules, anonymous sets other than the numgen vmap, ...)
-raises Unsupported and the caller uses nft.
+members sets, the fixed regular chains' rules, anonymous sets other than the numgen vmap and
+map, ...) raises Unsupported and the caller uses nft.
 
 The encoding follows what nft 1.0.6 itself sends (`nft --debug=netlink,mnl`), so `nft list
 ruleset` prints rules programmed here exactly as if nft had added them.
@@ -180,6 +180,13 @@ HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 
 ELEMENTS_MAX_BYTES = 48 * 1024  # per NEWSETELEM message, below the 64 KB attribute limit
 CT_STATE_NEW = 1 << 3  # NF_CT_STATE_BIT(IP_CT_NEW)
 IPS_DST_NAT = 1 << 5  # conntrack status: the connection's destination was rewritten
+# kube-proxy 1.36's service chain: dnat through an anonymous numgen map of address . port
+DNAT_NUMGEN = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) addr \. port to numgen random mod (\d+) "
+                         r"map \{ (.*) \}")
+NUMGEN_ITEM = re.compile(r"(\d+) : \[?([0-9a-fA-F.:]+?)\]? \. (\d+)")
+TYPE_INET_SERVICE = 13
+META_MARK = 3  # NFT_META_MARK
+MARK_OR = re.compile(r"mark set mark or (0x[0-9a-fA-F]+|\d+)")
 DNAT_MAP = re.compile(r"meta l4proto (tcp|udp|sctp) dnat (ip6?) to numgen random mod (\d+)(?: offset (\d+))? map @(\S+)")
 # nft 1.0.6's userdata describing "typeof numgen random mod 1000000 : ip daddr . tcp dport", as
 # read back from a map nft declared; the IPv6 and protocol variants differ in two places
@@ -411,7 +418,7 @@ class Compiler:
 
     def rule(self, chain: str, text: str) -> None:
         exprs = self.common_rule(text)
-        if exprs is not None:  # the endpoint chains' two rules, 9 in 10 of all rules: no tokenizing
+        if exprs is not None:  # the service chains' numgen map DNAT, the endpoint chains' rules: no tokenizing
             self.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, string(1, self.table), string(2, chain), nest(4, *exprs))
             return
         parsed = _RuleText(self, text)
@@ -433,6 +440,9 @@ class Compiler:
                     expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, offset)),
                     expr("byteorder", u32(1, REG_1), u32(2, REG_1), u32(3, 1), u32(4, 4), u32(5, 4)),  # hton
                     lookup(name, self.set_ids.get(name), dreg=REG_1), self.nat_map]
+        m = DNAT_NUMGEN.fullmatch(text)
+        if m and m.group(2) == self.family:
+            return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]), *self.numgen_map(int(m.group(3)), m.group(4), text)]
         m = DNAT.fullmatch(text)
         if m:
             return [meta_l4proto(), cmp(PROTO_BYTES[m.group(1)]), immediate_value(REG_1, self.address(m.group(2))),
@@ -450,6 +460,36 @@ class Compiler:
         port_reg = 9 if self.family == "ip" else REG_2
         return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(4, REG_1), u32(5, port_reg),
                     u32(6, port_reg), u32(7, 0x3))
+
+    def numgen_map(self, modulus: int, body: str, text: str) -> list[bytes]:
+        """`dnat ip addr . port to numgen random mod N map { 0 : a . p, ... }`: an anonymous
+        constant map of integer to address . port, then numgen, lookup and nat, as nft 1.0.6
+        sends them (no nat flags; the port register follows the address)."""
+        items: list[bytes] = []
+        for chunk in body.split(", "):
+            m = NUMGEN_ITEM.fullmatch(chunk.strip())
+            if not m:
+                raise Unsupported(text)
+            value = self.address(m.group(2)) + struct.pack("!H2x", int(m.group(3)))
+            items.append(nest(1, nest(1, attr(1, struct.pack("=I", int(m.group(1))))), nest(2, attr(1, value))))
+        set_id = self.next_set_id()
+        name = f"__map{set_id:x}_{self.anon_prefix}"
+        addr_type = TYPE_IPADDR if self.family == "ip" else TYPE_IP6ADDR
+        user = udata(0, struct.pack("=I", BYTEORDER_HOST)) + udata(1, bytes(4)) + udata(6, bytes(4))
+        self.add(NEWSET, NLM_F_CREATE | NLM_F_EXCL, string(1, self.table), string(2, name),
+                 u32(3, SET_ANONYMOUS | SET_CONSTANT | SET_MAP), u32(4, TYPE_INTEGER), u32(5, 4),
+                 u32(6, addr_type << 6 | TYPE_INET_SERVICE), u32(7, self.addr_len + 4), u32(10, set_id),
+                 nest(9, u32(1, len(items))), attr(13, user))
+        self.add(NEWSETELEM, NLM_F_CREATE, string(1, self.table), u32(4, set_id), nest(3, *items))
+        return [expr("numgen", u32(1, REG_1), u32(2, modulus), u32(3, 1), u32(4, 0)),
+                lookup(name, set_id, dreg=REG_1), self.nat_numgen]
+
+    @cached_property
+    def nat_numgen(self) -> bytes:
+        """dnat to the address . port an anonymous numgen map left in register 1 (no flags,
+        as nft 1.0.6 sends it for kube-proxy's `dnat ip addr . port to numgen ...`)."""
+        port_reg = 9 if self.family == "ip" else REG_2
+        return expr("nat", u32(1, 1), u32(2, self.nfproto), u32(3, REG_1), u32(5, port_reg))
 
     def numgen_vmap(self, tokens: list[str], i: int, text: str) -> list[bytes]:
         """`numgen random mod N vmap { 0 : goto a, 1 : goto b }`: an anonymous constant map,
@@ -613,13 +653,25 @@ class _RuleText:
         self.exprs += [immediate_value(REG_1, self.c.address(m.group(1))),
                        immediate_value(REG_2, struct.pack("!H", int(m.group(2)))), self.c.nat]
 
+    def mark(self) -> None:
+        """`mark set mark or 0x4000`: kube-proxy 1.36's inline masquerade request."""
+        m = MARK_OR.fullmatch(" ".join(self.take(5)))
+        if not m:
+            raise Unsupported(self.text)
+        bit = int(m.group(1), 0)
+        self.exprs += [expr("meta", u32(2, META_MARK), u32(1, REG_1)),
+                       expr("bitwise", u32(1, REG_1), u32(2, REG_1), u32(3, 4),
+                            nest(4, attr(1, struct.pack("=I", 0xFFFFFFFF ^ bit))),
+                            nest(5, attr(1, struct.pack("=I", bit)))),
+                       expr("meta", u32(2, META_MARK), u32(3, REG_1))]
+
     def comment(self) -> None:
         _, quoted = self.take(2)
         self.user = comment_udata(quoted.strip('"'))
 
     STATEMENTS: ClassVar[dict[str, Callable[[_RuleText], None]]] = {
-        "fib": fib, "iifname": iifname, "ct": ct, "jump": jump, "goto": jump, "drop": final, "accept": final, "return": final,
-        "numgen": numgen, "update": update, "dnat": dnat, "comment": comment,
+        "fib": fib, "iifname": iifname, "ct": ct, "jump": jump, "goto": jump, "drop": final, "accept": final,
+        "return": final, "numgen": numgen, "update": update, "dnat": dnat, "comment": comment, "mark": mark,
     }
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import NodeConfig
-from ...localdetect import local_detector
 from ...model.selection import Policy, port_policy
 from ...state import EndpointInfo, ServicePortInfo
 from . import names
 from .layout import (
     CLUSTER_IPS,
     FIREWALL_IPS,
+    HAIRPIN_CONNECTIONS,
     MARK_MASQ,
     NO_ENDPOINT_NODEPORTS,
     NO_ENDPOINT_SERVICES,
@@ -27,6 +27,8 @@ from .layout import (
     Chain,
     Container,
     addr_type,
+    local_match,
+    masquerade_statement,
 )
 
 
@@ -47,12 +49,6 @@ class Block:
     chains: tuple[Chain, ...]
     sets: tuple[Container, ...]  # per-endpoint affinity sets
     elements: tuple[Element, ...]
-
-
-def local_match(cfg: NodeConfig, negate: bool) -> str:
-    """kube-proxy's local-traffic detector, IfLocalNFT / IfNotLocalNFT (svcproxy/localdetect.py):
-    `ip saddr CIDR`, `iifname "br0"`, `iifname "veth*"`; "" for the no-op detector."""
-    return local_detector(cfg).nft(negate)
 
 
 def endpoint_target(ip: str, port: int) -> str:
@@ -102,13 +98,15 @@ def internal_masquerade(port: ServicePortInfo, cfg: NodeConfig) -> list[str]:
 def external_rules(port: ServicePortInfo, cfg: NodeConfig, chains: PortChains) -> list[str]:
     """external-*: masquerade (Cluster policy), or keep the client address (Local policy) while
     short-circuiting pod and node traffic to the cluster-wide chain. The goto to the policy
-    chain is the caller's (the kube-proxy layout leaves it out when there is nowhere to go)."""
+    chain is the caller's (the kube-proxy layout leaves it out when there is nowhere to go).
+    kube-proxy 1.36 sets the mark inline (with a comment); the maps layout jumps to its chain."""
+    masq = masquerade_statement(cfg)
     if not port.external_policy_local:
-        return [f"jump {MARK_MASQ}"]
+        return [masq if cfg.nftables_layout == "maps" else f'{masq} comment "masquerade"']
     rules = []
     if (is_local := local_match(cfg, negate=False)):
         rules.append(f'{is_local} goto {chains.cluster} comment "short-circuit pod traffic"')
-    rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+    rules.append(f'fib saddr type local {masq} comment "masquerade local traffic"')
     rules.append(f'fib saddr type local goto {chains.cluster} comment "short-circuit local traffic"')
     return rules
 
@@ -125,25 +123,49 @@ def firewall_chain(port: ServicePortInfo, cfg: NodeConfig, chains: PortChains) -
 
 def service_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], cfg: NodeConfig,
                   zone: str) -> Block:
-    """kube-proxy's layout: map elements send each address to the port's chains, which pick an
-    endpoint chain through a numgen vmap."""
+    """kube-proxy 1.36's layout: map elements send each address to the port's chains, which
+    DNAT through a numgen map (per-endpoint chains only for ClientIP affinity). The maps
+    layout falls back to this for affinity it cannot map, in the older shape it always had
+    (masquerade in the service chain, hairpin in the endpoint chains: see older_shape)."""
     pol = port_policy(port, endpoints, cfg.hostname, zone)
     chains = PortChains.of(port)
-    bases = {(ep.ip, ep.port): names.endpoint_base(port.name, ep.ip, ep.port) for ep in pol.selection.all_reachable}
+    older = older_shape(cfg)
+    bases = ({(ep.ip, ep.port): names.endpoint_base(port.name, ep.ip, ep.port) for ep in pol.selection.all_reachable}
+             if port.session_affinity_timeout else {})
+    masq = tuple(internal_masquerade(port, cfg)) if older and pol.has_internal else ()
     out: list[Chain] = []
     if pol.uses_cluster_chain:
-        out.append(_policy_chain(port, pol, chains, chains.cluster, pol.selection.cluster, bases, cfg))
+        first = masq if chains.internal(port) == chains.cluster else ()
+        out.append(_policy_chain(port, chains.cluster, pol.selection.cluster, bases, cfg, first))
     if pol.uses_local_chain:
-        out.append(_policy_chain(port, pol, chains, chains.local, pol.selection.local, bases, cfg))
+        first = masq if chains.internal(port) == chains.local else ()
+        out.append(_policy_chain(port, chains.local, pol.selection.local, bases, cfg, first))
     if pol.uses_external_chain:
         rules = external_rules(port, cfg, chains)
         if pol.has_external:
             rules.append(f"goto {chains.external_policy(port)}")
         out.append(Chain(chains.external, tuple(rules)))
-    if uses_firewall(port):
-        out.append(firewall_chain(port, cfg, chains))
-    endpoint_chains, sets = _endpoint_chains(port, pol, bases, cfg)
-    return Block((*out, *endpoint_chains), sets, _elements(port, pol, chains))
+    endpoint_chains, sets = _affinity_chains(port, pol, bases, cfg)
+    fw = (firewall_chain(port, cfg, chains),) if uses_firewall(port) else ()
+    out_chains = (*out, *fw, *endpoint_chains) if older else (*out, *endpoint_chains, *fw)
+    hairpin = () if older else _hairpin_elements(port, pol)
+    return Block(out_chains, sets, (*_elements(port, pol, chains), *hairpin))
+
+
+def older_shape(cfg: NodeConfig) -> bool:
+    """The maps layout's affinity fallback keeps the pre-1.36 shape: the ClusterIP masquerade
+    per port and a hairpin rule in each endpoint chain (its fixed chains have no
+    @hairpin-connections and no ClusterIP masquerade in "services")."""
+    return cfg.nftables_layout == "maps"
+
+
+def _hairpin_elements(port: ServicePortInfo, pol: Policy[EndpointInfo]) -> list[Element]:
+    """@hairpin-connections: a local endpoint reaching itself through the service (after
+    DNAT: source and destination both the endpoint) is masqueraded so the reply comes back
+    through the node's conntrack. Several services may claim one element (refcounted)."""
+    proto = port.protocol.lower()
+    return [Element(HAIRPIN_CONNECTIONS, f"{ep.ip} . {ep.ip} . {proto} . {ep.port}")
+            for ep in pol.selection.all_reachable if ep.is_local]
 
 
 def _elements(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChains) -> tuple[Element, ...]:
@@ -186,37 +208,48 @@ def _elements(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChai
     return tuple(out)
 
 
-def _policy_chain(port: ServicePortInfo, pol: Policy[EndpointInfo], chains: PortChains, name: str,
-                  eps: tuple[EndpointInfo, ...], bases: dict[tuple[str, int], str], cfg: NodeConfig) -> Chain:
-    """service-* or local-*: affinity first (a client seen before goes to its endpoint), then
-    a random pick among eps."""
-    rules = internal_masquerade(port, cfg) if name == chains.internal(port) and pol.has_internal else []
-    if port.session_affinity_timeout:
-        ip = names.family_keyword(cfg.ip_family)
-        rules += [f"{ip} saddr @{names.AFFINITY}{bases[ep.ip, ep.port]} goto {names.ENDPOINT}{bases[ep.ip, ep.port]}"
-                  for ep in eps]
+def _policy_chain(port: ServicePortInfo, name: str, eps: tuple[EndpointInfo, ...],
+                  bases: dict[tuple[str, int], str], cfg: NodeConfig, first: tuple[str, ...] = ()) -> Chain:
+    """service-* or local-*: one DNAT through a numgen map (writeServiceToEndpointDNATs); with
+    ClientIP affinity, a client seen before goes to its endpoint chain, others to a random
+    one through a numgen vmap (writeServiceToEndpointJumps). first: older_shape's masquerade."""
+    if not bases:
+        return Chain(name, (*first, dnat_map_rule(port, eps, cfg)))
+    ip = names.family_keyword(cfg.ip_family)
+    rules = [*first]
+    rules += [f"{ip} saddr @{names.AFFINITY}{bases[ep.ip, ep.port]} goto {names.ENDPOINT}{bases[ep.ip, ep.port]}"
+              for ep in eps]
     vmap = ", ".join(f"{i} : goto {names.ENDPOINT}{bases[ep.ip, ep.port]}" for i, ep in enumerate(eps))
     rules.append(f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
     return Chain(name, tuple(rules))
 
 
-def _endpoint_chains(port: ServicePortInfo, pol: Policy[EndpointInfo], bases: dict[tuple[str, int], str],
+def dnat_map_rule(port: ServicePortInfo, eps: tuple[EndpointInfo, ...], cfg: NodeConfig) -> str:
+    """`meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : a . 80, 1 : b . 80 }`,
+    kube-proxy's text for the rule (nft lists it back as `dnat ip to numgen ...`)."""
+    ip = names.family_keyword(cfg.ip_family)
+    items = ", ".join(f"{i} : {ep.ip} . {ep.port}" for i, ep in enumerate(eps))
+    return (f"meta l4proto {port.protocol.lower()} dnat {ip} addr . port to "
+            f"numgen random mod {len(eps)} map {{ {items} }}")
+
+
+def _affinity_chains(port: ServicePortInfo, pol: Policy[EndpointInfo], bases: dict[tuple[str, int], str],
                      cfg: NodeConfig) -> tuple[tuple[Chain, ...], tuple[Container, ...]]:
-    """One endpoint-* chain per reachable endpoint (hairpin masquerade, then DNAT), and its
-    affinity set when the port has ClientIP affinity."""
+    """With ClientIP affinity only: one endpoint-* chain per reachable endpoint (remember the
+    client, then DNAT) and its affinity set. Hairpin is @hairpin-connections' business."""
+    if not bases:
+        return (), ()
     ip = names.family_keyword(cfg.ip_family)
     proto = port.protocol.lower()
-    affinity = port.session_affinity_timeout
     chains: list[Chain] = []
     sets: list[Container] = []
     for ep in pol.selection.all_reachable:
         b = bases[ep.ip, ep.port]
-        rules = [f"{ip} saddr {ep.ip} jump {MARK_MASQ}"]
-        if affinity:
-            sets.append(Container(names.AFFINITY + b, addr_type(cfg), flags="dynamic,timeout", timeout=affinity))
-            rules.append(f"update @{names.AFFINITY}{b} {{ {ip} saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {endpoint_target(ep.ip, ep.port)}")
-        chains.append(Chain(names.ENDPOINT + b, tuple(rules)))
+        sets.append(Container(names.AFFINITY + b, addr_type(cfg), flags="dynamic,timeout",
+                              timeout=port.session_affinity_timeout))
+        hairpin = (f"{ip} saddr {ep.ip} jump {MARK_MASQ}",) if older_shape(cfg) else ()
+        chains.append(Chain(names.ENDPOINT + b, (*hairpin, f"update @{names.AFFINITY}{b} {{ {ip} saddr }}",
+                                                 f"meta l4proto {proto} dnat to {endpoint_target(ep.ip, ep.port)}")))
     return tuple(chains), tuple(sets)
 
 
