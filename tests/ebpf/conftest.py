@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -55,6 +55,7 @@ class Node:
     ns: str
     cgroup: Path
     pins: Path
+    made: list[EbpfDataplane] = field(default_factory=list)  # closed when the test ends
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns, *argv], check=check, capture_output=True, text=True)
@@ -73,7 +74,9 @@ class Node:
         """An ebpf dataplane on this node's cgroup and pins, its nftables part in the namespace
         (the calling thread must be inside it: see the `inside` fixture)."""
         outside = NftablesDataplane(replace(cfg, nftables_layout="maps"))
-        return EbpfDataplane(cfg, outside=outside, cgroup=self.cgroup, pin_root=self.pins)
+        dp = EbpfDataplane(cfg, outside=outside, cgroup=self.cgroup, pin_root=self.pins)
+        self.made.append(dp)
+        return dp
 
 
 def _serve(stop: threading.Event, socks: list[socket.socket]) -> None:
@@ -149,6 +152,8 @@ def node() -> Iterator[Node]:
         for s in socks:
             s.close()
         os.close(home)
+        for dp in n.made:
+            dp.close()
         loader.remove(n.pins)
         _remove_cgroup(n.cgroup)
         subprocess.run(["ip", "netns", "del", n.ns], check=False)
