@@ -96,3 +96,20 @@ def test_cleanup_removes_everything_and_leaves_other_programs(inside: Node, tmp_
                        check=False)
         Path(foreign_pin).unlink(missing_ok=True)
     assert programs(inside.cgroup) == []
+
+
+def test_pinned_maps_of_another_layout_are_replaced(inside: Node, tmp_path: Path) -> None:
+    """An upgrade that changed a map's layout: the old pinned map cannot be reused, so a new
+    one replaces it, and the full sync fills it."""
+    first = inside.dataplane()
+    first.sync(state_of(service("web", VIP, ENDPOINTS)))
+    first.close()
+    src = tmp_path / "sock.c"
+    src.write_text(build.SOURCE.read_text().replace("__uint(max_entries, 65536);", "__uint(max_entries, 4096);"))
+    obj = tmp_path / "sock.o"
+    subprocess.run(build.compile_command(src, obj), check=True)
+    second = inside.dataplane()
+    second.object_path = obj
+    second.sync(state_of(service("web", VIP, ENDPOINTS[:2])))
+    assert {r["served"] for r in inside.client("tcp", VIP, 80, 20)} == set(ENDPOINTS[:2])
+    assert len(programs(inside.cgroup)) == 4

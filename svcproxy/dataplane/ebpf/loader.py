@@ -181,7 +181,21 @@ def load(obj_path: Path, cgroup: Path, family: int, pin_root: Path = DEFAULT_PIN
     """Open, load and attach one family's programs, reusing pinned maps and links.
 
     A pinned link gets the new program swapped in (no moment without a program); a missing one
-    is created on the cgroup and pinned."""
+    is created on the cgroup and pinned. Pinned maps of another layout (an upgrade changed
+    bpf/sock.c's structs) cannot be reused: they are replaced by new, empty ones, which the
+    first full sync fills."""
+    try:
+        return _load(obj_path, cgroup, family, pin_root)
+    except LoadError:
+        maps_dir = family_dir(pin_root, family) / "maps"
+        if not (maps_dir / "services").exists():
+            raise
+        for pin in maps_dir.iterdir():
+            pin.unlink()
+        return _load(obj_path, cgroup, family, pin_root)
+
+
+def _load(obj_path: Path, cgroup: Path, family: int, pin_root: Path) -> Loaded:
     lib = libbpf()
     ensure_bpffs(pin_root)
     fdir = family_dir(pin_root, family)
