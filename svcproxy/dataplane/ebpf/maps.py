@@ -11,9 +11,11 @@ Service keys point at a group by id; a group's endpoints fill slots 0..n-1 of it
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ...config import NodeConfig
 from ...state import ProxyState, ServicePortInfo, ServiceState
@@ -32,9 +34,13 @@ GroupName = tuple[str, str]  # ("ns/name:port", "internal" | "external")
 
 # --- byte layouts (bpf/sock.c) ----------------------------------------------------------------
 
+@lru_cache(maxsize=1 << 18)
 def addr16(ip: str) -> bytes:
-    """An address as the maps hold it: 16 bytes, IPv4 in the first 4."""
-    return ipaddress.ip_address(ip).packed.ljust(16, b"\0")
+    """An address as the maps hold it: 16 bytes, IPv4 in the first 4. (inet_pton and a cache:
+    ipaddress took most of a cold 10,000-service sync.)"""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    return socket.inet_pton(socket.AF_INET, ip) + bytes(12)
 
 
 def addr_of(raw: bytes, family: int) -> str:
@@ -53,6 +59,7 @@ def slot_key(gid: int, slot: int) -> bytes:
     return struct.pack("<II", gid, slot)
 
 
+@lru_cache(maxsize=1 << 18)
 def backend(ep: Endpoint) -> bytes:
     return addr16(ep[0]) + ep[1].to_bytes(2, "big") + b"\0\0"
 
