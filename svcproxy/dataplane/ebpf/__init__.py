@@ -69,18 +69,29 @@ class EbpfDataplane:
         self.need_full = True
         self.last_writes = 0  # map elements written or deleted by the last sync
         self.last_map_seconds = 0.0  # time spent in bpf() by the last sync
+        self.last_bpf_seconds = 0.0  # the BPF part of the last sync: plan and writes
 
     # --- the Dataplane protocol -------------------------------------------------------------
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
-        result = self.outside.sync(state, changed) if self.outside is not None else SyncResult(full=changed is None)
+        """The BPF maps first (local clients see the change within a fraction of a millisecond),
+        then nftables. When the BPF part fails, nftables is still synced before the error is
+        raised: traffic keeps its nftables path."""
+        t0 = time.perf_counter()
         try:
             if self.loaded is None:
                 self.start()
             n = self._full(state) if changed is None or self.need_full else self._partial(state, changed)
-        except bpfsys.BpfError as e:
-            self.need_full, self.applied = True, {}  # the next sync reads the maps again
-            raise ApplyError(f"writing the BPF maps: {e}") from e
+        except (EbpfUnavailable, bpfsys.BpfError) as e:
+            if isinstance(e, bpfsys.BpfError):
+                self.need_full, self.applied = True, {}  # the next sync reads the maps again
+            if self.outside is not None:
+                self.outside.sync(state, changed)
+            if isinstance(e, bpfsys.BpfError):
+                raise ApplyError(f"writing the BPF maps: {e}") from e
+            raise
+        self.last_bpf_seconds = time.perf_counter() - t0
+        result = self.outside.sync(state, changed) if self.outside is not None else SyncResult(full=changed is None)
         result.rules["bpf"] = n
         return result
 
