@@ -1,4 +1,4 @@
-"""ebpf mode beside the nftables maps layout, in one run: a one-endpoint change at 10,000
+"""ebpf mode beside the nftables maps layout and iptables mode, in one run: a one-endpoint change at 10,000
 services x 10 endpoints (the BPF map writes alone, and the whole sync with its nftables part),
 a cold full sync, connect+request latency and connections per second from a process in the
 cgroup (through the Service, and straight to the pod for comparison), and RSS.
@@ -40,11 +40,8 @@ for _ in range(n):
     with socket.create_connection((ip, 80 if ip != sys.argv[3] else 8080), timeout=3) as c:
         c.recv(10)
     lat.append(time.perf_counter() - s0)
-total = time.perf_counter() - t0
-lat.sort()
-print(json.dumps({"p50_us": 1e6 * lat[n // 2], "p99_us": 1e6 * lat[int(n * 0.99)], "cps": n / total}))
+print(json.dumps({"lat": lat, "total": time.perf_counter() - t0}))
 """
-
 
 def serve_pod() -> None:
     """One TCP server at POD:8080 answering "ok", for the latency runs."""
@@ -66,6 +63,22 @@ def latency(cgroup: str, target: str, n: int) -> dict:
     return json.loads(out.stdout)
 
 
+def compare(cgroup: str, n: int, rounds: int = 6) -> dict:
+    """Through the Service and straight to the pod, in alternating rounds (this machine's
+    speed swings from one second to the next), pooled: p50, p99 and connections per second."""
+    runs: dict[str, list[dict]] = {"via_service": [], "direct": []}
+    for r in range(rounds):
+        order = [("via_service", LAT_VIP), ("direct", POD)]
+        for name, target in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(latency(cgroup, target, max(1, n // rounds)))
+    out = {}
+    for name, rs in runs.items():
+        lat = sorted(x for r in rs for x in r["lat"])
+        out[name] = {"p50_us": 1e6 * lat[len(lat) // 2], "p99_us": 1e6 * lat[int(len(lat) * 0.99)],
+                     "cps": len(lat) / sum(r["total"] for r in rs)}
+    return out
+
+
 def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, pins: str, conns: int) -> dict:
     from svcproxy.dataplane.ebpf import EbpfDataplane
     from svcproxy.dataplane.nftables import NftablesDataplane
@@ -79,6 +92,10 @@ def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, p
     maps_cfg = replace(CFG, nftables_layout="maps")
     if mode == "nftables-maps":
         dp = NftablesDataplane(maps_cfg)
+    elif mode == "iptables":
+        from svcproxy.dataplane import dataplane
+
+        dp = dataplane("iptables", CFG)
     elif mode == "ebpf":
         dp = EbpfDataplane(CFG, outside=NftablesDataplane(maps_cfg), cgroup=cgroup, pin_root=pins)
     else:  # "bpf-only": the BPF part without its nftables companion, to see each part's share
@@ -114,8 +131,7 @@ def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, p
            "change_bpf_median_ms": 1000 * bpf_part[len(bpf_part) // 2] if bpf_part else None}
     if conns and mode != "bpf-only":
         latency(cgroup, POD, 200)  # warm up
-        out["via_service"] = latency(cgroup, LAT_VIP, conns)
-        out["direct"] = latency(cgroup, POD, conns)
+        out.update(compare(cgroup, conns))
     if hasattr(dp, "close"):
         dp.close()
     return out
@@ -152,7 +168,7 @@ def main() -> None:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--connections", type=int, default=2000)
-    ap.add_argument("--modes", default="ebpf,bpf-only,nftables-maps")
+    ap.add_argument("--modes", default="ebpf,bpf-only,nftables-maps,iptables")
     ap.add_argument("--child", default="")
     ap.add_argument("--cgroup", default="")
     ap.add_argument("--pins", default="")
@@ -169,8 +185,9 @@ def main() -> None:
             print(f"{mode:14} failed: {e.stderr.strip().splitlines()[-3:]}")
             continue
         k = r["change_kernel_median_ms"]
+        kernel = f"; in the kernel {k:.3f} ms" if k is not None else ""
         print(f"{mode:14} cold {r['full_s']:.2f} s; change median {r['change_median_ms']:.2f} ms "
-              f"(p90 {r['change_p90_ms']:.2f}; in the kernel {k:.3f} ms); RSS {r['rss_mb']:.0f} MB")
+              f"(p90 {r['change_p90_ms']:.2f}{kernel}); RSS {r['rss_mb']:.0f} MB")
         if r.get("change_bpf_median_ms") is not None:
             print(f"{'':14} change: BPF maps current after {r['change_bpf_median_ms']:.3f} ms (median; plan + bpf())")
         if "via_service" in r:
