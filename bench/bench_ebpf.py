@@ -79,6 +79,30 @@ def compare(cgroup: str, n: int, rounds: int = 6) -> dict:
     return out
 
 
+def enable_bpf_stats() -> int:
+    """BPF_ENABLE_STATS: the kernel times every program run while the returned fd is open (it
+    reverts by itself when the fd closes, unlike the kernel.bpf_stats_enabled sysctl)."""
+    import ctypes
+
+    from svcproxy.dataplane.ebpf import bpfsys
+
+    attr = ctypes.create_string_buffer(bpfsys.ATTR_SIZE)  # type 0: BPF_STATS_RUN_TIME
+    return bpfsys.bpf(32, attr)
+
+
+def hook_costs(cgroup: str) -> dict[str, float]:
+    """Nanoseconds per run of each program on the cgroup that ran (bpftool's run_time_ns)."""
+    out = {}
+    progs = json.loads(subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True,
+                                      check=True).stdout)
+    for p in progs:
+        info = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(p["id"])], capture_output=True,
+                                         text=True, check=True).stdout)
+        if info.get("run_cnt"):
+            out[p["name"]] = info["run_time_ns"] / info["run_cnt"]
+    return out
+
+
 def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, pins: str, conns: int) -> dict:
     from svcproxy.dataplane.ebpf import EbpfDataplane
     from svcproxy.dataplane.nftables import NftablesDataplane
@@ -110,7 +134,9 @@ def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, p
     full = time.perf_counter() - t0
     times, kernel, bpf_part = [], [], []
     for g in range(1, changes + 1):
-        svc = synthetic_service(g * 7 % services, endpoints, generation=g)
+        # exactly one endpoint replaced: generation 1 shifts the addresses by one, so one
+        # leaves and one arrives (bench_nftables' generation g replaces up to all ten)
+        svc = synthetic_service(g * 7 % services, endpoints, generation=1)
         state = ProxyState(services=dict(state.services))
         state.services[svc.key] = svc
         t0 = time.perf_counter()
@@ -131,7 +157,11 @@ def child(mode: str, services: int, endpoints: int, changes: int, cgroup: str, p
            "change_bpf_median_ms": 1000 * bpf_part[len(bpf_part) // 2] if bpf_part else None}
     if conns and mode != "bpf-only":
         latency(cgroup, POD, 200)  # warm up
+        stats = enable_bpf_stats() if mode == "ebpf" else None
         out.update(compare(cgroup, conns))
+        if stats is not None:
+            out["hook_ns"] = hook_costs(cgroup)
+            os.close(stats)
     if hasattr(dp, "close"):
         dp.close()
     return out
@@ -194,6 +224,8 @@ def main() -> None:
             v, d = r["via_service"], r["direct"]
             print(f"{'':14} connect+request via Service p50 {v['p50_us']:.0f} us p99 {v['p99_us']:.0f} us "
                   f"{v['cps']:.0f}/s; direct to the pod p50 {d['p50_us']:.0f} us p99 {d['p99_us']:.0f} us {d['cps']:.0f}/s")
+        if r.get("hook_ns"):
+            print(f"{'':14} BPF programs per run: " + ", ".join(f"{k} {v:.0f} ns" for k, v in r["hook_ns"].items()))
 
 
 if __name__ == "__main__":

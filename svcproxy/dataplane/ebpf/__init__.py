@@ -21,6 +21,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from ...config import NodeConfig
+from ...gcpause import gc_paused
 from ...state import ProxyState
 from ..protocol import ApplyError, Dataplane, SyncResult
 from . import bpfsys, build, loader, maps
@@ -81,7 +82,11 @@ class EbpfDataplane:
         try:
             if self.loaded is None:
                 self.start()
-            n = self._full(state) if changed is None or self.need_full else self._partial(state, changed)
+            if changed is None or self.need_full:
+                with gc_paused():  # 100k+ small objects that live on: see gcpause.py
+                    n = self._full(state)
+            else:
+                n = self._partial(state, changed)
         except (EbpfUnavailable, bpfsys.BpfError) as e:
             if isinstance(e, bpfsys.BpfError):
                 self.need_full, self.applied = True, {}  # the next sync reads the maps again
