@@ -27,7 +27,7 @@ from ..sources import ObjectStore, Source
 from ..state import ProxyState
 from .health import FamilyHealth, ProxierHealth, ServiceHealth, serve_healthz, serve_metrics, serve_status
 from .metrics import Metrics
-from .status import StatusServer
+from .status import EndpointCounters, StatusServer
 from .syncer import Syncer
 
 log = logging.getLogger("svcproxy.runtime.daemon")
@@ -104,7 +104,8 @@ class Daemon:
             cfg = opts.cfg
             local = [*cfg.node_ips, *cfg.local_addresses, "127.0.0.1", *(["::1"] if len(self.syncers) > 1 else [])]
             self.status = StatusServer(lambda: [s.programmed or ProxyState() for s in self.syncers.values()],
-                                       lambda: self.store.problems, opts.mode, cfg.hostname, local)
+                                       lambda: self.store.problems, opts.mode, cfg.hostname, local,
+                                       counters=_counters(opts.mode))
             for s in self.syncers.values():
                 s.listeners.append(lambda state, changed, s=s: self._record_sync(s, state, changed))
 
@@ -205,6 +206,15 @@ async def watch_config_file(path: str, interval: float = 1.0) -> None:
         if _file_signature(path) != first:
             raise ConfigFileChanged(f"content of the configuration file {path} was updated; exiting so that "
                                     "the restarted proxy reads it (as kube-proxy does)")
+
+
+def _counters(mode: str) -> EndpointCounters:
+    """The status page's per-endpoint counts: conntrack's, plus the BPF counters in ebpf mode."""
+    if mode != "ebpf":
+        return EndpointCounters()
+    from ..dataplane.ebpf.inspect import connections_from_pins
+
+    return EndpointCounters(extra=connections_from_pins)
 
 
 def run_daemon(opts: DaemonOptions) -> None:

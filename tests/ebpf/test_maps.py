@@ -83,3 +83,16 @@ def test_assign_slots_keeps_survivors_in_place() -> None:
     assert maps.assign_slots((a, b, c), (c,)) == (c,)
     assert maps.assign_slots((a, b, c), (b, c)) == (c, b)
     assert maps.assign_slots((), (b, a)) == (b, a)
+
+
+def test_status_counters_add_the_bpf_counts_since_the_first_poll() -> None:
+    from svcproxy.runtime.status import EndpointCounters
+
+    bpf = {("10.0.1.10", 8080, "TCP"): 5}
+    c = EndpointCounters(dump=lambda: [(1, "10.0.1.10", 8080, "TCP", None)], extra=lambda: dict(bpf))
+    c.poll()
+    assert c.connections("10.0.1.10", 8080, "TCP") == 1  # the 5 predate the page: a baseline
+    bpf[("10.0.1.10", 8080, "TCP")] = 9
+    bpf[("10.0.1.11", 8080, "TCP")] = 2
+    c.poll()
+    assert c.connections("10.0.1.10", 8080, "TCP") == 5 and c.connections("10.0.1.11", 8080, "TCP") == 2

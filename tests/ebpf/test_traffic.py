@@ -52,3 +52,23 @@ def test_a_process_outside_the_cgroup_is_served_by_nftables(inside: Node) -> Non
     assert {r.get("served") for r in got} <= set(ENDPOINTS), got
     conntrack = inside.run("conntrack", "-L", "-p", "tcp", "-d", VIP).stdout
     assert "dport=80" in conntrack  # DNAT by the nftables maps layout: it has a NAT entry
+
+
+def test_the_pinned_maps_explain_the_choice_and_count_connections(inside: Node) -> None:
+    from svcproxy.dataplane.ebpf import inspect
+
+    from .conftest import CFG
+
+    state = state_of(service("web", VIP, ENDPOINTS), service("empty", "172.30.0.11", []))
+    dp = inside.dataplane()
+    dp.sync(state)
+    choice = inspect.choice_from_pins(VIP, 80, "TCP", inside.pins)
+    assert choice is not None and choice.verdict == "rewrite"
+    assert [e for e, _ in choice.endpoints] == [f"{ip}:{TCP_PORT}" for ip in ENDPOINTS]
+    assert all(abs(p - 1 / 3) < 1e-9 for _, p in choice.endpoints)
+    assert choice == inspect.choice_from_state(state, CFG, VIP, 80, "TCP")  # the state says the same
+    assert inspect.choice_from_pins("172.30.0.11", 80, "TCP", inside.pins).verdict == "reject"  # type: ignore[union-attr]
+    assert inspect.choice_from_pins("172.30.0.99", 80, "TCP", inside.pins) is None
+    inside.client("tcp", VIP, 80, 12)
+    counts = inspect.connections_from_pins(inside.pins)
+    assert sum(counts.values()) == 12 and {k[2] for k in counts} == {"TCP"}
