@@ -212,9 +212,10 @@ def _counters(mode: str) -> EndpointCounters:
     """The status page's per-endpoint counts: conntrack's, plus the BPF counters in ebpf mode."""
     if mode != "ebpf":
         return EndpointCounters()
+    from ..dataplane.ebpf import default_pin_root
     from ..dataplane.ebpf.inspect import connections_from_pins
 
-    return EndpointCounters(extra=connections_from_pins)
+    return EndpointCounters(extra=lambda: connections_from_pins(default_pin_root()))
 
 
 def run_daemon(opts: DaemonOptions) -> None:

@@ -30,6 +30,12 @@ from .maps import Entries, Ids, Writes
 log = logging.getLogger(__name__)
 
 CGROUP_ENV = "SVCPROXY_BPF_CGROUP"  # the cgroup to attach to, until `run` has a flag for it
+PIN_ROOT_ENV = "SVCPROXY_BPF_PIN_ROOT"  # where the pins go (tests, a second instance)
+
+
+def default_pin_root() -> Path:
+    """SVCPROXY_BPF_PIN_ROOT, else /sys/fs/bpf/svcproxy."""
+    return Path(os.environ.get(PIN_ROOT_ENV) or loader.DEFAULT_PIN_ROOT)
 
 
 class EbpfUnavailable(RuntimeError):
@@ -58,11 +64,11 @@ class EbpfDataplane:
     mode = "ebpf"
 
     def __init__(self, cfg: NodeConfig, outside: Dataplane | None = None, cgroup: str | Path | None = None,
-                 pin_root: str | Path = loader.DEFAULT_PIN_ROOT, object_path: Path | None = None) -> None:
+                 pin_root: str | Path | None = None, object_path: Path | None = None) -> None:
         self.cfg = cfg
         self.outside = outside
         self.cgroup = Path(cgroup) if cgroup else None  # resolved at the first sync
-        self.pin_root = Path(pin_root)
+        self.pin_root = Path(pin_root) if pin_root else default_pin_root()
         self.object_path = object_path
         self.loaded: loader.Loaded | None = None
         self.applied: dict[str, Entries] = {}  # service key -> what the maps hold for it
@@ -222,4 +228,4 @@ class EbpfDataplane:
         return out
 
 
-__all__ = ["EbpfDataplane", "EbpfUnavailable", "check_host", "default_cgroup"]
+__all__ = ["EbpfDataplane", "EbpfUnavailable", "check_host", "default_cgroup", "default_pin_root"]
