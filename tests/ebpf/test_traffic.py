@@ -72,3 +72,25 @@ def test_the_pinned_maps_explain_the_choice_and_count_connections(inside: Node) 
     inside.client("tcp", VIP, 80, 12)
     counts = inspect.connections_from_pins(inside.pins)
     assert sum(counts.values()) == 12 and {k[2] for k in counts} == {"TCP"}
+
+
+def test_node_port_and_external_ip_from_a_local_client_need_no_nat(inside: Node) -> None:
+    from .conftest import NODE_IP
+
+    dp = inside.dataplane()
+    dp.sync(state_of(service("web", VIP, ENDPOINTS, node_port=30080, external_ips=("192.0.2.10",))))
+    for ip, port in ((NODE_IP, 30080), ("192.0.2.10", 80)):
+        got = inside.client("tcp", ip, port, 15)
+        assert {r.get("served") for r in got} == set(ENDPOINTS), (ip, got)
+        assert all(r["peer"] == [ip, port] for r in got)
+    assert "dport=30080" not in inside.run("conntrack", "-L", "-p", "tcp", check=False).stdout
+
+
+def test_internal_local_uses_the_local_endpoint_and_without_one_nftables_drops(inside: Node) -> None:
+    dp = inside.dataplane()
+    dp.sync(state_of(service("web", VIP, ENDPOINTS, internal_policy_local=True, local=(ENDPOINTS[1],))))
+    assert {r.get("served") for r in inside.client("tcp", VIP, 80, 10)} == {ENDPOINTS[1]}
+    dp.sync(state_of(service("web", VIP, ENDPOINTS, internal_policy_local=True)), changed={"ns1/web"})
+    # endpoints elsewhere, none here: the hook leaves the address alone and nftables drops the
+    # SYN, as kube-proxy does (not a REJECT: the client waits out its 3 s timeout)
+    assert inside.client("tcp", VIP, 80, 1) == [{"error": "timed out"}]
