@@ -45,4 +45,4 @@ fi
 
 # ebpf mode's BPF object, compiled now so the daemon never needs clang at run time (it compiles
 # lazily into the same place if this step was skipped; see svcproxy/dataplane/ebpf/build.py)
-.venv/bin/python -m svcproxy.dataplane.ebpf.build
+.venv/bin/python -c 'from svcproxy.dataplane.ebpf.build import main; main()'

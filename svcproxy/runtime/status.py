@@ -72,6 +72,7 @@ class EndpointCounters:
         self.error = ""
 
     def poll(self) -> None:
+        self._poll_conntrack()
         if self.extra is not None:
             try:
                 self.extra_now = self.extra()
@@ -79,6 +80,8 @@ class EndpointCounters:
                 self.error = f"cannot read the BPF counters: {e}"
             if self.extra_base is None:
                 self.extra_base = dict(self.extra_now)
+
+    def _poll_conntrack(self) -> None:
         try:
             entries = self.dump()
         except Exception as e:  # no conntrack support here: the page says so, the rest works

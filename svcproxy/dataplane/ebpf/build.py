@@ -58,8 +58,13 @@ def build(source: Path = SOURCE) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """setup.sh's step: compile now, or say why not."""
     try:
         print(f"svcproxy setup: BPF object {build()}")
     except BuildError as e:
         sys.exit(f"svcproxy setup: {e}")
+
+
+if __name__ == "__main__":
+    main()
