@@ -10,6 +10,11 @@ for cmd_pkg in iptables:iptables nft:nftables ip:iproute2 conntrack:conntrack op
   command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd_pkg#*:}")
 done
 ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2' || need_apt+=(libcairo2)
+# ebpf mode: clang compiles the BPF C sources, libbpf loads them, bpftool inspects them
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
+ldconfig -p 2>/dev/null | grep -q 'libbpf.so.1' || need_apt+=(libbpf1)
+command -v bpftool >/dev/null 2>&1 || need_apt+=(bpftool)
 # the status page's tests drive a real browser (headless, no display needed)
 [ "${1:-}" = "--test" ] && { [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium); }
 # the monitoring test scrapes a daemon with a real Prometheus (kubernetes-mixin's queries, an alert)
@@ -39,3 +44,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -c 'import svcproxy, yaml, click' # fail loudly if the install did not work
   echo "$want" > "$stamp"
 fi
+
+# ebpf mode's BPF object, compiled now so the daemon never needs clang at run time (it compiles
+# lazily into the same place if this step was skipped; see svcproxy/dataplane/ebpf/build.py)
+.venv/bin/python -c 'from svcproxy.dataplane.ebpf.build import main; main()'

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..config import NodeConfig
 from ..state import ProxyState
@@ -15,7 +16,7 @@ from .protocol import ApplyError, Dataplane, SyncResult
 log = logging.getLogger("svcproxy.dataplane")
 
 MODES = ("iptables", "nftables")  # the modes that render a ruleset (render, trace)
-RUN_MODES = (*MODES, "userspace")  # every mode `svcproxy run` can program; userspace has no rules
+RUN_MODES = (*MODES, "userspace", "ebpf")  # every mode `svcproxy run` can program; userspace has no rules
 
 Renderer = Callable[[ProxyState, NodeConfig], str]
 
@@ -26,6 +27,11 @@ def renderer(mode: str) -> Renderer:
         from .iptables.render import render_ruleset
     elif mode == "nftables":
         from .nftables.render import render_ruleset
+    elif mode == "ebpf":  # its rules are the nftables maps layout's; the BPF part is map data
+        from .nftables.render import render_ruleset as nft_render
+
+        def render_ruleset(state: ProxyState, cfg: NodeConfig) -> str:
+            return nft_render(state, replace(cfg, nftables_layout="maps"))
     elif mode == "userspace":
         raise ValueError("userspace mode programs no rules; nothing to render")
     else:
@@ -47,6 +53,11 @@ def dataplane(mode: str, cfg: NodeConfig) -> Dataplane:
         from .userspace import UserspaceDataplane
 
         return UserspaceDataplane(cfg)
+    if mode == "ebpf":  # socket-level BPF for local clients, the nftables maps layout for the rest
+        from .ebpf import EbpfDataplane
+        from .nftables import NftablesDataplane
+
+        return EbpfDataplane(cfg, outside=NftablesDataplane(replace(cfg, nftables_layout="maps")))
     raise ValueError(f"unknown proxy mode {mode!r} (choose one of {', '.join(RUN_MODES)})")
 
 
@@ -61,10 +72,22 @@ def cleanup_other_modes(mode: str, cfg: NodeConfig) -> None:
         if other == mode:
             continue
         try:
+            if {mode, other} == {"ebpf", "nftables"}:
+                _cleanup_shared(mode, cfg)
+                continue
             dataplane(other, cfg).cleanup()
         except Exception as e:  # noqa: BLE001 - any failure here is a leftover, not a reason to stop
             log.warning("removing %s-mode leftovers failed: %s (`svcproxy cleanup --proxy-mode %s` "
                         "retries it)", other, e, other)
+
+
+def _cleanup_shared(mode: str, cfg: NodeConfig) -> None:
+    """ebpf mode runs nftables' tables too: switching between the two keeps the tables (no gap
+    for outside traffic; the new mode's sync rewrites them) and removes only the BPF part."""
+    if mode == "nftables":
+        from .ebpf import EbpfDataplane
+
+        EbpfDataplane(cfg).cleanup()  # no outside dataplane: the BPF pins only
 
 
 __all__ = ["MODES", "RUN_MODES", "ApplyError", "Dataplane", "Renderer", "SyncResult", "cleanup_other_modes",

@@ -201,7 +201,7 @@ FLAGS = [Flag(*row) if len(row) == 4 else Flag(*row[:4], **row[4]) for row in ( 
     ("profiling", "bool", "enable_profiling", "Serve /debug/pprof.",
      {"no_effect": "svcproxy has no Go profiler; profile it with py-spy"}),
     ("proxy-mode", "string", "mode",
-     "iptables (default), nftables, ipvs (runs iptables mode here); svcproxy adds userspace."),
+     "iptables (default), nftables, ipvs (runs iptables mode here); svcproxy adds userspace and ebpf."),
     ("show-hidden-metrics-for-version", "string", "show_hidden_metrics_for_version",
      "Show metrics hidden since this version.", {"no_effect": "svcproxy hides no metrics"}),
     ("v", "level", "logging.verbosity", "Log verbosity (0: info; 2: each sync; 4 and up: debug).",

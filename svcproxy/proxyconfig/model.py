@@ -16,7 +16,7 @@ KIND = "KubeProxyConfiguration"
 
 # kube-proxy's modes on Linux, "" meaning its default (iptables); svcproxy's own after them
 KUBE_PROXY_MODES = ("", "iptables", "ipvs", "nftables")
-SVCPROXY_MODES = ("userspace",)
+SVCPROXY_MODES = ("userspace", "ebpf")
 LOCAL_MODES = ("", "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 NODEPORT_PRIMARY = "primary"
 

@@ -40,7 +40,7 @@ from .metrics import Metrics
 from .node_setup import ConntrackSettings, NodeSetupError, apply_oom_score_adj, init_node
 from .nodeinfo import NodeSetupError as NodeNeverReady
 from .nodeinfo import NodeWatch, RestartRequired, setup_warnings, wait_for_node, with_node
-from .status import StatusServer
+from .status import EndpointCounters, StatusServer
 from .syncer import Syncer
 
 log = logging.getLogger("svcproxy.runtime.daemon")
@@ -142,7 +142,8 @@ class Daemon:
             cfg = opts.cfg
             local = [*cfg.node_ips, *cfg.local_addresses, "127.0.0.1", *(["::1"] if len(self.syncers) > 1 else [])]
             self.status = StatusServer(lambda: [s.programmed or ProxyState() for s in self.syncers.values()],
-                                       lambda: self.store.problems, opts.mode, cfg.hostname, local)
+                                       lambda: self.store.problems, opts.mode, cfg.hostname, local,
+                                       counters=_counters(opts.mode))
             for s in self.syncers.values():
                 s.listeners.append(lambda state, changed, s=s: self._record_sync(s, state, changed))
 
@@ -322,6 +323,16 @@ async def watch_config_file(path: str, interval: float = 1.0) -> None:
         if _file_signature(path) != first:
             raise ConfigFileChanged(f"content of the configuration file {path} was updated; exiting so that "
                                     "the restarted proxy reads it (as kube-proxy does)")
+
+
+def _counters(mode: str) -> EndpointCounters:
+    """The status page's per-endpoint counts: conntrack's, plus the BPF counters in ebpf mode."""
+    if mode != "ebpf":
+        return EndpointCounters()
+    from ..dataplane.ebpf import default_pin_root
+    from ..dataplane.ebpf.inspect import connections_from_pins
+
+    return EndpointCounters(extra=lambda: connections_from_pins(default_pin_root()))
 
 
 def run_daemon(opts: DaemonOptions) -> None:

@@ -56,8 +56,14 @@ class EndpointCounters:
     where the kernel keeps them (net.netfilter.nf_conntrack_acct=1; off by default): the
     growth of each entry's original-direction count between polls."""
 
-    def __init__(self, dump: Callable[[], list[tuple[int, str, int, str, int | None]]] | None = None) -> None:
+    def __init__(self, dump: Callable[[], list[tuple[int, str, int, str, int | None]]] | None = None,
+                 extra: Callable[[], dict[tuple[str, int, str], int]] | None = None) -> None:
         self.dump = dump or conntrack_entries
+        # ebpf mode: running totals per (ip, port, proto) from the BPF counter map; connections
+        # the socket hooks sent have no DNAT, so no conntrack entry tells of them
+        self.extra = extra
+        self.extra_base: dict[tuple[str, int, str], int] | None = None
+        self.extra_now: dict[tuple[str, int, str], int] = {}
         self.totals: dict[tuple[str, int, str], int] = {}
         self.packets: dict[tuple[str, int, str], int] = {}
         self.live: dict[int, int] = {}  # conntrack id -> packets seen at the last poll
@@ -66,6 +72,16 @@ class EndpointCounters:
         self.error = ""
 
     def poll(self) -> None:
+        self._poll_conntrack()
+        if self.extra is not None:
+            try:
+                self.extra_now = self.extra()
+            except OSError as e:
+                self.error = f"cannot read the BPF counters: {e}"
+            if self.extra_base is None:
+                self.extra_base = dict(self.extra_now)
+
+    def _poll_conntrack(self) -> None:
         try:
             entries = self.dump()
         except Exception as e:  # no conntrack support here: the page says so, the rest works
@@ -85,7 +101,9 @@ class EndpointCounters:
         self.polled = time.time()
 
     def connections(self, ip: str, port: int, proto: str) -> int:
-        return self.totals.get((ip, port, proto), 0)
+        key = (ip, port, proto)
+        by_bpf = self.extra_now.get(key, 0) - (self.extra_base or {}).get(key, 0)
+        return self.totals.get(key, 0) + max(0, by_bpf)
 
     def packets_to(self, ip: str, port: int, proto: str) -> int | None:
         return self.packets.get((ip, port, proto), 0) if self.has_packets else None
