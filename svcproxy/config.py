@@ -54,6 +54,9 @@ class NodeConfig:
     # net.netfilter.nf_conntrack_tcp_be_liberal is set: the kernel marks only out-of-window RSTs
     # INVALID, so (as kube-proxy) no INVALID drop rule is written. Read from the kernel at start.
     conntrack_tcp_be_liberal: bool = False
+    # ebpf mode: the cgroup v2 directory whose processes' sockets the BPF programs balance
+    # ("": the root of the hierarchy, every process on the node)
+    bpf_cgroup: str = ""
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):

@@ -107,7 +107,8 @@ def settings_from(kwargs: dict[str, Any], modes: tuple[str, ...]) -> Settings:
     return settings
 
 
-def proxy_options(func: Callable | None = None, *, modes: tuple[str, ...] = ("iptables", "nftables")) -> Callable:
+def proxy_options(func: Callable | None = None, *,
+                  modes: tuple[str, ...] = ("iptables", "nftables", "ebpf")) -> Callable:
     """Add every kube-proxy flag and svcproxy's node flags; call func(settings=..., **rest)."""
     if func is None:
         return lambda f: proxy_options(f, modes=modes)

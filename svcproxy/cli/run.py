@@ -32,8 +32,11 @@ DEFAULT_STATUS_ADDRESS = "127.0.0.1:10263"
                    "endpoint, a trace form); read-only; empty to disable.")
 @click.option("--detect-local-addresses/--no-detect-local-addresses", default=True, show_default=True,
               help="[svcproxy] Read this node's addresses from the kernel (adds to --local-address).")
+@click.option("--bpf-cgroup", default="", type=click.Path(file_okay=False),
+              help="[svcproxy] ebpf mode: the cgroup v2 directory whose processes' connections the BPF "
+                   "programs balance (default: the hierarchy's root, every process).")
 @proxy_options(modes=RUN_MODES)
-def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses: bool,
+def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses: bool, bpf_cgroup: str,
         settings: Settings) -> None:
     """Run the node daemon: follow the sources and keep this node's rules in step with them.
 
@@ -58,6 +61,8 @@ def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses
     if settings.init_only:
         _init_only(settings, detect_local_addresses)
         return
+    if bpf_cgroup:
+        settings.node = replace(settings.node, bpf_cgroup=bpf_cgroup)
     _run_daemon(paths, status_bind_address, detect_local_addresses, settings)
 
 

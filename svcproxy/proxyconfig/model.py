@@ -19,6 +19,16 @@ KUBE_PROXY_MODES = ("", "iptables", "ipvs", "nftables")
 SVCPROXY_MODES = ("userspace", "ebpf")
 LOCAL_MODES = ("", "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 NODEPORT_PRIMARY = "primary"
+# modes whose settings come from the file's nftables section (ebpf runs the nftables maps layout)
+NFTABLES_SECTION_MODES = ("nftables", "ebpf")
+
+
+def section_of(mode: str) -> str:
+    """The file section (iptables, ipvs, nftables) that gives a mode its sync periods,
+    masqueradeAll and masqueradeBit: kube-proxy's conversion, ebpf reading nftables'."""
+    if mode in NFTABLES_SECTION_MODES:
+        return "nftables"
+    return "ipvs" if mode == "ipvs" else "iptables"
 
 
 @dataclass
@@ -111,4 +121,4 @@ class KubeProxyConfiguration:
     def masquerade_bit(self) -> int:
         """The active mode's mark bit: kube-proxy's nftables proxier reads nftables.masqueradeBit,
         every other mode iptables.masqueradeBit (so --iptables-masquerade-bit is iptables-only)."""
-        return self.nftables_masquerade_bit if self.mode == "nftables" else self.iptables_masquerade_bit
+        return self.nftables_masquerade_bit if self.mode in NFTABLES_SECTION_MODES else self.iptables_masquerade_bit

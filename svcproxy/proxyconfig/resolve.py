@@ -19,7 +19,7 @@ from typing import Any
 from ..config import NodeConfig, ip_family
 from . import v1alpha1
 from .flags import BY_NAME, apply_flags, set_attr
-from .model import KubeProxyConfiguration
+from .model import NFTABLES_SECTION_MODES, KubeProxyConfiguration
 from .v1alpha1 import ConfigError, _with_port
 from .validation import validate
 
@@ -137,7 +137,7 @@ def _platform_defaults(c: KubeProxyConfiguration) -> None:
     """server_linux.go platformApplyDefaults."""
     if c.mode == "":
         c.mode = "iptables"
-    if c.mode == "nftables" and not c.node_port_addresses:
+    if c.mode in NFTABLES_SECTION_MODES and not c.node_port_addresses:
         c.node_port_addresses = ["primary"]
     if c.detect_local_mode == "":
         c.detect_local_mode = "ClusterCIDR"

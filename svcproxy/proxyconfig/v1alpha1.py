@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..runtime.durations import parse_go_duration
-from .model import API_VERSION, KIND, KubeProxyConfiguration
+from .model import API_VERSION, KIND, KubeProxyConfiguration, section_of
 
 
 class ConfigError(ValueError):
@@ -245,7 +245,7 @@ def convert(values: dict[str, Any]) -> KubeProxyConfiguration:
     c.config_sync_period = v["configSyncPeriod"]
     c.port_range = v.get("portRange", "")
     c.windows_run_as_service = v.get("windowsRunAsService", False)
-    section = {"nftables": "nftables", "ipvs": "ipvs"}.get(c.mode, "iptables")
+    section = section_of(c.mode)
     c.sync_period, c.min_sync_period = v[f"{section}.syncPeriod"], v.get(f"{section}.minSyncPeriod", 0.0)
     c.masquerade_all = v.get(f"{section}.masqueradeAll", False)
     return c
@@ -288,7 +288,7 @@ def load(path: str) -> tuple[KubeProxyConfiguration, list[str]]:
 def encode(c: KubeProxyConfiguration) -> dict[str, Any]:
     """The internal config as a v1alpha1 document (kube-proxy's --write-config-to): the sync
     periods and masqueradeAll go to the active mode's section, the others keep their defaults."""
-    section = {"nftables": "nftables", "ipvs": "ipvs"}.get(c.mode, "iptables")
+    section = section_of(c.mode)
     periods = {"iptables": {"syncPeriod": "30s", "minSyncPeriod": "1s"},
                "ipvs": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
                "nftables": {"syncPeriod": "30s", "minSyncPeriod": "1s"}}

@@ -370,3 +370,26 @@ def test_render_takes_node_ips_from_the_node_object(tmp_path: Path) -> None:
     with_node = CliRunner().invoke(render, args)
     assert with_node.exit_code == 0 and "NodePorts answer on no address" not in with_node.stderr
     assert "192.168.0.2" in with_node.stdout
+
+
+def test_ebpf_mode_reads_the_nftables_section(tmp_path: Path) -> None:
+    """ebpf mode runs the nftables maps layout for outside traffic: nftables' section, mark
+    bit and NodePort default apply, as for nftables mode."""
+    path = _file(tmp_path, mode="ebpf", iptables={"masqueradeAll": True, "masqueradeBit": 3, "syncPeriod": "10s"},
+                 nftables={"masqueradeAll": False, "masqueradeBit": 7, "syncPeriod": "20s"})
+    s = resolve({"config": path})
+    assert (s.mode, s.node.masquerade_bit, s.node.masquerade_all, s.config.sync_period) == ("ebpf", 7, False, 20.0)
+    assert s.config.node_port_addresses == ["primary"]
+    written = yaml.safe_load(yaml.safe_dump(encode(s.config)))
+    assert written["nftables"]["syncPeriod"] == "20s" and written["iptables"]["syncPeriod"] == "30s"
+
+
+def test_bpf_cgroup_reaches_the_node_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    import svcproxy.cli.run as run_module
+
+    monkeypatch.setattr(run_module, "_run_daemon", lambda paths, status, detect, settings: seen.update(
+        cgroup=settings.node.bpf_cgroup, mode=settings.mode))
+    result = CliRunner().invoke(run, ["-f", str(tmp_path), "--proxy-mode=ebpf", "--bpf-cgroup", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == {"cgroup": str(tmp_path), "mode": "ebpf"}

@@ -29,7 +29,7 @@ from .maps import Entries, Ids, Writes
 
 log = logging.getLogger(__name__)
 
-CGROUP_ENV = "SVCPROXY_BPF_CGROUP"  # the cgroup to attach to, until `run` has a flag for it
+CGROUP_ENV = "SVCPROXY_BPF_CGROUP"  # the cgroup to attach to when --bpf-cgroup is not given
 PIN_ROOT_ENV = "SVCPROXY_BPF_PIN_ROOT"  # where the pins go (tests, a second instance)
 
 
@@ -67,6 +67,7 @@ class EbpfDataplane:
                  pin_root: str | Path | None = None, object_path: Path | None = None) -> None:
         self.cfg = cfg
         self.outside = outside
+        cgroup = cgroup or cfg.bpf_cgroup  # --bpf-cgroup
         self.cgroup = Path(cgroup) if cgroup else None  # resolved at the first sync
         self.pin_root = Path(pin_root) if pin_root else default_pin_root()
         self.object_path = object_path
