@@ -57,6 +57,9 @@ class NodeConfig:
     # ebpf mode: the cgroup v2 directory whose processes' sockets the BPF programs balance
     # ("": the root of the hierarchy, every process on the node)
     bpf_cgroup: str = ""
+    # iptables mode: the nfacct objects that exist (kube-proxy's ct_state_invalid_dropped_pkts,
+    # localhost_nps_accepted_pkts); a rule counts into one only when it is there
+    nfacct_counters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ip_family not in (4, 6):

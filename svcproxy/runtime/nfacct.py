@@ -74,6 +74,48 @@ def read_packets(name: str) -> int | None:
         return None
 
 
+NFNL_MSG_ACCT_NEW = 0
+NLM_F_CREATE = 0x400
+
+
+def new_request(name: str, seq: int = 1) -> bytes:
+    """An NFNL_MSG_ACCT_NEW creating one named object (counters from 0)."""
+    payload = struct.pack("BBH", socket.AF_UNSPEC, 0, 0) + _attr(NFACCT_NAME, name.encode() + b"\0")
+    return struct.pack("IHHII", 16 + len(payload), NFNL_SUBSYS_ACCT << 8 | NFNL_MSG_ACCT_NEW,
+                       NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, seq, 0) + payload
+
+
+def ack_error(reply: bytes) -> int:
+    """The errno of a netlink ack (0: done), -1 when the reply is not an ack."""
+    if len(reply) >= 20 and struct.unpack_from("IH", reply)[1] == NLMSG_ERROR:
+        return -struct.unpack_from("i", reply, 16)[0]
+    return -1
+
+
+def ensure(name: str) -> bool:
+    """kube-proxy's nfacct Ensure: create the object unless it exists; False when the kernel has
+    no nfacct (or refuses), and then no rule may use it."""
+    if read_packets(name) is not None:
+        return True
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+            s.settimeout(2)
+            s.bind((0, 0))
+            s.send(new_request(name, os.getpid() & 0xFFFF))
+            err = ack_error(s.recv(65536))
+    except OSError as e:
+        log.info("nfacct %s cannot be created (%s): its metric stays absent", name, e)
+        return False
+    if err:
+        log.info("nfacct %s cannot be created (%s): its metric stays absent", name, os.strerror(err))
+    return err == 0
+
+
+def ensure_counters() -> tuple[str, ...]:
+    """kube-proxy's two nfacct objects, created where missing; the names that exist."""
+    return tuple(name for name in COUNTERS if ensure(name))
+
+
 class NfacctCollector:
     """kube-proxy's nfacct counter families (iptables mode), one sample each while the object exists."""
 

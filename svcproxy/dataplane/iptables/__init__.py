@@ -58,9 +58,24 @@ class IptablesDataplane:
         self.needs_full = True
         self.cold = False  # KUBE-SERVICES/KUBE-NODEPORTS do not exist yet: fill them as we go
         self.last_input: str | list[str] = ""  # the last restore input(s), for tests and debugging
+        self.nfacct: tuple[str, ...] | None = None  # kube-proxy's nfacct objects, once ensured
+
+    def _ensure_nfacct(self) -> None:
+        """Before the first sync, as kube-proxy's: its nfacct objects for the two packet counters
+        (IPv4; this process's namespace, the daemon's), created where missing; rules count into
+        them only where they exist. Not at construction: cleanup must create nothing."""
+        self.nfacct = ()
+        if self.netns is None and self.cfg.ip_family == 4:
+            from ...runtime.nfacct import ensure_counters
+
+            self.nfacct = ensure_counters()
+        if self.nfacct:
+            self.cfg = replace(self.cfg, nfacct_counters=self.nfacct)
 
     # -- sync ---------------------------------------------------------------------------------
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        if self.nfacct is None:
+            self._ensure_nfacct()
         rs = build_ruleset(state, self.cfg, self.cache)
         old = self.applied
         full = changed is None or self.needs_full or old is None or old.large_cluster != rs.large_cluster

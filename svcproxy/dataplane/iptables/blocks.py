@@ -28,6 +28,11 @@ class RenderContext:
     if_not_local: str  # its IfNotLocal (`! -s CIDR`, ...)
     node_ip: str  # primary node IP, for loadBalancerSourceRanges that cover the node
     large_cluster: bool  # > 1000 endpoints: drop per-endpoint comments, as kube-proxy does
+    localhost_nfacct: bool = False  # count NodePort packets to 127.0.0.0/8 (nfacct object present)
+
+
+LOCALHOST_NFACCT = "localhost_nps_accepted_pkts"  # kube-proxy's nfacct object names
+INVALID_NFACCT = "ct_state_invalid_dropped_pkts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +92,11 @@ def port_block(port: ServicePortInfo, endpoints: tuple[EndpointInfo, ...], ctx: 
     pol = port_policy(port, endpoints, ctx.hostname, ctx.zone)
     c = PortChains.of(port, pol)
     chains, chain_rules, count = _own_chains(port, pol, c, ctx)
-    return PortBlock(*_shared_rules(port, pol, c), chains, chain_rules, count)
+    return PortBlock(*_shared_rules(port, pol, c, ctx.localhost_nfacct), chains, chain_rules, count)
 
 
-def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChains) -> tuple[str, ...]:
+def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChains,
+                  localhost_nfacct: bool = False) -> tuple[str, ...]:
     """The port's lines in the shared chains, in PortBlock's field order: nat KUBE-SERVICES and
     KUBE-NODEPORTS jump to its chains; filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject (no
     endpoints) or drop (no local ones for a Local policy); the health check node port;
@@ -126,7 +132,11 @@ def _shared_rules(port: ServicePortInfo, pol: Policy[EndpointInfo], c: PortChain
                 f"-d {ip} --dport {port.port} -j {target}\n" for ip in port.load_balancer_ips]
     if port.node_port:
         if pol.has_endpoints:
-            nat_nodeports = (f"-A {n.NODEPORTS} -m comment --comment {name} {pmatch} "
+            # kube-proxy counts localhost NodePort packets first, in a rule of their own
+            counted = (f"-A {n.NODEPORTS} -m comment --comment {name} {pmatch} -d 127.0.0.0/8 "
+                       f"--dport {port.node_port} -m nfacct --nfacct-name {LOCALHOST_NFACCT} -j {c.ext}\n")
+            nat_nodeports = ((counted if localhost_nfacct else "") +
+                             f"-A {n.NODEPORTS} -m comment --comment {name} {pmatch} "
                              f"--dport {port.node_port} -j {c.ext}\n")
         if not pol.has_external:
             ext.append(f"-A {n.EXTERNAL_SERVICES} -m comment --comment {comment} "

@@ -15,9 +15,9 @@ from ...gcpause import gc_paused
 from ...localdetect import local_detector
 from ...state import EndpointInfo, ProxyState, ServicePortInfo, ServiceState
 from . import names as n
-from .blocks import PortBlock, RenderContext, port_block
+from .blocks import LOCALHOST_NFACCT, PortBlock, RenderContext, port_block
 from .jumps import builtin_jump_lines
-from .toplevel import filter_top, nat_top
+from .toplevel import filter_top, localhost_nodeports, nat_top
 
 # kube-proxy switches to "large cluster mode" (no per-endpoint comments) above this many endpoints.
 LARGE_CLUSTER_ENDPOINTS = 1000
@@ -71,6 +71,7 @@ def render_context(state: ProxyState, cfg: NodeConfig) -> RenderContext:
         masquerade_all=cfg.masquerade_all, if_local=detector.iptables(), if_not_local=detector.iptables(negate=True),
         node_ip=cfg.primary_ip,
         large_cluster=total > LARGE_CLUSTER_ENDPOINTS,
+        localhost_nfacct=localhost_nodeports(cfg) and LOCALHOST_NFACCT in cfg.nfacct_counters,
     )
 
 

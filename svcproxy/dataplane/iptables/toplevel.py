@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...config import NodeConfig
 from . import names as n
-from .blocks import PortBlock
+from .blocks import INVALID_NFACCT, PortBlock
 
 
 def localhost_nodeports(cfg: NodeConfig) -> bool:
@@ -29,7 +29,9 @@ def filter_top(blocks: list[PortBlock], cfg: NodeConfig) -> dict[str, str]:
             "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n")
     # kube-proxy drops INVALID packets (a reset for an out-of-window segment would break the
     # connection) unless nf_conntrack_tcp_be_liberal already keeps them VALID
-    invalid = "" if cfg.conntrack_tcp_be_liberal else f"-A {n.FORWARD} -m conntrack --ctstate INVALID -j DROP\n"
+    # (counted into kube-proxy's nfacct object when it exists)
+    counted = f" -m nfacct --nfacct-name {INVALID_NFACCT}" if INVALID_NFACCT in cfg.nfacct_counters else ""
+    invalid = "" if cfg.conntrack_tcp_be_liberal else f"-A {n.FORWARD} -m conntrack --ctstate INVALID{counted} -j DROP\n"
     out[n.FORWARD] = (
         invalid +
         f'-A {n.FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} -j ACCEPT\n'
