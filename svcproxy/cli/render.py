@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import click
 
@@ -45,6 +46,8 @@ def node_from_manifests(objects: Objects, cfg: NodeConfig) -> NodeConfig:
 
     node = next((n for n in objects.nodes if n.name == cfg.hostname), None)
     cfg = with_node(cfg, node, node_ips_given=bool(cfg.node_ips))
+    if node is not None and not cfg.node_pod_cidrs:  # whose pods are local (trace: ebpf's sockets)
+        cfg = replace(cfg, node_pod_cidrs=node.pod_cidrs)
     for warning in setup_warnings(cfg):
         click.echo(f"warning: {warning}", err=True)
     return cfg

@@ -19,12 +19,32 @@ from ..proxyconfig import Settings
 from .options import manifest_option, proxy_options
 
 
-def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) -> tuple[str, list[str]]:
+def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) -> tuple[str, list[str], object]:
     from ..dataplane import renderer
     from .render import load_state
 
     state, cfg = load_state(paths, cfg)
-    return renderer(mode)(state, cfg), list(cfg.local_ips)
+    return renderer(mode)(state, cfg), list(cfg.local_ips), (state, cfg)
+
+
+def _socket_client(source: str, cfg: NodeConfig, local: list[str]) -> bool:
+    """In ebpf mode the hooks see the sockets of this node: its own addresses and its pods'."""
+    import ipaddress
+
+    addr = ipaddress.ip_address(source)
+    return (addr.is_loopback or source in local
+            or any(addr in ipaddress.ip_network(c, strict=False) for c in cfg.node_pod_cidrs if ip_family(c) ==
+                   addr.version))
+
+
+def _socket_choice(mode_state: object, destination: str, port: int, protocol: str, pins: str):  # type: ignore[no-untyped-def]
+    """ebpf mode's choice at connect(): from the manifests' state, else a running node's pins."""
+    from ..dataplane.ebpf import inspect
+
+    if mode_state is not None:
+        state, cfg = mode_state  # type: ignore[misc]
+        return inspect.choice_from_state(state, cfg, destination, port, protocol)
+    return inspect.choice_from_pins(destination, port, protocol, Path(pins))
 
 
 def _to_png(svg: str) -> bytes:
@@ -56,15 +76,19 @@ def _to_png(svg: str) -> bytes:
               show_default=True, help="What to print.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False), default=None,
               help="Write the output here instead of stdout.")
+@click.option("--bpf-pins", default="/sys/fs/bpf/svcproxy", show_default=True, type=click.Path(file_okay=False),
+              help="ebpf mode with --rules: where the running node pinned its BPF maps (the connect() step "
+                   "is read from them).")
 def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, source: str, destination: str,
           port: int, protocol: str, output_format: str, output_file: str | None, table: str | None,
-          in_interface: str | None) -> None:
+          in_interface: str | None, bpf_pins: str) -> None:
     """Walk a new connection SOURCE -> DESTINATION:PORT through a node's netfilter rules and show
     every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
     if bool(rules_file) == bool(paths):
         raise click.UsageError("give either --rules FILE or -f PATH (manifests to render), not both or neither")
     cfg = settings.node
     local = [*cfg.node_ips, *cfg.local_addresses]
+    mode_state = None
     if rules_file:
         try:
             rules = sys.stdin.read() if rules_file == "-" else Path(rules_file).read_text()
@@ -72,10 +96,23 @@ def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, so
             raise click.UsageError(f"cannot read --rules {rules_file}: {e.strerror}") from None
     else:
         cfg = replace(cfg, ip_family=ip_family(destination))  # the rules of the packet's family
-        rules, local = _rules_from_manifests(paths, settings.mode, cfg)
+        rules, local, mode_state = _rules_from_manifests(paths, settings.mode, cfg)
+
+    def through_rules(dst: str, dport: int):  # type: ignore[no-untyped-def]
+        return trace_packet(rules, source, dst, dport, protocol.upper(), local, table=table,
+                            in_interface=in_interface)
+
     try:
-        result = trace_packet(rules, source, destination, port, protocol.upper(), local, table=table,
-                               in_interface=in_interface)
+        choice = None
+        node_cfg = mode_state[1] if mode_state is not None else cfg  # type: ignore[index]
+        if settings.mode == "ebpf" and _socket_client(source, node_cfg, local):
+            choice = _socket_choice(mode_state, destination, port, protocol.upper(), bpf_pins)
+        if choice is not None:
+            from ..netfilter.socket_step import socket_trace
+
+            result = socket_trace(choice, source, destination, port, protocol, through_rules)
+        else:
+            result = through_rules(destination, port)
     except TraceError as e:
         where = f" in {rules_file}" if rules_file and rules_file != "-" else ""
         raise click.ClickException(f"cannot trace{where}: {e}") from None

@@ -94,3 +94,31 @@ def test_internal_local_uses_the_local_endpoint_and_without_one_nftables_drops(i
     # endpoints elsewhere, none here: the hook leaves the address alone and nftables drops the
     # SYN, as kube-proxy does (not a REJECT: the client waits out its 3 s timeout)
     assert inside.client("tcp", VIP, 80, 1) == [{"error": "timed out"}]
+
+
+def test_trace_reads_the_socket_choice_from_a_running_nodes_pins(inside: Node) -> None:
+    """`svcproxy trace --rules` on a node in ebpf mode: the connect() step from the pinned maps,
+    then the rules; no masquerade, each endpoint 1/3; a source from elsewhere meets nftables."""
+    import json
+
+    from click.testing import CliRunner
+
+    from svcproxy.cli.trace import trace
+
+    from .conftest import NODE_IP
+
+    inside.dataplane().sync(state_of(service("web", VIP, ENDPOINTS), service("empty", "172.30.0.11", [])))
+    rules = inside.run("nft", "list", "ruleset").stdout
+    args = ["--rules", "-", "--proxy-mode", "ebpf", "--node-ip", NODE_IP, "--bpf-pins", str(inside.pins),
+            "--destination", VIP, "--port", "80", "--output", "json"]
+    local = json.loads(CliRunner().invoke(trace, [*args, "--source", NODE_IP], input=rules).stdout)
+    assert local["path"][:2] == ["connect() (BPF)", "bpf/cgroup/connect4"]
+    assert [(o["endpoint"], o["masquerade"]) for o in local["outcomes"]] == [
+        (f"{ip}:{TCP_PORT}", False) for ip in ENDPOINTS]
+    assert all(abs(o["probability"] - 1 / 3) < 1e-9 for o in local["outcomes"])
+    refused = json.loads(CliRunner().invoke(trace, [*args[:-6], "--destination", "172.30.0.11", "--port", "80",
+                                                    "--output", "json", "--source", NODE_IP], input=rules).stdout)
+    assert refused["verdict"] == "REJECT" and refused["path"][-1].endswith("ECONNREFUSED")
+    outside = json.loads(CliRunner().invoke(trace, [*args, "--source", "203.0.113.9"], input=rules).stdout)
+    assert "connect() (BPF)" not in outside["path"] and outside["verdict"] == "ACCEPT"
+    assert outside["endpoints"] == sorted(f"{ip}:{TCP_PORT}" for ip in ENDPOINTS)  # DNAT by nftables
