@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -67,9 +67,7 @@ def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses
 
 
 def _conntrack(settings: Settings):  # type: ignore[no-untyped-def]
-    from ..runtime.node_setup import ConntrackSettings
-
-    return ConntrackSettings(**asdict(settings.config.conntrack))
+    return replace(settings.config.conntrack)  # a copy: the daemon's to keep
 
 
 def _families(settings: Settings, detect_local_addresses: bool) -> tuple:  # type: ignore[type-arg]

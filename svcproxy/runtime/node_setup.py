@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ip_family
+from ..proxyconfig.model import Conntrack
 
 log = logging.getLogger("svcproxy.runtime.node_setup")
 
@@ -36,18 +37,9 @@ OOM_SCORE_ADJ_RANGE = (-1000, 1000)
 NETFILTER_MODES = ("iptables", "nftables")
 
 
-@dataclass(frozen=True)
-class ConntrackSettings:
-    """KubeProxyConntrackConfiguration with kube-proxy's defaults; durations in seconds.
-    None (or 0) leaves the kernel's value as it is, as kube-proxy does."""
-
-    max_per_core: int | None = 32768
-    min: int | None = 131072
-    tcp_established_timeout: float | None = 86400.0
-    tcp_close_wait_timeout: float | None = 3600.0
-    tcp_be_liberal: bool = False
-    udp_timeout: float = 0.0
-    udp_stream_timeout: float = 0.0
+# KubeProxyConntrackConfiguration with kube-proxy's defaults, durations in seconds: the
+# configuration's own type (None or 0 leaves the kernel's value as it is, as kube-proxy does)
+ConntrackSettings = Conntrack
 
 
 @dataclass(frozen=True)
