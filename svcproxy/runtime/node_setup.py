@@ -34,7 +34,7 @@ HASHSIZE = "module/nf_conntrack/parameters/hashsize"  # under /sys
 ROUTE_LOCALNET = "net/ipv4/conf/all/route_localnet"  # kube-proxy's sysctlRouteLocalnet
 OOM_SCORE_ADJ_RANGE = (-1000, 1000)
 # modes that program netfilter; userspace mode proxies sockets itself and needs none of this
-NETFILTER_MODES = ("iptables", "nftables")
+NETFILTER_MODES = ("iptables", "nftables", "ebpf")  # ebpf runs the nftables maps layout too
 
 
 # KubeProxyConntrackConfiguration with kube-proxy's defaults, durations in seconds: the

@@ -4,7 +4,7 @@ by nftables, the status page counting connections from the BPF counters, the pro
 after SIGTERM, and `svcproxy cleanup --proxy-mode ebpf` removing everything.
 
 The daemon runs under nsenter --net (not `ip netns exec`, which remounts /sys and would hide
-the cgroup and bpffs mounts), with SVCPROXY_BPF_CGROUP and SVCPROXY_BPF_PIN_ROOT pointing at the
+the cgroup and bpffs mounts), with --bpf-cgroup and SVCPROXY_BPF_PIN_ROOT pointing at the
 test's own."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ endpoints:
 
 
 def in_node(node: Node, *argv: str, **kw: object) -> subprocess.Popen:
-    env = {**os.environ, "SVCPROXY_BPF_CGROUP": str(node.cgroup), "SVCPROXY_BPF_PIN_ROOT": str(node.pins)}
+    env = {**os.environ, "SVCPROXY_BPF_PIN_ROOT": str(node.pins)}
     return subprocess.Popen(["nsenter", f"--net=/run/netns/{node.ns}", *argv], env=env, **kw)  # type: ignore[call-overload]
 
 
@@ -74,7 +74,9 @@ def test_run_in_ebpf_mode_then_cleanup(node: Node, tmp_path: Path) -> None:
     daemon = in_node(node, SVCPROXY, "run", "-f", str(tmp_path / "m"), "--proxy-mode", "ebpf",
                      "--hostname-override", "test-node", "--node-ip", "10.0.0.1", "--min-sync-period", "0",
                      "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
-                     "--status-bind-address", STATUS, stdout=log, stderr=subprocess.STDOUT)
+                     "--status-bind-address", STATUS, "--bpf-cgroup", str(node.cgroup),
+                     "--conntrack-max-per-core=0",  # the host's nf_conntrack_max is read-only here
+                     stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len(programs(node.cgroup)) == 4 and "kube-proxy" in node.run("nft", "list", "tables").stdout)
         wait_for(lambda: " sync: " in (tmp_path / "daemon.log").read_text())
