@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 import itertools
-import os
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from ..nfnl import answers
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -114,23 +115,7 @@ class Conntrack:
 
     def _answers(self, seq: int) -> Iterator[tuple[int, bytes]]:
         """(message type, payload after the nfgenmsg) of the answers to seq, until done or acked."""
-        while True:
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", buf, off)
-                if length < 16:
-                    raise CtnetlinkError("malformed netlink answer")
-                if msg_seq == seq:
-                    if kind == NLMSG_DONE:
-                        return
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", buf, off + 16)
-                        if code:
-                            raise CtnetlinkError(-code, os.strerror(-code))
-                        return  # the acknowledgement
-                    yield kind, buf[off + 20:off + length]
-                off += (length + 3) & ~3
+        return answers(self.sock, seq, CtnetlinkError)
 
     def udp_flows(self) -> list[Flow]:
         """Every UDP entry of the family; the kernel filters by protocol (5.8+), and so do we."""

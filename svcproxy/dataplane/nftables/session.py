@@ -10,6 +10,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from ...nfnl import answers
 from .netlink import FAMILIES, NFNL_SUBSYS_NFTABLES, attr
 
 NETLINK_NETFILTER = 12
@@ -139,24 +140,12 @@ class Session:
                                   FAMILIES[family], 0, len(attrs))
         seq = struct.unpack_from("=I", header, 8)[0]
         self.sock.send(header + attrs)
-        out: list[dict[int, bytes]] = []
-        while True:
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", buf, off)
-                if length < 16:
-                    raise NetlinkError("malformed netlink answer")
-                if msg_seq == seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", buf, off + 16)
-                        if code == -errno.ENOENT:
-                            return []
-                        raise NetlinkError(f"reading the table failed: {os.strerror(-code)}")
-                    out.append(parse_attrs(buf[off + 20:off + length], wanted))
-                off += (length + 3) & ~3
+        try:
+            return [parse_attrs(body, wanted) for _, body in answers(self.sock, seq)]
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return []
+            raise NetlinkError(f"reading the table failed: {e.strerror or e}") from None
 
     def set_elements(self, family: str, table: str, name: str) -> list[tuple[bytes, bytes]]:
         """(key, data) of every element of a set or map (NFT_MSG_GETSETELEM), e.g. the entries
