@@ -163,6 +163,7 @@ class Reflector:
         self.watches = 0
         self.watch_opened = 0.0  # monotonic time the current watch's stream opened; 0: not open
         self.watch_events = 0
+        self.forbidden = False  # an optional kind this account may not read: said once
 
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -180,6 +181,13 @@ class Reflector:
                     log.info("%s: not served by this API server; running without", self.res.kind)
                     self.store.mark_synced(self.name)
                     return
+                if e.status == 403 and self.res.optional and not self.resource_version and not self.forbidden:
+                    # e.g. an older system:node-proxier role: an optional kind must not hold
+                    # every rule back; retried in the background until the role allows it
+                    self.forbidden = True
+                    log.warning("%s: forbidden (403) to this service account; programming without it "
+                                "(grant list/watch on %s to use it)", self.res.kind, self.res.path)
+                    self.store.mark_synced(self.name)
                 await self._backoff(e, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
             except Gone:

@@ -94,6 +94,7 @@ class StandInApiServer:
         self.requests: list[str] = []  # "list Service", "watch Service rv=12", ...
         self.fail_next = 0
         self.list_delay = 0.0  # seconds every list request waits (a slow or overloaded API server)
+        self.forbidden: set[str] = set()  # kinds this client's role may not read: 403 (RBAC)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -245,6 +246,9 @@ class StandInApiServer:
         if self.fail_next:
             self.fail_next -= 1
             return web.json_response({"kind": "Status", "code": 500, "message": "injected failure"}, status=500)
+        if kind in self.forbidden:
+            return web.json_response({"kind": "Status", "code": 403, "reason": "Forbidden",
+                                      "message": f"cannot list resource {kind}"}, status=403)
         labels, fields = q.get("labelSelector", ""), q.get("fieldSelector", "")
         if q.get("watch") in ("true", "1"):
             return await self._watch(request, kind, labels, fields)

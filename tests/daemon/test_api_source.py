@@ -251,6 +251,23 @@ def test_older_api_server_without_service_cidrs() -> None:
         run_with_daemon(s, body)
 
 
+def test_a_role_without_service_cidrs_still_programs_and_picks_them_up_later() -> None:
+    """An optional kind answering 403 (an older system:node-proxier) holds nothing back; once
+    the role allows it, the retrying reflector brings it in."""
+    with StandInApiServer() as s:
+        s.forbidden = {"ServiceCIDR"}
+        s.apply(service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.10")]))
+
+        async def body(dp, source, daemon) -> None:
+            assert dp.endpoints("default/web") == ["10.0.1.10:8080"]
+            s.apply({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
+                     "spec": {"cidrs": ["172.30.0.0/16"]}})
+            s.forbidden = set()
+            await until(lambda: dp.last.service_cidrs == ("172.30.0.0/16",), 10)
+
+        run_with_daemon(s, body)
+
+
 def test_a_node_never_seen_is_not_eligible() -> None:
     """kube-proxy's NodeEligible: no Node object (not created yet, or deleted) -> /healthz 503."""
     import aiohttp
