@@ -1,6 +1,6 @@
 """`svcproxy lab status --page NODE`: a lab node's status page, reachable from this machine.
 
-The page listens on the node namespace's own loopback (127.0.0.1:10257, as on a real node), so a
+The page listens on the node namespace's own loopback (127.0.0.1:10263, as on a real node), so a
 browser here cannot reach it directly. This forwards 127.0.0.1:PORT here to it: each accepted
 connection is handed, as stdin and stdout, to a small relay started inside the namespace
 (`ip netns exec ... python -m svcproxy.lab.status_page relay`), which connects to the page and
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 
-PAGE_ADDRESS = ("127.0.0.1", 10257)
+PAGE_ADDRESS = ("127.0.0.1", 10263)  # svcproxy run's default --status-bind-address
 
 
 class PageForward:

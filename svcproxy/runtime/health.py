@@ -275,5 +275,5 @@ async def serve_metrics(address: str, metrics: Metrics, mode: str) -> web.AppRun
 
 
 async def serve_status(address: str, status: StatusServer) -> web.AppRunner:
-    host, port = split_host_port(address, 10257)
+    host, port = split_host_port(address, 10263)
     return await _serve(status.app(), host, port)

@@ -1,6 +1,6 @@
 """The status page: what this node programmed for each Service and where its traffic goes.
 
-Read-only and loopback by default (--status-bind-address 127.0.0.1:10257). Three parts:
+Read-only and loopback by default (--status-bind-address 127.0.0.1:10263). Three parts:
 - SyncLog: the last syncs, fed by the syncer's listeners;
 - EndpointCounters: new connections per endpoint, counted from the kernel's conntrack table
   (each entry DNATed to an endpoint is one connection it received; works in every mode);

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(150),
               pytest.mark.skipif(not CHROMIUM, reason="chromium is not installed (scripts/setup.sh --test installs it)")]
 WEB_IP = "172.30.0.10"
 EVIL = "x<img/src/onerror=document.body.dataset.pwned=1>"  # a name that is markup if put in as HTML
-URL = "http://127.0.0.1:10257/"
+URL = "http://127.0.0.1:10263/"
 SHOT = os.environ.get("SVCPROXY_STATUS_SCREENSHOT")  # where to keep the screenshot (docs/ when refreshing it)
 
 
@@ -41,7 +41,7 @@ def test_status_page_in_a_browser(env: NetEnv, tmp_path: Path, mode: str) -> Non
         service(EVIL, "172.30.0.11"), bad]}))
     env.serve("tcp", eps, 8080)
     env.exec(env.node, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")  # per namespace: packets too
-    daemon = Daemon(env, manifest, mode, tmp_path / "svcproxy.log", "--status-bind-address", "127.0.0.1:10257").start()
+    daemon = Daemon(env, manifest, mode, tmp_path / "svcproxy.log", "--status-bind-address", "127.0.0.1:10263").start()
     daemon.wait_sync(0)
     browser = Browser(env.node)
     client = None
