@@ -86,6 +86,8 @@ def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, so
     every outcome (endpoint, verdict, masquerade) with its probability and the path there."""
     if bool(rules_file) == bool(paths):
         raise click.UsageError("give either --rules FILE or -f PATH (manifests to render), not both or neither")
+    for note in settings.notes:  # ignored flags, settings without effect: as render says them
+        click.echo(f"note: {note}", err=True)
     cfg = settings.node
     local = [*cfg.node_ips, *cfg.local_addresses]
     mode_state = None
