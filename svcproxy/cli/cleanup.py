@@ -28,10 +28,12 @@ def cleanup_everything(modes: tuple[str, ...] = RUN_MODES, echo: Callable[[str],
             click.echo(f"error: {mode} mode: {e}", err=True)
             ok = False
             continue
-        if mode != "userspace":
-            echo(f"{mode}: removed svcproxy's rules (both families; foreign rules stay)")
-        else:
+        if mode == "userspace":
             echo("userspace: removed interface svcproxy0" if had_interface else "userspace: no svcproxy0 interface")
+        elif mode == "ebpf":
+            echo("ebpf: detached svcproxy's BPF programs and removed its pins (other tools' programs stay)")
+        else:
+            echo(f"{mode}: removed svcproxy's rules (both families; foreign rules stay)")
     return ok
 
 
