@@ -112,7 +112,7 @@ def test_a_server_that_drops_every_watch_at_once_is_backed_off() -> None:
     """The other side of resuming at once: a watch cut as soon as it opens is a failure, so a
     broken server is not hammered in a tight loop. (No bookmarks in the 2 s: a watch that got
     one counts as having worked, which a loaded machine's slower drop loop would allow.)"""
-    with StandInApiServer(bookmark_interval=30) as server:
+    with StandInApiServer(bookmark_interval=3) as server:
         server.apply(service("web", "172.30.0.10"))
 
         async def body(dp, source, daemon) -> None:
