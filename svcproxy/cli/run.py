@@ -16,18 +16,16 @@ from ..proxyconfig import Settings
 from ..proxyconfig.v1alpha1 import encode
 from ..runtime.durations import format_duration
 from ..runtime.logsetup import setup_logging
+from ..runtime.status import DEFAULT_BIND_ADDRESS
 from .options import manifest_option, proxy_options
 
 log = logging.getLogger("svcproxy")
-# kube-proxy's components use 10249-10260 (kubelet 10248/10250/10255, kube-proxy 10249/10256,
-# controller-manager 10257, cloud-controller-manager 10258/10260, scheduler 10259)
-DEFAULT_STATUS_ADDRESS = "127.0.0.1:10263"
 
 
 @click.command()
 @click.version_option(package_name="svcproxy", message="svcproxy %(version)s (kube-proxy 1.36 compatible)")
 @manifest_option()
-@click.option("--status-bind-address", default=DEFAULT_STATUS_ADDRESS, show_default=True,
+@click.option("--status-bind-address", default=DEFAULT_BIND_ADDRESS, show_default=True,
               help="[svcproxy] host:port for the status page (what this node programmed, traffic per "
                    "endpoint, a trace form); read-only; empty to disable.")
 @click.option("--detect-local-addresses/--no-detect-local-addresses", default=True, show_default=True,

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 
-PAGE_ADDRESS = ("127.0.0.1", 10263)  # svcproxy run's default --status-bind-address
+from ..runtime.status import DEFAULT_PORT
+
+PAGE_ADDRESS = ("127.0.0.1", DEFAULT_PORT)  # svcproxy run's default --status-bind-address
 
 
 class PageForward:

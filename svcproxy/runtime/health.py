@@ -25,7 +25,7 @@ from aiohttp import web
 from ..config import NodeConfig
 from ..state import ProxyState
 from .metrics import Metrics
-from .status import StatusServer
+from .status import DEFAULT_PORT, StatusServer
 
 log = logging.getLogger("svcproxy.runtime.health")
 
@@ -275,5 +275,5 @@ async def serve_metrics(address: str, metrics: Metrics, mode: str) -> web.AppRun
 
 
 async def serve_status(address: str, status: StatusServer) -> web.AppRunner:
-    host, port = split_host_port(address, 10263)
+    host, port = split_host_port(address, DEFAULT_PORT)
     return await _serve(status.app(), host, port)

@@ -27,6 +27,12 @@ from aiohttp import web
 
 from ..state import EndpointInfo, ProxyState, ServicePortInfo
 
+# svcproxy run's --status-bind-address: Kubernetes components use 10248-10260 (kubelet
+# 10248/10250/10255, kube-proxy 10249/10256, controller-manager 10257, cloud-controller-manager
+# 10258/10260, scheduler 10259)
+DEFAULT_PORT = 10263
+DEFAULT_BIND_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
 log = logging.getLogger("svcproxy.runtime.status")
 PROTOCOLS = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", socket.IPPROTO_SCTP: "SCTP"}
 

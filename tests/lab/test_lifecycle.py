@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,15 @@ def test_up_status_curl_apply_down(lab_dir: Path, tmp_path: Path, cleanup_prefix
     assert "(masqueraded)" in out and "(client address)" not in out
     out = svcproxy("lab", "curl", "empty", "-n", "2", "--prefix", "e2l").stdout
     assert "refused" in out
+    # `lab status --page`: the node's status page (the daemon's default address), forwarded here
+    from svcproxy.lab.status_page import PageForward
+
+    page = PageForward(next(n["namespace"] for n in st["nodes"] if n["name"] == "test-node")).start()
+    try:
+        with urllib.request.urlopen(page.url + "api/status", timeout=10) as r:
+            assert json.loads(r.read())["node"] == "test-node"
+    finally:
+        page.close()
 
     # Scale web down (10.0.1.11 leaves) and add a service with a new pod.
     new = tmp_path / "new"
