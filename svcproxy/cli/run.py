@@ -11,8 +11,10 @@ from typing import Any
 import click
 import yaml
 
+from ..config import NodeConfig
 from ..dataplane import RUN_MODES
 from ..proxyconfig import Settings
+from ..proxyconfig.model import Conntrack
 from ..proxyconfig.v1alpha1 import encode
 from ..runtime.durations import format_duration
 from ..runtime.logsetup import setup_logging
@@ -64,16 +66,23 @@ def run(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses
     _run_daemon(paths, status_bind_address, detect_local_addresses, settings)
 
 
-def _conntrack(settings: Settings):  # type: ignore[no-untyped-def]
+def _conntrack(settings: Settings) -> Conntrack:
     return replace(settings.config.conntrack)  # a copy: the daemon's to keep
 
 
-def _families(settings: Settings, detect_local_addresses: bool) -> tuple:  # type: ignore[type-arg]
-    from ..runtime.addresses import kernel_links, node_address_families, run_families
+def _node(settings: Settings, detect_local_addresses: bool) -> tuple[NodeConfig, tuple[int, ...]]:
+    """This node's config completed from the kernel (its other addresses) and the IP families to
+    program, primary first (its ip_family is the primary's): shared by the daemon and --init-only."""
+    from ..runtime.addresses import kernel_addresses, kernel_links, node_address_families, run_families
 
     cfg = settings.node
     links = kernel_links() if detect_local_addresses else []
-    return run_families(None, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs], node_address_families(links))
+    if detect_local_addresses:
+        extra = tuple(a for a in kernel_addresses(links) if a not in cfg.local_addresses and a not in cfg.node_ips)
+        cfg = replace(cfg, local_addresses=cfg.local_addresses + extra)
+    families = run_families(None, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
+                            node_address_families(links))
+    return replace(cfg, ip_family=families[0]), families
 
 
 def _init_only(settings: Settings, detect_local_addresses: bool) -> None:
@@ -81,9 +90,9 @@ def _init_only(settings: Settings, detect_local_addresses: bool) -> None:
     after removing other modes' leftovers as kube-proxy's start does, then exit."""
     from ..runtime.node_setup import NodeSetupError, init_node
 
-    cfg = settings.node
+    cfg, families = _node(settings, detect_local_addresses)
     try:
-        lines = init_node(settings.mode, _families(settings, detect_local_addresses), _conntrack(settings),
+        lines = init_node(settings.mode, families, _conntrack(settings),
                           localhost_nodeports=cfg.localhost_nodeports, nodeport_addresses=cfg.nodeport_addresses,
                           node_ips=cfg.node_ips, cleanup_leftovers=True)
     except NodeSetupError as e:
@@ -107,17 +116,10 @@ def _write_config(settings: Settings) -> None:
 
 def _run_daemon(paths: tuple[str, ...], status_bind_address: str, detect_local_addresses: bool,
                 settings: Settings) -> None:
-    from ..runtime.addresses import kernel_addresses, kernel_links, node_address_families, run_families
     from ..runtime.daemon import DaemonOptions, run_daemon
 
-    c, cfg = settings.config, settings.node
-    links = kernel_links() if detect_local_addresses else []
-    if detect_local_addresses:
-        extra = tuple(a for a in kernel_addresses(links) if a not in cfg.local_addresses and a not in cfg.node_ips)
-        cfg = replace(cfg, local_addresses=cfg.local_addresses + extra)
-    families = run_families(None, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
-                            node_address_families(links))
-    cfg = replace(cfg, ip_family=families[0])
+    c = settings.config
+    cfg, families = _node(settings, detect_local_addresses)
     sources = _sources(paths, settings, cfg.hostname)
     log.info("svcproxy run: mode %s, node %s (%s), min-sync-period %s, sync-period %s", settings.mode,
              cfg.hostname, " + ".join(f"IPv{f}" for f in families) + (" dual-stack" if len(families) > 1 else ""),

@@ -7,42 +7,48 @@ outcomes), json (shared/design.md's contract), svg or png (a picture of the way)
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import NodeConfig, ip_family
-from ..netfilter import TraceError, render_svg, render_text, trace_packet
+from ..netfilter import TraceError, TraceResult, render_svg, render_text, trace_packet
 from ..proxyconfig import Settings
+from ..state import ProxyState
 from .options import manifest_option, proxy_options
 
+if TYPE_CHECKING:
+    from ..dataplane.ebpf.inspect import SocketChoice
 
-def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) -> tuple[str, list[str], object]:
+
+def _rules_from_manifests(paths: tuple[str, ...], mode: str, cfg: NodeConfig) -> tuple[str, ProxyState, NodeConfig]:
+    """The rules rendered from -f, the state they came from, and the node config completed from
+    this node's Node object."""
     from ..dataplane import renderer
     from .render import load_state
 
     state, cfg = load_state(paths, cfg)
-    return renderer(mode)(state, cfg), list(cfg.local_ips), (state, cfg)
+    return renderer(mode)(state, cfg), state, cfg
 
 
 def _socket_client(source: str, cfg: NodeConfig, local: list[str]) -> bool:
     """In ebpf mode the hooks see the sockets of this node: its own addresses and its pods'."""
-    import ipaddress
-
     addr = ipaddress.ip_address(source)
     return (addr.is_loopback or source in local
             or any(addr in ipaddress.ip_network(c, strict=False) for c in cfg.node_pod_cidrs if ip_family(c) ==
                    addr.version))
 
 
-def _socket_choice(mode_state: object, destination: str, port: int, protocol: str, pins: str):  # type: ignore[no-untyped-def]
+def _socket_choice(state: ProxyState | None, cfg: NodeConfig, destination: str, port: int, protocol: str,
+                   pins: str) -> SocketChoice | None:
     """ebpf mode's choice at connect(): from the manifests' state, else a running node's pins."""
     from ..dataplane.ebpf import inspect
 
-    if mode_state is not None:
-        state, cfg = mode_state  # type: ignore[misc]
+    if state is not None:
         return inspect.choice_from_state(state, cfg, destination, port, protocol)
     return inspect.choice_from_pins(destination, port, protocol, Path(pins))
 
@@ -90,7 +96,7 @@ def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, so
         click.echo(f"note: {note}", err=True)
     cfg = settings.node
     local = [*cfg.node_ips, *cfg.local_addresses]
-    mode_state = None
+    state: ProxyState | None = None  # rendered from -f; None for --rules
     if rules_file:
         try:
             rules = sys.stdin.read() if rules_file == "-" else Path(rules_file).read_text()
@@ -98,17 +104,17 @@ def trace(rules_file: str | None, paths: tuple[str, ...], settings: Settings, so
             raise click.UsageError(f"cannot read --rules {rules_file}: {e.strerror}") from None
     else:
         cfg = replace(cfg, ip_family=ip_family(destination))  # the rules of the packet's family
-        rules, local, mode_state = _rules_from_manifests(paths, settings.mode, cfg)
+        rules, state, cfg = _rules_from_manifests(paths, settings.mode, cfg)
+        local = list(cfg.local_ips)
 
-    def through_rules(dst: str, dport: int):  # type: ignore[no-untyped-def]
+    def through_rules(dst: str, dport: int) -> TraceResult:
         return trace_packet(rules, source, dst, dport, protocol.upper(), local, table=table,
                             in_interface=in_interface)
 
     try:
         choice = None
-        node_cfg = mode_state[1] if mode_state is not None else cfg  # type: ignore[index]
-        if settings.mode == "ebpf" and _socket_client(source, node_cfg, local):
-            choice = _socket_choice(mode_state, destination, port, protocol.upper(), bpf_pins)
+        if settings.mode == "ebpf" and _socket_client(source, cfg, local):
+            choice = _socket_choice(state, cfg, destination, port, protocol.upper(), bpf_pins)
         if choice is not None:
             from ..netfilter.socket_step import socket_trace
 

@@ -10,9 +10,13 @@ with the socket step."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .core import PathStep
 from .result import VERDICT_ORDER, Outcome, TraceResult
+
+if TYPE_CHECKING:  # the tracer reads the choice; it does not depend on the ebpf dataplane
+    from ..dataplane.ebpf.inspect import SocketChoice
 
 HOOK = "connect() (BPF)"
 
@@ -21,7 +25,7 @@ def _hook_name(protocol: str, family: int) -> str:
     return f"cgroup/{'sendmsg' if protocol.upper() == 'UDP' else 'connect'}{family}"
 
 
-def socket_trace(choice, source: str, destination: str, port: int, protocol: str,  # type: ignore[no-untyped-def]
+def socket_trace(choice: SocketChoice, source: str, destination: str, port: int, protocol: str,
                  trace_one: Callable[[str, int], TraceResult]) -> TraceResult:
     """The trace of source -> destination:port for a socket in the BPF programs' cgroup.
 
