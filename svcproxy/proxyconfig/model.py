@@ -19,6 +19,7 @@ KUBE_PROXY_MODES = ("", "iptables", "ipvs", "nftables")
 SVCPROXY_MODES = ("userspace", "ebpf")
 LOCAL_MODES = ("", "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 NODEPORT_PRIMARY = "primary"
+HEALTHZ_PORT, METRICS_PORT = 10256, 10249  # kube-proxy's ports.ProxyHealthzPort, ports.ProxyStatusPort
 # modes whose settings come from the file's nftables section (ebpf runs the nftables maps layout)
 NFTABLES_SECTION_MODES = ("nftables", "ebpf")
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from typing import Any
 from ..config import NodeConfig, ip_family
 from . import v1alpha1
 from .flags import BY_NAME, apply_flags, set_attr
-from .model import NFTABLES_SECTION_MODES, KubeProxyConfiguration
-from .v1alpha1 import ConfigError, _with_port
+from .model import HEALTHZ_PORT, METRICS_PORT, NFTABLES_SECTION_MODES, KubeProxyConfiguration
+from .v1alpha1 import ConfigError, with_default_port
 from .validation import validate
 
 # settings that do nothing in svcproxy when set away from their defaults in a file
@@ -103,9 +102,9 @@ def _from_flags(given: dict[str, Any]) -> KubeProxyConfiguration:
     c = KubeProxyConfiguration()
     apply_flags(c, given)
     if "healthz-port" not in given and c.healthz_bind_address:
-        c.healthz_bind_address = _with_port(c.healthz_bind_address, 10256)
+        c.healthz_bind_address = with_default_port(c.healthz_bind_address, HEALTHZ_PORT)
     if "metrics-port" not in given and c.metrics_bind_address:
-        c.metrics_bind_address = _with_port(c.metrics_bind_address, 10249)
+        c.metrics_bind_address = with_default_port(c.metrics_bind_address, METRICS_PORT)
     return c
 
 
@@ -185,9 +184,4 @@ def node_config(c: KubeProxyConfiguration, mode: str, own: OwnFlags) -> NodeConf
         interface_name_prefix=c.detect_local.interface_name_prefix)
 
 
-def default_config() -> KubeProxyConfiguration:
-    """kube-proxy's defaults (what --write-config-to writes without other flags)."""
-    return copy.deepcopy(KubeProxyConfiguration())
-
-
-__all__ = ["ConfigError", "OwnFlags", "Settings", "default_config", "node_config", "resolve"]
+__all__ = ["ConfigError", "OwnFlags", "Settings", "node_config", "resolve"]

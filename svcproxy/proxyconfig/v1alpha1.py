@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..runtime.durations import parse_go_duration
-from .model import API_VERSION, KIND, KubeProxyConfiguration, section_of
+from .model import API_VERSION, HEALTHZ_PORT, KIND, METRICS_PORT, KubeProxyConfiguration, section_of
 
 
 class ConfigError(ValueError):
@@ -194,12 +194,13 @@ def _defaulted(values: dict[str, Any]) -> dict[str, Any]:
         v6 = ipaddress.ip_address(bind).version == 6
     except ValueError:
         v6 = False  # validation names the bad bindAddress
-    out["healthzBindAddress"] = _with_port(out.get("healthzBindAddress") or ("[::]" if v6 else "0.0.0.0"), 10256)
-    out["metricsBindAddress"] = _with_port(out.get("metricsBindAddress") or ("[::1]" if v6 else "127.0.0.1"), 10249)
+    out["healthzBindAddress"] = with_default_port(out.get("healthzBindAddress") or ("[::]" if v6 else "0.0.0.0"), HEALTHZ_PORT)
+    out["metricsBindAddress"] = with_default_port(out.get("metricsBindAddress") or ("[::1]" if v6 else "127.0.0.1"),
+                                               METRICS_PORT)
     return out
 
 
-def _with_port(address: str, port: int) -> str:
+def with_default_port(address: str, port: int) -> str:
     """kube-proxy's AppendPortIfNeeded: a bare IP gets the default port."""
     host = address[1:-1] if address.startswith("[") and address.endswith("]") else address
     try:

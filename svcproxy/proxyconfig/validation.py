@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from ..config import NFTABLES_LAYOUTS
 from .model import LOCAL_MODES, NODEPORT_PRIMARY, SVCPROXY_MODES, KubeProxyConfiguration
-
-NFTABLES_LAYOUTS = ("kube-proxy", "maps")
 
 
 def _cidr(text: str) -> bool:
