@@ -165,7 +165,9 @@ class Syncer:
         if changes.queued_at is not None:
             self.last_queued = max(self.last_queued, changes.queued_at)
         oldest = self.oldest_pending if self.oldest_pending is not None else changes.oldest
-        self.oldest_pending = None
+        # the taken changes stay pending until the kernel has them: a health check answered
+        # while the sync runs in its thread must still see how long they have waited
+        self.oldest_pending = oldest
         t0 = time.perf_counter()
         state, changed = self.build(changes)
         full = full or self.need_full or changed is None
@@ -199,6 +201,7 @@ class Syncer:
             # bench/reliability's rolling updates: 10 lost datagrams in 34,000)
             await self._clear_conntrack(previous, state, None if full else changed)
         self.programmed = state
+        self.oldest_pending = None
         self.need_full = False
         self.failures, self.retry_at = 0, None
         self.syncs += 1

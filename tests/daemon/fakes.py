@@ -18,8 +18,13 @@ class RecordingDataplane:
         self.fail_next = 0  # how many of the next syncs raise ApplyError
         self.synced = threading.Event()
         self.full_delay = 0.0  # seconds a full sync takes (a large cluster)
+        self.gate: threading.Event | None = None  # when set, a sync waits for it (one in flight)
+        self.entered = threading.Event()  # a sync has started
 
     def sync(self, state: ProxyState, changed: Collection[str] | None = None) -> SyncResult:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
         if self.fail_next:
             self.fail_next -= 1
             raise ApplyError("fake restore failure")

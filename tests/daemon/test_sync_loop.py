@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -290,3 +291,32 @@ def test_periodic_full_sync_logs_what_it_changed(manifests: Path, caplog: pytest
     full = [r.getMessage() for r in caplog.records if " full sync: " in r.getMessage()]
     assert "1 service(s), 1 changed," in full[0], full[0]
     assert all(", 0 changed," in m for m in full[1:]) and len(full) >= 3, full
+
+
+def test_changes_in_a_sync_still_running_count_as_pending(manifests: Path) -> None:
+    """Health is answered while a sync runs in its thread: the changes it took are not in the
+    kernel yet, so /healthz and /livez must still see how long they have waited (a stuck or
+    failing sync must not look healthy for the length of its run)."""
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=60)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            assert daemon.syncer.pending_since() is None
+            dp.gate, dp.entered = threading.Event(), threading.Event()
+            before = time.monotonic()
+            daemon.store.put("manifests", _slice(3))
+            await until(dp.entered.is_set)
+            since = daemon.syncer.pending_since()
+            assert since is not None and since >= before - 0.001, "the in-flight change is pending"
+            dp.gate.set()
+            await until(lambda: dp.endpoints("default/web") == ["10.0.9.3:8080"])
+            assert daemon.syncer.pending_since() is None
+        finally:
+            if dp.gate is not None:
+                dp.gate.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
