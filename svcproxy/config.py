@@ -113,17 +113,21 @@ class NodeConfig:
         """The addresses NodePorts answer on; None means every local address (addrtype LOCAL).
 
         Mirrors kube-proxy: an empty --nodeport-addresses means all; "primary" means the node
-        IP of this family; CIDRs select matching local addresses (a 0.0.0.0/0 or ::/0 means all).
+        IP of this family; CIDRs select matching local addresses (a 0.0.0.0/0 or ::/0 means all,
+        and so does naming no CIDR of this family at all).
         """
-        wanted = [c for c in self.nodeport_addresses if c == "primary" or ip_family(c) == self.ip_family]
         if not self.nodeport_addresses:
             return None
+        if self.nodeport_addresses == ("primary",):
+            # server.go turns "primary" into the node IPs' /32 and /128; a family without a
+            # (non-loopback) node IP is left with no CIDR, which matches all, as below
+            ip = self.primary_ip
+            return (ip,) if ip and not ipaddress.ip_address(ip).is_loopback else None
+        wanted = [c for c in self.nodeport_addresses if ip_family(c) == self.ip_family]
+        if not wanted:
+            return None  # NewNodePortAddresses: a family none of the CIDRs names matches all
         out: list[str] = []
         for c in wanted:
-            if c == "primary":
-                if self.primary_ip:
-                    out.append(self.primary_ip)
-                continue
             net = ipaddress.ip_network(c, strict=False)
             if net.prefixlen == 0:
                 return None

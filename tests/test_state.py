@@ -97,3 +97,12 @@ def test_nodeport_addresses() -> None:
     assert NodeConfig(node_ips=("192.168.0.2",), nodeport_addresses=("primary",)).nodeport_ips == ("192.168.0.2",)
     assert NodeConfig(nodeport_addresses=("0.0.0.0/0",)).nodeport_ips is None
     assert NodeConfig().nodeport_ips is None
+    # kube-proxy's NewNodePortAddresses: a family that none of the CIDRs names matches all of
+    # its addresses (a dual-stack node with an IPv4-only list still answers on IPv6) ...
+    v6 = NodeConfig(ip_family=6, node_ips=("fd00::2",), nodeport_addresses=("192.168.0.0/16",))
+    assert v6.nodeport_ips is None
+    assert NodeConfig(ip_family=6, node_ips=("fd00::2",), local_addresses=("fd00:1::9",),
+                      nodeport_addresses=("192.168.0.0/16", "fd00::/64")).nodeport_ips == ("fd00::2",)
+    # ... and so does "primary" for a family with no node IP, or only a loopback one
+    assert NodeConfig(ip_family=6, node_ips=("192.168.0.2",), nodeport_addresses=("primary",)).nodeport_ips is None
+    assert NodeConfig(node_ips=("127.0.0.1",), nodeport_addresses=("primary",)).nodeport_ips is None

@@ -77,7 +77,8 @@ def setup_warnings(cfg: NodeConfig, primary: bool = True) -> list[str]:
         out.append(why)
     if "primary" in cfg.nodeport_addresses and not cfg.primary_ip:
         out.append(f"--nodeport-addresses primary: this node has no IPv{cfg.ip_family} address (no --node-ip, "
-                   f"and its Node object gives none), so IPv{cfg.ip_family} NodePorts answer on no address")
+                   f"and its Node object gives none), so IPv{cfg.ip_family} NodePorts answer on every local "
+                   f"address, as kube-proxy's do; give --node-ip to narrow them")
     return out
 
 

@@ -364,11 +364,11 @@ def test_render_takes_node_ips_from_the_node_object(tmp_path: Path) -> None:
     (tmp_path / "svc.yaml").write_text(yaml.safe_dump(svc))
     args = ["-f", str(tmp_path), "--proxy-mode=nftables", "--hostname-override=test-node"]
     without = CliRunner().invoke(render, args)
-    assert "NodePorts answer on no address" in without.stderr
+    assert "NodePorts answer on every local address" in without.stderr
     assert "192.168.0.2" not in without.stdout
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
     with_node = CliRunner().invoke(render, args)
-    assert with_node.exit_code == 0 and "NodePorts answer on no address" not in with_node.stderr
+    assert with_node.exit_code == 0 and "NodePorts answer on every local address" not in with_node.stderr
     assert "192.168.0.2" in with_node.stdout
 
 

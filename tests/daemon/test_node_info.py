@@ -70,7 +70,7 @@ def test_with_node_completes_the_config() -> None:
 
 def test_setup_warnings_name_what_is_missing() -> None:
     primary = NodeConfig(hostname="test-node", nodeport_addresses=("primary",))
-    assert any("--nodeport-addresses primary" in w and "answer on no address" in w for w in setup_warnings(primary))
+    assert any("--nodeport-addresses primary" in w and "answer on every local address" in w for w in setup_warnings(primary))
     assert not setup_warnings(NodeConfig(hostname="test-node", node_ips=("192.168.0.2",),
                                          nodeport_addresses=("primary",), cluster_cidrs=("10.0.0.0/8",)))
     assert any("NodeCIDR" in w for w in setup_warnings(NODE_CIDR))
