@@ -80,7 +80,7 @@ def _node(settings: Settings, detect_local_addresses: bool) -> tuple[NodeConfig,
     if detect_local_addresses:
         extra = tuple(a for a in kernel_addresses(links) if a not in cfg.local_addresses and a not in cfg.node_ips)
         cfg = replace(cfg, local_addresses=cfg.local_addresses + extra)
-    families = run_families(None, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
+    families = run_families(settings.only_family, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
                             node_address_families(links))
     return replace(cfg, ip_family=families[0]), families
 

@@ -56,6 +56,7 @@ class Settings:
     cleanup: bool = False
     init_only: bool = False
     write_config_to: str = ""
+    only_family: int | None = None  # svcproxy's --ip-family: proxy this family alone
 
 
 def effective_mode(mode: str) -> tuple[str, str]:
@@ -95,7 +96,7 @@ def resolve(given: dict[str, Any], own: OwnFlags | None = None) -> Settings:
     return Settings(config=c, mode=mode, node=node_config(c, mode, own), notes=notes,
                     config_file=config_file, master=given.get("master") or "",
                     cleanup=bool(given.get("cleanup")), init_only=bool(given.get("init-only")),
-                    write_config_to=given.get("write-config-to") or "")
+                    write_config_to=given.get("write-config-to") or "", only_family=own.ip_family)
 
 
 def _from_flags(given: dict[str, Any]) -> KubeProxyConfiguration:

@@ -156,3 +156,15 @@ def test_status_snapshot_lists_both_families_ports() -> None:
     v6 = [p for p in web["ports"] if p["cluster_ip"] == "fd00:172:30::10" and p["protocol"] == "TCP"]
     assert {e["ip"] for e in v6[0]["endpoints"]} == {"fd00:10:0:1::10", "fd00:10:0:2::10"}
     assert snap["syncs"][0]["family"] == "IPv6"
+
+
+def test_run_takes_ip_family_from_the_command_line() -> None:
+    """--ip-family reaches run's choice of families (the resolved Settings carry it)."""
+    from svcproxy.cli.run import _node
+    from svcproxy.proxyconfig.resolve import OwnFlags, resolve
+
+    dual = ("192.168.0.2", "fd00::2")
+    cfg, fams = _node(resolve({}, OwnFlags(ip_family=6, node_ips=dual)), detect_local_addresses=False)
+    assert fams == (6,) and cfg.ip_family == 6
+    cfg, fams = _node(resolve({}, OwnFlags(node_ips=dual)), detect_local_addresses=False)
+    assert fams == (4, 6) and cfg.ip_family == 4
