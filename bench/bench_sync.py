@@ -144,7 +144,8 @@ def inside(args: argparse.Namespace) -> None:
         t_start = time.perf_counter()
         daemon = subprocess.Popen(
             [str(Path(py).with_name("svcproxy")), "run", "--master", f"http://127.0.0.1:{PORT}", "--proxy-mode",
-             *mode_args(args.mode), "--hostname-override", "node-0", "--node-ip", "10.0.0.1", "--min-sync-period", "0",
+             *mode_args(args.mode), "--hostname-override", "node-0", "--node-ip", "10.0.0.1", "--ip-family", "IPv4",
+             "--min-sync-period", "0",
              "--sync-period", f"{args.sync_period}s", "--healthz-bind-address", "127.0.0.1:10256",
              "--metrics-bind-address", "127.0.0.1:10249", "--conntrack-max-per-core=0"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
         log = Lines(daemon)

@@ -73,15 +73,30 @@ def _conntrack(settings: Settings) -> Conntrack:
 def _node(settings: Settings, detect_local_addresses: bool) -> tuple[NodeConfig, tuple[int, ...]]:
     """This node's config completed from the kernel (its other addresses) and the IP families to
     program, primary first (its ip_family is the primary's): shared by the daemon and --init-only."""
-    from ..runtime.addresses import kernel_addresses, kernel_links, node_address_families, run_families
+    from ..runtime.addresses import (
+        kernel_addresses,
+        kernel_links,
+        node_address_families,
+        platform_families,
+        run_families,
+    )
 
     cfg = settings.node
     links = kernel_links() if detect_local_addresses else []
     if detect_local_addresses:
         extra = tuple(a for a in kernel_addresses(links) if a not in cfg.local_addresses and a not in cfg.node_ips)
         cfg = replace(cfg, local_addresses=cfg.local_addresses + extra)
-    families = run_families(settings.only_family, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
-                            node_address_families(links))
+    supported = None
+    if settings.mode != "userspace":  # kube-proxy has no userspace mode: its rule is for the others
+        supported, missing = platform_families(settings.mode)
+        for why in missing:
+            log.info("%s", why)
+    try:
+        families = run_families(settings.only_family, cfg.ip_family, [*cfg.node_ips, *cfg.cluster_cidrs],
+                                node_address_families(links), supported)
+    except ValueError as e:
+        log.error("%s: give --node-ip (or --bind-address) of a family this host supports", e)
+        raise SystemExit(1) from None
     return replace(cfg, ip_family=families[0]), families
 
 

@@ -36,7 +36,8 @@ def run_argv(node: NodeSpec, mode: str, manifests: Path, nftables_layout: str = 
     """`svcproxy run` for one node, fed by the lab's manifest directory."""
     layout = ["--nftables-layout", nftables_layout] if mode == "nftables" else []
     # a dual-stack node: one daemon, both families (a node IP and a cluster CIDR per family)
-    dual = ["--node-ip", node.ip6, "--cluster-cidr", CLUSTER_CIDR6] if node.ip6 else []
+    # a single-stack node: IPv4 alone (run's default would add IPv6 wherever the host can)
+    dual = ["--node-ip", node.ip6, "--cluster-cidr", CLUSTER_CIDR6] if node.ip6 else ["--ip-family", "IPv4"]
     return [*svcproxy_argv(), "run", "-f", str(manifests), "--proxy-mode", mode, *layout,
             "--hostname-override", node.name, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR, *dual,
             "--healthz-bind-address", f"{node.ip}:{HEALTHZ_PORT}",

@@ -4,8 +4,10 @@ families the daemon programs."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..config import ip_family
 
@@ -38,15 +40,47 @@ def node_address_families(links: list[dict]) -> tuple[int, ...]:
     return tuple(sorted(fams))
 
 
-def run_families(explicit: int | None, primary: int, given: Iterable[str], kernel: Iterable[int] = ()) -> tuple[int, ...]:
+def platform_families(mode: str, proc: str = "/proc", which: Callable[[str], str | None] = shutil.which
+                      ) -> tuple[set[int], list[str]]:
+    """kube-proxy's platformCheckSupported: the families this host can proxy in `mode`, and why
+    any is missing. iptables modes need each family's binary; nft serves both; IPv6 also needs
+    the kernel's (/proc/net/if_inet6 present and net.ipv6.conf.all.disable_ipv6 not 1)."""
+    fams, why = {4, 6}, []
+    if mode == "iptables":
+        for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+            if which(tool) is None:
+                fams.discard(fam)
+                why.append(f"no IPv{fam} support: {tool} is not installed")
+    if not os.path.exists(f"{proc}/net/if_inet6"):
+        fams.discard(6)
+        why.append("no IPv6 support in the kernel (no /proc/net/if_inet6)")
+    else:
+        try:
+            disabled = open(f"{proc}/sys/net/ipv6/conf/all/disable_ipv6").read().strip() == "1"  # noqa: SIM115
+        except OSError:
+            disabled = False
+        if disabled:
+            fams.discard(6)
+            why.append("IPv6 is disabled in the kernel (net.ipv6.conf.all.disable_ipv6=1)")
+    return fams, why
+
+
+def run_families(explicit: int | None, primary: int, given: Iterable[str], kernel: Iterable[int] = (),
+                 supported: Iterable[int] | None = None) -> tuple[int, ...]:
     """Which families `svcproxy run` programs, the primary first.
 
-    --ip-family names one (single-stack). Otherwise the families of the addresses given
-    (--node-ip, --cluster-cidr: one per family, as kube-proxy takes a dual pair); with none
-    given, those the node has global addresses in (kube-proxy runs dual-stack when the host
-    can); IPv4 when nothing says.
+    --ip-family names one (single-stack). Otherwise kube-proxy's rule: every family the
+    platform supports (`supported`, from platform_families), dual-stack whenever the host can,
+    whatever the node's own addresses. Without that (userspace mode, which kube-proxy does not
+    have): the families of the addresses given (--node-ip, --cluster-cidr), else those the node
+    has global addresses in, else IPv4.
     """
     if explicit:
         return (explicit,)
-    fams = {ip_family(a) for a in given} or set(kernel) or {4}
+    if supported is not None:
+        fams = set(supported)
+        if primary not in fams:
+            raise ValueError(f"no support for the primary IP family IPv{primary} on this host")
+    else:
+        fams = {ip_family(a) for a in given} or set(kernel) or {4}
     return tuple(sorted(fams, key=lambda f: (f != primary, f)))

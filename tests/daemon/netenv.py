@@ -140,14 +140,19 @@ class Daemon:
         self.env, self.manifests, self.mode, self.log_path, self.extra = env, manifests, mode, log, extra
         self.proc: subprocess.Popen | None = None
         self.environ: dict[str, str] = {}  # added to the daemon's environment (e.g. a PATH with wrappers)
+        self.one_family = True  # pin IPv4 (see start); False leaves run's default families
 
     def start(self) -> Daemon:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         source = ["-f", str(self.manifests)] if self.manifests else []
         mode, _, layout = self.mode.partition("-")  # "nftables-maps": nftables with the maps layout
+        # these tests look at one family: IPv4 unless they ask for more (a second --node-ip) or
+        # another (--ip-family); run's own default, dual-stack where the host can, has its test
+        pinned = self.one_family and not {"--ip-family", "--node-ip"} & set(self.extra)
+        single = ["--ip-family", "IPv4"] if pinned else []
         argv = [str(Path(PYTHON).with_name("svcproxy")), "run", *source, "--proxy-mode", mode,
                 *(["--nftables-layout", layout] if layout else []),
-                "--hostname-override", "node-a", "--node-ip", NODE_IP, "--min-sync-period", "0",
+                "--hostname-override", "node-a", "--node-ip", NODE_IP, *single, "--min-sync-period", "0",
                 "--conntrack-max-per-core=0",  # nf_conntrack_max is read-only in a namespace
                 "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                 *self.extra]

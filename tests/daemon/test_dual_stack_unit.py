@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from svcproxy.config import NodeConfig
-from svcproxy.runtime.addresses import node_address_families, run_families
+from svcproxy.runtime.addresses import node_address_families, platform_families, run_families
 from svcproxy.runtime.daemon import Daemon, DaemonOptions
 from svcproxy.sources.manifests import ManifestSource
 from svcproxy.sources.store import ObjectStore
@@ -64,6 +64,13 @@ def test_run_families() -> None:
     # nothing given: the node's global addresses decide; nothing at all: IPv4
     assert run_families(None, 4, [], kernel=(4, 6)) == (4, 6)
     assert run_families(None, 4, []) == (4,)
+    # kube-proxy's rule (every mode it has): whatever the platform supports, the primary first
+    assert run_families(None, 4, ["192.168.0.2"], supported={4, 6}) == (4, 6)
+    assert run_families(None, 6, ["fd00::2"], supported={4, 6}) == (6, 4)
+    assert run_families(None, 4, ["192.168.0.2", "fd00::2"], supported={4}) == (4,)
+    assert run_families(4, 4, [], supported={4, 6}) == (4,)
+    with pytest.raises(ValueError, match="no support for the primary IP family IPv6"):
+        run_families(None, 6, ["fd00::2"], supported={4})
     links = [{"ifname": "lo", "addr_info": [{"local": "127.0.0.1", "scope": "host"}, {"local": "::1", "scope": "host"}]},
              {"ifname": "eth0", "addr_info": [{"local": "192.168.0.2", "scope": "global"},
                                               {"local": "fe80::1", "scope": "link"}]},
@@ -158,10 +165,40 @@ def test_status_snapshot_lists_both_families_ports() -> None:
     assert snap["syncs"][0]["family"] == "IPv6"
 
 
-def test_run_takes_ip_family_from_the_command_line() -> None:
-    """--ip-family reaches run's choice of families (the resolved Settings carry it)."""
+def test_platform_families(tmp_path: Path) -> None:
+    """kube-proxy's platformCheckSupported: the binaries for iptables mode, the kernel's IPv6."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "sys/net/ipv6/conf/all").mkdir(parents=True)
+    (tmp_path / "net/if_inet6").write_text("")
+    knob = tmp_path / "sys/net/ipv6/conf/all/disable_ipv6"
+    knob.write_text("0\n")
+    every = lambda tool: f"/usr/sbin/{tool}"  # noqa: E731
+    assert platform_families("iptables", str(tmp_path), every) == ({4, 6}, [])
+    assert platform_families("nftables", str(tmp_path), lambda tool: None) == ({4, 6}, [])
+    fams, why = platform_families("iptables", str(tmp_path), lambda t: None if t == "ip6tables" else every(t))
+    assert fams == {4} and why == ["no IPv6 support: ip6tables is not installed"]
+    knob.write_text("1\n")
+    fams, why = platform_families("nftables", str(tmp_path), every)
+    assert fams == {4} and "disable_ipv6=1" in why[0]
+    (tmp_path / "net/if_inet6").unlink()
+    fams, why = platform_families("ebpf", str(tmp_path), every)
+    assert fams == {4} and "no /proc/net/if_inet6" in why[0]
+
+
+def test_run_takes_ip_family_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ip-family reaches run's choice of families (the resolved Settings carry it); without
+    it a host that can do both runs both, as kube-proxy does, even with one node IP."""
     from svcproxy.cli.run import _node
     from svcproxy.proxyconfig.resolve import OwnFlags, resolve
+    from svcproxy.runtime import addresses
+
+    monkeypatch.setattr(addresses, "platform_families", lambda mode: ({4, 6}, []))
+    cfg, fams = _node(resolve({}, OwnFlags(node_ips=("fd00::2",))), detect_local_addresses=False)
+    assert fams == (6, 4) and cfg.ip_family == 6
+    monkeypatch.setattr(addresses, "platform_families", lambda mode: ({4}, ["IPv6 is disabled"]))
+    with pytest.raises(SystemExit):
+        _node(resolve({}, OwnFlags(node_ips=("fd00::2",))), detect_local_addresses=False)
+    monkeypatch.setattr(addresses, "platform_families", lambda mode: ({4, 6}, []))
 
     dual = ("192.168.0.2", "fd00::2")
     cfg, fams = _node(resolve({}, OwnFlags(ip_family=6, node_ips=dual)), detect_local_addresses=False)

@@ -72,7 +72,8 @@ def test_run_in_ebpf_mode_then_cleanup(node: Node, tmp_path: Path) -> None:
     (tmp_path / "m" / "web.yaml").write_text(MANIFESTS)
     log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed below
     daemon = in_node(node, SVCPROXY, "run", "-f", str(tmp_path / "m"), "--proxy-mode", "ebpf",
-                     "--hostname-override", "test-node", "--node-ip", "10.0.0.1", "--min-sync-period", "0",
+                     "--hostname-override", "test-node", "--node-ip", "10.0.0.1", "--ip-family", "IPv4",
+                     "--min-sync-period", "0",
                      "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
                      "--status-bind-address", STATUS, "--bpf-cgroup", str(node.cgroup),
                      "--conntrack-max-per-core=0",  # the host's nf_conntrack_max is read-only here
