@@ -46,7 +46,8 @@ def outside(args: argparse.Namespace) -> int:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         env = {**os.environ, "DMN_BENCH_INSIDE": ns}
         argv = ["--services", str(args.services), "--endpoints", str(args.endpoints), "--mode", args.mode,
-                "--changes", str(args.changes), "--sync-period", str(args.sync_period)]
+                "--changes", str(args.changes), "--sync-period", str(args.sync_period),
+                *(["--timeline"] if args.timeline else [])]
         return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, *argv], env=env).returncode
     finally:
         for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
@@ -61,12 +62,14 @@ class Lines:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.q: queue.Queue[tuple[float, str]] = queue.Queue()
         self.all: list[str] = []
+        self.times: list[float] = []  # perf_counter() each line arrived
         threading.Thread(target=self._read, args=(proc,), daemon=True).start()
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             self.all.append(line)
+            self.times.append(time.perf_counter())
             self.q.put((time.perf_counter(), line))
 
     def wait(self, pattern: re.Pattern, timeout: float) -> tuple[float, re.Match]:
@@ -163,6 +166,12 @@ def inside(args: argparse.Namespace) -> None:
         print(f"cold start: first full sync apply {float(cold.group(5)) / 1e3:.2f} s, build "
               f"{float(cold.group(4)):.0f} ms, input {int(cold.group(6)) / 1e6:.1f} MB; daemon start to rules "
               f"in the kernel {t_cold - t_start:.2f} s", flush=True)
+        if args.timeline:
+            print("cold start timeline (log lines as they arrived, seconds since the daemon was started):")
+            for t, line in zip(log.times, log.all, strict=False):
+                if t > t_cold:
+                    break
+                print(f"  {t - t_start:6.3f}  {line.strip()[:150]}")
 
         e2e, builds, applies, sizes = [], [], [], []
         for i in range(args.changes):
@@ -218,6 +227,7 @@ def main() -> int:
                     help="iptables, nftables or nftables-maps (nftables mode with --nftables-layout maps); "
                     "several, comma-separated, run one after the other")
     ap.add_argument("--changes", type=int, default=9)
+    ap.add_argument("--timeline", action="store_true", help="print the cold start's log lines with their times")
     ap.add_argument("--sync-period", type=int, default=60, help="seconds; the warm full sync comes this long "
                     "after the first")
     args = ap.parse_args()
