@@ -177,7 +177,9 @@ def dual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                               "--min-sync-period", "0s"], tmp / "svcproxy.log")
         try:
             deadline = time.monotonic() + 60
-            while not _programmed(node, mode):
+            log = tmp / "svcproxy.log"
+            # both families' first syncs done (a sync writes in several steps), and in the kernel
+            while not (all(f"IPv{f} full sync" in log.read_text() for f in (4, 6)) and _programmed(node, mode)):
                 assert daemon.poll() is None, (tmp / "svcproxy.log").read_text()
                 assert time.monotonic() < deadline, "svcproxy did not program both families within 60 s"
                 time.sleep(0.2)

@@ -196,3 +196,26 @@ def test_batched_full_sync_gives_the_same_rules_as_one_batch(netns: str) -> None
     assert "-X KUBE-SEP-" in small.last_input[-1] and "10.0.1.11" not in saved(netns, "nat")
     small.sync(state)
     assert (saved(netns, "nat"), saved(netns, "filter")) == one_batch
+
+
+def test_cold_start_hooks_masquerading_before_any_service_rule(netns: str) -> None:
+    """kube-proxy links its chains before it restores: on a cold start no DNAT rule may be
+    reachable while POSTROUTING does not yet jump to KUBE-POSTROUTING (a client outside the
+    cluster would reach the pod unmasqueraded). Checked in the kernel before every restore
+    that brings service chains, with batches of one service so there are several."""
+    dp = IptablesDataplane(NODE, netns=netns, batch_chains=1)
+    seen: list[tuple[bool, bool]] = []
+    restore = dp.ipt.restore
+
+    def checked(data: str) -> None:
+        if ":KUBE-SVC-" in data:
+            seen.append(("-j KUBE-POSTROUTING" in sh(netns, "iptables", "-t", "nat", "-S", "POSTROUTING"),
+                         "-j KUBE-SERVICES" in sh(netns, "iptables", "-t", "nat", "-S", "PREROUTING")))
+        restore(data)
+
+    dp.ipt.restore = checked  # type: ignore[method-assign]
+    dp.sync(state_from(WEB))
+    assert len(seen) >= 2, "the services came in several batches"
+    assert all(post for post, _ in seen), f"a service batch went in before masquerading was hooked: {seen}"
+    assert all(pre for _, pre in seen), "the entry points were hooked before the services were filled"
+    assert "10.0.1.11:8080" in saved(netns, "nat")

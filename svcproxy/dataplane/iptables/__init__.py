@@ -116,13 +116,19 @@ class IptablesDataplane:
             # Chains of a batch that went through exist now, whatever happens next.
             self.existing = existing = existing | {line[1:].split()[0] for line in data.splitlines()
                                                    if line.startswith(":") and n.is_service_chain(line[1:])}
+            if i == 0:
+                # the first batch made our fixed chains (KUBE-POSTROUTING's masquerade among
+                # them; on a cold start KUBE-SERVICES still empty): hook them in now, as
+                # kube-proxy does before its restore, so no service rule is ever reachable
+                # while masquerading is not (a cold start's window, seen as unmasqueraded
+                # replies in tests/test_dual_stack_traffic.py on a loaded machine)
+                self._ensure_jumps()
         try:
             self.ipt.restore(batches[-1])
         except ApplyError as e:
             raise ApplyError(f"full sync, last batch of {len(batches)}: {e}") from None
         self.existing = {c for blocks in rs.services.values() for b in blocks for c in b.chains}
         self.cold = False
-        self._ensure_jumps()
         log.info("iptables full sync: %d restore batches, %d bytes, %.2fs", len(batches),
                  sum(map(len, batches)), time.monotonic() - started)
         return sum(map(len, batches))
