@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 
@@ -40,17 +39,30 @@ def node_address_families(links: list[dict]) -> tuple[int, ...]:
     return tuple(sorted(fams))
 
 
-def platform_families(mode: str, proc: str = "/proc", which: Callable[[str], str | None] = shutil.which
+def iptables_present(tool: str) -> str | None:
+    """kube-proxy's iptables Present(): the tool runs and lists nat's POSTROUTING (the binary
+    is there and the kernel has the family's nat table). None when it does, else why not."""
+    try:
+        done = subprocess.run([tool, "-w", "5", "-t", "nat", "-S", "POSTROUTING"], capture_output=True, text=True)
+    except OSError:
+        return f"{tool} is not installed"
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        return f"{tool} -t nat fails: {last[0]}"
+    return None
+
+
+def platform_families(mode: str, proc: str = "/proc", present: Callable[[str], str | None] = iptables_present
                       ) -> tuple[set[int], list[str]]:
     """kube-proxy's platformCheckSupported: the families this host can proxy in `mode`, and why
-    any is missing. iptables modes need each family's binary; nft serves both; IPv6 also needs
-    the kernel's (/proc/net/if_inet6 present and net.ipv6.conf.all.disable_ipv6 not 1)."""
+    any is missing. iptables mode needs each family's iptables to work (Present()); nft serves
+    both; IPv6 also needs the kernel's (/proc/net/if_inet6, net.ipv6.conf.all.disable_ipv6 not 1)."""
     fams, why = {4, 6}, []
     if mode == "iptables":
         for fam, tool in ((4, "iptables"), (6, "ip6tables")):
-            if which(tool) is None:
+            if (err := present(tool)) is not None:
                 fams.discard(fam)
-                why.append(f"no IPv{fam} support: {tool} is not installed")
+                why.append(f"no IPv{fam} support: {err}")
     if not os.path.exists(f"{proc}/net/if_inet6"):
         fams.discard(6)
         why.append("no IPv6 support in the kernel (no /proc/net/if_inet6)")

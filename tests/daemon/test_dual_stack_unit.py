@@ -172,10 +172,11 @@ def test_platform_families(tmp_path: Path) -> None:
     (tmp_path / "net/if_inet6").write_text("")
     knob = tmp_path / "sys/net/ipv6/conf/all/disable_ipv6"
     knob.write_text("0\n")
-    every = lambda tool: f"/usr/sbin/{tool}"  # noqa: E731
+    every = lambda tool: None  # noqa: E731 - each tool works
     assert platform_families("iptables", str(tmp_path), every) == ({4, 6}, [])
-    assert platform_families("nftables", str(tmp_path), lambda tool: None) == ({4, 6}, [])
-    fams, why = platform_families("iptables", str(tmp_path), lambda t: None if t == "ip6tables" else every(t))
+    assert platform_families("nftables", str(tmp_path), lambda tool: "broken") == ({4, 6}, [])
+    fams, why = platform_families("iptables", str(tmp_path),
+                                  lambda t: "ip6tables is not installed" if t == "ip6tables" else None)
     assert fams == {4} and why == ["no IPv6 support: ip6tables is not installed"]
     knob.write_text("1\n")
     fams, why = platform_families("nftables", str(tmp_path), every)
@@ -205,3 +206,11 @@ def test_run_takes_ip_family_from_the_command_line(monkeypatch: pytest.MonkeyPat
     assert fams == (6,) and cfg.ip_family == 6
     cfg, fams = _node(resolve({}, OwnFlags(node_ips=dual)), detect_local_addresses=False)
     assert fams == (4, 6) and cfg.ip_family == 4
+
+
+def test_iptables_present_runs_the_tool() -> None:
+    """Present() as kube-proxy checks it: the tool lists nat's POSTROUTING, else why not."""
+    from svcproxy.runtime.addresses import iptables_present
+
+    assert iptables_present("no-such-iptables-tool") == "no-such-iptables-tool is not installed"
+    assert iptables_present("false") == "false -t nat fails: exit status 1"
