@@ -14,7 +14,9 @@ endpoints always see the node (kube-proxy's old userspace mode did the same).
 from __future__ import annotations
 
 import ast
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -247,16 +249,56 @@ BROKEN_TOOL = """#!/bin/sh
 echo "$(basename "$0"): can't initialize ip6tables table 'nat': Table does not exist (svcproxy test)" >&2
 exit 1
 """
+# passes kube-proxy's Present() check (the family's nat POSTROUTING lists), fails the rest
+PRESENT_THEN_BROKEN = """#!/bin/sh
+case "$*" in *"-t nat -S POSTROUTING"*) exec {real} "$@";; esac
+""" + BROKEN_TOOL.split("\n", 1)[1]
 
 
-def test_a_family_that_cannot_be_programmed_does_not_stop_the_other(tmp_path: Path) -> None:
-    """ip6tables broken on this node: IPv4 is programmed and serves traffic, the log names the
-    IPv6 failure, and /healthz answers 503 once the IPv6 change has waited past its timeout."""
+def _broken_ip6tables(tmp_path: Path, present: bool) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("ip6tables", "ip6tables-restore", "ip6tables-save"):
-        (bin_dir / tool).write_text(BROKEN_TOOL)
+        text = PRESENT_THEN_BROKEN.format(real=shutil.which(tool)) if present and tool == "ip6tables" else BROKEN_TOOL
+        (bin_dir / tool).write_text(text)
         (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
+def test_a_family_whose_iptables_is_not_present_is_not_proxied(tmp_path: Path) -> None:
+    """kube-proxy's platformCheckSupported: ip6tables that cannot list its nat table means
+    IPv6 is not supported, so the node runs IPv4 alone, healthy, and the log says why."""
+    bin_dir = _broken_ip6tables(tmp_path, present=False)
+    (tmp_path / "services.yaml").write_text(MANIFESTS)
+    with scratch_namespace("dsn") as node:
+        run(["ip", "-n", node, "link", "set", "lo", "up"])
+        log = tmp_path / "svcproxy.log"
+        env_path = f"{bin_dir}:{os.environ.get('PATH', '')}"
+        spawn(node, ["env", f"PATH={env_path}", SVCPROXY, "run", "-f", str(tmp_path / "services.yaml"),
+                     "--proxy-mode", "iptables", "--node-ip", "10.1.0.1", "--node-ip", "fd00:10:1::1",
+                     "--hostname-override", "test-node", "--healthz-bind-address", "127.0.0.1:10256",
+                     "--metrics-bind-address", "", "--status-bind-address", "",
+                     "--min-sync-period", "0s", "--conntrack-max-per-core=0"], log)
+        try:
+            deadline = time.monotonic() + 30
+            while "IPv4 full sync" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            text = log.read_text()
+            assert "no IPv6 support: ip6tables -t nat fails: ip6tables: can't initialize" in text, text[-2000:]
+            assert "node test-node (IPv4)," in text and "IPv6 sync" not in text
+            code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:10256/healthz').read().decode())"
+            doc = json.loads(exec_in(node, [sys.executable, "-c", code]))
+            assert doc["healthy"] is True and list(doc["status"]) == ["IPv4"]
+        finally:
+            stop_processes(namespace_pids(node))
+
+
+def test_a_family_that_cannot_be_programmed_does_not_stop_the_other(tmp_path: Path) -> None:
+    """ip6tables present (it lists its nat table) but every restore fails: IPv4 is programmed
+    and serves traffic, the log names the IPv6 failure, and /healthz answers 503 once the IPv6
+    change has waited past its timeout."""
+    bin_dir = _broken_ip6tables(tmp_path, present=True)
     (tmp_path / "services.yaml").write_text(MANIFESTS)
     with scratch_namespace("dsf") as node, scratch_namespace("dsq") as pod:
         run(["ip", "link", "add", "dsfp0", "netns", node, "type", "veth", "peer", "name", "dsfp1", "netns", pod])

@@ -41,3 +41,6 @@ def setup_logging(verbosity: int, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(vlevel(verbosity))
+    # watchfiles logs "N changes detected" at INFO on every wake-up: noise, and a log file
+    # beside a watched manifest would feed it
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

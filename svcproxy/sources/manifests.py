@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..gcpause import gc_paused
-from ..model.load import manifest_files, raw_objects, read_file
+from ..model.load import MANIFEST_SUFFIXES, manifest_files, raw_objects, read_file
 from ..model.parse import PARSERS, ObjectError
 from .store import Obj, ObjectStore, key_of, kind_of
 
@@ -124,7 +124,8 @@ class ManifestSource:
         dirs = sorted({str(p) for p in self.paths if p.is_dir()})
         parents = sorted({str(p.parent) for p in self.paths if not p.is_dir()} - set(dirs))
         wake = asyncio.Event()
-        watchers = [asyncio.create_task(_watch(group, recursive, wake))
+        files = {str(p.absolute()) for p in self.paths if not p.is_dir()}
+        watchers = [asyncio.create_task(_watch(group, recursive, wake, files))
                     for group, recursive in ((dirs, True), (parents, False)) if group]
         try:
             while True:
@@ -136,11 +137,24 @@ class ManifestSource:
                 w.cancel()
 
 
-async def _watch(paths: list[str], recursive: bool, wake: asyncio.Event) -> None:
+def relevant(path: str, files: set[str]) -> bool:
+    """Whether a change under a watched directory may change what we load. Only a regular
+    file that is neither a manifest nor a file given with -f is left out: a log written next
+    to the manifests would otherwise wake the source for nothing, each wake-up's log line a
+    new change, without end. Directories, symlinks and removed paths always count (a
+    ConfigMap volume updates by swapping its `..data` symlink)."""
+    p = Path(path)
+    if p.suffix in MANIFEST_SUFFIXES or str(p.absolute()) in files:
+        return True
+    return p.is_symlink() or not p.is_file()
+
+
+async def _watch(paths: list[str], recursive: bool, wake: asyncio.Event, files: set[str]) -> None:
     import watchfiles
 
     async for _ in watchfiles.awatch(*paths, debounce=400, step=20, recursive=recursive,
-                                     watch_filter=None, ignore_permission_denied=True):
+                                     watch_filter=lambda _change, path: relevant(path, files),
+                                     ignore_permission_denied=True):
         wake.set()
 
 

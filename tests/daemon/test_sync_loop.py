@@ -320,3 +320,59 @@ def test_changes_in_a_sync_still_running_count_as_pending(manifests: Path) -> No
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_a_log_written_beside_the_manifests_does_not_wake_the_source(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`svcproxy run -f dir/web.yaml 2> dir/svcproxy.log`: the log's writes are not manifest
+    changes (each wake-up used to log a line, itself a change: a loop without end). A
+    ConfigMap volume's `..data` symlink swap still counts."""
+    from svcproxy.sources import manifests as m
+
+    f = tmp_path / "web.yaml"
+    write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.10")]))
+    loads = []
+    real = m.ManifestSource.load
+    monkeypatch.setattr(m.ManifestSource, "load", lambda self, store: (loads.append(1), real(self, store)))
+
+    async def main() -> None:
+        dp = RecordingDataplane()
+        daemon = make_daemon([f], dp, min_sync_period=0.0)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: dp.calls)
+            await asyncio.sleep(0.6)
+            before = len(loads)
+            log = tmp_path / "svcproxy.log"
+            for i in range(30):
+                with log.open("a") as out:
+                    out.write(f"line {i}\n")
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.8)  # past the watch's 400 ms debounce
+            assert len(loads) == before, "writes to a log beside the manifest woke the source"
+            # the file itself still counts
+            write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.11")]))
+            await until(lambda: dp.endpoints("default/web") == ["10.0.1.11:8080"])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_what_counts_as_a_manifest_change(tmp_path: Path) -> None:
+    from svcproxy.sources.manifests import relevant
+
+    given = tmp_path / "services.txt"
+    given.write_text("")
+    (tmp_path / "svcproxy.log").write_text("x")
+    (tmp_path / "web.yaml.swp").write_text("x")
+    (tmp_path / "..2026_12_08").mkdir()
+    (tmp_path / "..data").symlink_to(tmp_path / "..2026_12_08")
+    files = {str(given)}
+    assert not relevant(str(tmp_path / "svcproxy.log"), files)
+    assert not relevant(str(tmp_path / "web.yaml.swp"), files), "an editor's swap file"
+    assert relevant(str(given), files), "a file given with -f, whatever its name"
+    assert relevant(str(tmp_path / "web.yaml"), files), "a manifest (here: removed)"
+    assert relevant(str(tmp_path / "..data"), files) and relevant(str(tmp_path / "..2026_12_08"), files)
+    assert relevant(str(tmp_path / "gone.log"), files), "a removed path: cannot tell, so it counts"
