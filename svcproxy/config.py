@@ -7,6 +7,7 @@ a KubeProxyConfiguration file and the kernel; `render` fills it from flags alone
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -16,6 +17,18 @@ DEFAULT_MASQUERADE_BIT = 14
 def ip_family(address: str) -> int:
     """4 or 6 for an address or CIDR string."""
     return 6 if ":" in address else 4
+
+
+def nodeport_cidrs(addresses: Sequence[str], node_ips: Sequence[str], family: int
+                   ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """kube-proxy's NodePortAddresses for one family: "primary" becomes the family's first
+    node IP as a /32 or /128 (server.go; a loopback one is skipped), the other family's CIDRs
+    are dropped, and nothing left means all: 0.0.0.0/0 or ::/0 (NewNodePortAddresses)."""
+    if list(addresses) == ["primary"]:
+        ips = [ip for ip in node_ips if ip_family(ip) == family][:1]
+        addresses = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback]
+    nets = tuple(ipaddress.ip_network(a, strict=False) for a in addresses if a != "primary" and ip_family(a) == family)
+    return nets or (ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0"),)
 
 
 def format_endpoint(ip: str, port: int) -> str:
@@ -118,18 +131,8 @@ class NodeConfig:
         """
         if not self.nodeport_addresses:
             return None
-        if self.nodeport_addresses == ("primary",):
-            # server.go turns "primary" into the node IPs' /32 and /128; a family without a
-            # (non-loopback) node IP is left with no CIDR, which matches all, as below
-            ip = self.primary_ip
-            return (ip,) if ip and not ipaddress.ip_address(ip).is_loopback else None
-        wanted = [c for c in self.nodeport_addresses if ip_family(c) == self.ip_family]
-        if not wanted:
-            return None  # NewNodePortAddresses: a family none of the CIDRs names matches all
-        out: list[str] = []
-        for c in wanted:
-            net = ipaddress.ip_network(c, strict=False)
-            if net.prefixlen == 0:
-                return None
-            out += [ip for ip in self.local_ips if ipaddress.ip_address(ip) in net]
+        nets = nodeport_cidrs(self.nodeport_addresses, self.node_ips, self.ip_family)
+        if any(net.prefixlen == 0 for net in nets):
+            return None
+        out = [ip for net in nets for ip in self.local_ips if ipaddress.ip_address(ip) in net]
         return tuple(dict.fromkeys(out))

@@ -4,9 +4,9 @@ families the daemon programs."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from ..config import ip_family
 
@@ -63,12 +63,12 @@ def platform_families(mode: str, proc: str = "/proc", present: Callable[[str], s
             if (err := present(tool)) is not None:
                 fams.discard(fam)
                 why.append(f"no IPv{fam} support: {err}")
-    if not os.path.exists(f"{proc}/net/if_inet6"):
+    if not Path(f"{proc}/net/if_inet6").exists():
         fams.discard(6)
         why.append("no IPv6 support in the kernel (no /proc/net/if_inet6)")
     else:
         try:
-            disabled = open(f"{proc}/sys/net/ipv6/conf/all/disable_ipv6").read().strip() == "1"  # noqa: SIM115
+            disabled = Path(f"{proc}/sys/net/ipv6/conf/all/disable_ipv6").read_text().strip() == "1"
         except OSError:
             disabled = False
         if disabled:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ip_family
+from ..config import nodeport_cidrs
 from ..proxyconfig.model import Conntrack
 
 log = logging.getLogger("svcproxy.runtime.node_setup")
@@ -110,15 +110,10 @@ def conntrack_writes(settings: ConntrackSettings, ncpu: int) -> list[Write]:
 
 
 def nodeport_addresses_contain_ipv4_loopback(nodeport_addresses: Sequence[str], node_ips: Sequence[str]) -> bool:
-    """kube-proxy's NodePortAddresses.ContainsIPv4Loopback for the IPv4 proxier: "primary" is
-    first replaced by the IPv4 node IP/32 (unless loopback); no IPv4 CIDR left means 0.0.0.0/0."""
-    addrs = list(nodeport_addresses)
-    if addrs == ["primary"]:
-        addrs = [f"{ip}/32" for ip in node_ips if ip_family(ip) == 4 and not ipaddress.ip_address(ip).is_loopback]
-    cidrs = [ipaddress.ip_network(a, strict=False) for a in addrs if a != "primary" and ip_family(a) == 4]
-    if not cidrs:
-        return True
-    return any(c.network_address.is_loopback or ipaddress.ip_address("127.0.0.0") in c for c in cidrs)
+    """kube-proxy's NodePortAddresses.ContainsIPv4Loopback for the IPv4 proxier."""
+    loopback = ipaddress.ip_address("127.0.0.0")
+    return any(c.network_address.is_loopback or loopback in c
+               for c in nodeport_cidrs(nodeport_addresses, node_ips, 4))
 
 
 def route_localnet_wanted(mode: str, families: Sequence[int], localhost_nodeports: bool,
