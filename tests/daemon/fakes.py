@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 
 from svcproxy.dataplane import ApplyError, SyncResult
+from svcproxy.runtime.daemon import Daemon
 from svcproxy.state import ProxyState
 
 
@@ -48,3 +51,14 @@ class RecordingDataplane:
         if svc is None:
             return []
         return sorted(str(e) for eps in svc.endpoints.values() for e in eps)
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task]:
+    """The daemon running in a task for the block's length, then cancelled and awaited."""
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

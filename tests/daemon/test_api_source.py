@@ -13,7 +13,7 @@ from svcproxy.sources.apiclient import ApiConfig
 from svcproxy.sources.kubernetes import ApiSource
 
 from .apiserver import StandInApiServer
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_sync_loop import until
 
@@ -38,13 +38,9 @@ def run_with_daemon(server: StandInApiServer, body) -> None:
         opts = DaemonOptions(cfg=CFG, mode="fake", sources=[source], min_sync_period=0.0,
                              healthz_bind_address="", metrics_bind_address="", clear_conntrack=False)
         daemon = Daemon(opts, dp=dp)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             await body(dp, source, daemon)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -180,14 +176,10 @@ def test_list_is_paginated(server: StandInApiServer) -> None:
         source = ApiSource(ApiConfig(host=server.url), "node-a", page_size=10)
         daemon = Daemon(DaemonOptions(cfg=CFG, mode="fake", sources=[source], healthz_bind_address="",
                                       metrics_bind_address="", clear_conntrack=False), dp=dp)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             assert len(dp.last.services) == 26
             assert server.call(lambda: server.requests.count("list Service")) == 3
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -331,8 +323,7 @@ def test_events_and_client_metrics(server: StandInApiServer) -> None:
         daemon = Daemon(DaemonOptions(cfg=CFG, mode="iptables", sources=[source], min_sync_period=0.0,
                                       healthz_bind_address="", metrics_bind_address=f"127.0.0.1:{mp}",
                                       clear_conntrack=False), dp=dp)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             await until(lambda: any(e["reason"] == "Starting" for e in server.events()), 5)
             start = next(e for e in server.events() if e["reason"] == "Starting")
@@ -362,9 +353,6 @@ def test_events_and_client_metrics(server: StandInApiServer) -> None:
             assert f'rest_client_requests_total{{code="201",host="{host}",method="POST"}}' in text
             assert f'rest_client_request_duration_seconds_bucket{{host="{host}",le="0.005",verb="GET"}}' in text
             assert f'rest_client_request_duration_seconds_count{{host="{host}",verb="POST"}}' in text
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             busy.close()
 
     asyncio.run(main())

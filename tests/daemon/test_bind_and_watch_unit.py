@@ -13,7 +13,7 @@ from svcproxy.config import NodeConfig
 from svcproxy.runtime.daemon import BindFailed, ConfigFileChanged, Daemon, DaemonOptions, watch_config_file
 from svcproxy.sources.manifests import ManifestSource
 
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_health_metrics import free_port, get
 from .test_sync_loop import until, write
@@ -52,8 +52,7 @@ def test_a_taken_healthz_port_is_retried_and_the_proxy_goes_on(tmp_path: Path) -
     daemon, dp = _daemon(tmp_path, f"127.0.0.1:{port}", hard_fail=False)
 
     async def scenario() -> None:
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)  # programmed while the port is taken
             assert dp.endpoints("default/web") == ["10.0.1.10:8080"]
             taken.close()  # freed: the next retry (every 5 s) binds it
@@ -65,9 +64,6 @@ def test_a_taken_healthz_port_is_retried_and_the_proxy_goes_on(tmp_path: Path) -
                 except OSError:
                     await asyncio.sleep(0.1)
             assert status == 200
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
 

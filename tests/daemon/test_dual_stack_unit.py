@@ -16,7 +16,7 @@ from svcproxy.runtime.daemon import Daemon, DaemonOptions
 from svcproxy.sources.manifests import ManifestSource
 from svcproxy.sources.store import ObjectStore
 
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_health_metrics import free_port, get
 from .test_sync_loop import until, write
@@ -92,8 +92,7 @@ def test_a_failing_family_is_reported_and_the_other_keeps_programming(tmp_path: 
                              min_sync_period=0.0, sync_period=0.2, clear_conntrack=False)
         daemon = Daemon(opts, dps={4: v4, 6: v6})
         assert [s.cfg.ip_family for s in daemon.syncers.values()] == [4, 6]
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: v4.calls and v6.calls)
             assert v4.endpoints("default/web") == ["10.0.1.10:8080"]
             assert v6.endpoints("default/web") == ["[fd00:10::10]:8080"]
@@ -137,9 +136,6 @@ def test_a_failing_family_is_reported_and_the_other_keeps_programming(tmp_path: 
             await until(lambda: daemon.health.healthy(), timeout=5)
             status, _ = await get(f"http://127.0.0.1:{hz}/healthz")
             assert status == 200
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 

@@ -9,7 +9,7 @@ import pytest
 
 from svcproxy.runtime.syncer import canary_interval
 
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_sync_loop import make_daemon, until, write
 
@@ -105,8 +105,7 @@ def test_nftables_sync_and_cleanup_failures_are_counted(manifests: Path) -> None
             assert sample(daemon, name) == 0 and daemon.metrics.registry.get_sample_value(
                 name, {"ip_family": "IPv4"}) is not None, f"{name}: a series at 0 from the start"
         dp.fail_next = 2
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls, 10)
             assert sample(daemon, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total") == 2
             dp.cleanup_failures = 3  # the dataplane could not delete stale chains three times
@@ -114,8 +113,5 @@ def test_nftables_sync_and_cleanup_failures_are_counted(manifests: Path) -> None
             assert sample(daemon, "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total") == 3
             assert await daemon.syncer.sync_once()
             assert sample(daemon, "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total") == 3
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())

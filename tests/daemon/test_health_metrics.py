@@ -15,7 +15,7 @@ from svcproxy.config import NodeConfig
 from svcproxy.runtime.daemon import Daemon, DaemonOptions
 from svcproxy.sources.manifests import ManifestSource
 
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 from .test_sync_loop import until, write
 
@@ -72,8 +72,7 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
                              sync_period=0.5, healthz_bind_address=f"127.0.0.1:{hz}",
                              metrics_bind_address=f"127.0.0.1:{mp}", clear_conntrack=False)
         daemon = Daemon(opts, dp=dp)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             status, headers, body = await get_full(f"http://127.0.0.1:{hz}/healthz")
             assert status == 200
@@ -168,8 +167,5 @@ def test_health_metrics_and_health_check_node_port(tmp_path: Path) -> None:
             await until(lambda: dp.endpoints("default/lb") == ["10.0.2.6:8080"], 5)
             status, _ = await get(f"http://127.0.0.1:{hz}/healthz")
             assert status == 200
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())

@@ -14,7 +14,7 @@ from svcproxy.config import NodeConfig
 from svcproxy.runtime.daemon import Daemon, DaemonOptions
 from svcproxy.sources.manifests import ManifestSource
 
-from .fakes import RecordingDataplane
+from .fakes import RecordingDataplane, running
 from .manifests_util import endpoint, endpoint_slice, service
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,8 +55,7 @@ def test_edits_new_and_removed_files_reach_the_dataplane(manifests: Path) -> Non
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             assert dp.calls[0][1] is None, "the first sync is a full one"
             assert dp.endpoints("default/web") == ["10.0.1.10:8080", "10.0.2.10:8080"]
@@ -75,9 +74,6 @@ def test_edits_new_and_removed_files_reach_the_dataplane(manifests: Path) -> Non
             (manifests / "dns.json").unlink()
             await until(lambda: "default/dns" not in dp.last.services)
             assert "default/web" in dp.last.services
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -86,8 +82,7 @@ def test_bad_edit_keeps_last_good_version(manifests: Path) -> None:
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             bad = service("web", "172.30.0.999")
             write(manifests / "web.json", bad, service("other", "172.30.0.11"),
@@ -100,9 +95,6 @@ def test_bad_edit_keeps_last_good_version(manifests: Path) -> None:
             (manifests / "web.json").write_text("{ not yaml: [")
             await asyncio.sleep(0.6)
             assert "default/other" in dp.last.services and "default/web" in dp.last.services
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -111,8 +103,7 @@ def test_min_sync_period_coalesces_bursts(manifests: Path) -> None:
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.5, sync_period=60)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             store = daemon.store
             n = len(dp.calls)
@@ -123,9 +114,6 @@ def test_min_sync_period_coalesces_bursts(manifests: Path) -> None:
             await until(lambda: dp.endpoints("default/web") == [f"10.0.9.{19}:8080"])
             assert len(dp.calls) - n <= 2, "a burst is coalesced into at most two syncs"
             assert time.monotonic() - t0 >= 0.4, "no sync sooner than min-sync-period after the previous one"
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -140,8 +128,7 @@ def test_periodic_full_sync_and_retry_after_failure(manifests: Path) -> None:
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.3)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: len(dp.calls) >= 3)
             assert all(changed is None for _, changed in dp.calls), "sync-period syncs are full"
             dp.fail_next = 2
@@ -152,9 +139,6 @@ def test_periodic_full_sync_and_retry_after_failure(manifests: Path) -> None:
             assert dp.calls[-1][1] is None, "the sync after a failure is full"
             assert dp.endpoints("default/web") == ["10.0.9.7:8080"]
             assert daemon.syncer.metrics.restore_failures._value.get() == failures + 2
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -164,15 +148,11 @@ def test_no_rules_before_every_source_synced(manifests: Path) -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0)
         daemon.store.add_source("api")  # a second source that has not listed yet
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await asyncio.sleep(0.3)
             assert dp.calls == []
             daemon.store.mark_synced("api")
             await until(lambda: dp.calls)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -187,8 +167,7 @@ def test_slow_full_syncs_stretch_the_period_and_partial_syncs_go_between(manifes
         dp = RecordingDataplane()
         dp.full_delay = 0.25
         daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.1)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             assert daemon.syncer.full_sync_interval >= 1.0, "4 x the last full sync"
             await asyncio.sleep(0.2)
@@ -198,9 +177,6 @@ def test_slow_full_syncs_stretch_the_period_and_partial_syncs_go_between(manifes
             await asyncio.sleep(1.5)
             fulls = sum(changed is None for _, changed in dp.calls)
             assert 2 <= fulls <= 3, fulls
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -213,8 +189,7 @@ def test_single_file_path_followed_through_rename_and_in_place_edits(tmp_path: P
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([f], dp, min_sync_period=0.0)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.11")]))
             await until(lambda: dp.endpoints("default/web") == ["10.0.1.11:8080"])  # replaced by rename
@@ -222,9 +197,6 @@ def test_single_file_path_followed_through_rename_and_in_place_edits(tmp_path: P
                          json.dumps(endpoint_slice("web-1", "web", [endpoint("10.0.1.12")])))
             await until(lambda: dp.endpoints("default/web") == ["10.0.1.12:8080"])  # edited in place
             assert len(daemon.store.services) == 1, "files next to it are not read"
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -250,8 +222,7 @@ def test_stale_udp_conntrack_is_cleared_before_the_sync_counts_as_done(manifests
             return conntrack.Reconciled(0, 0.0)
 
         monkeypatch.setattr(conntrack, "reconcile", reconcile)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             write(manifests / "dns.json", service("dns", "172.30.0.53", 53, "UDP"),
                   endpoint_slice("dns-1", "dns", [endpoint("10.0.1.53"), endpoint("10.0.1.54")], 53, "UDP"))
@@ -263,9 +234,6 @@ def test_stale_udp_conntrack_is_cleared_before_the_sync_counts_as_done(manifests
             await until(lambda: daemon.syncer.syncs > done)
             assert seen[-1] == (done, ["10.0.1.53:53"]), \
                 "the removed endpoint's entries were cleared before the sync was counted"
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -278,12 +246,8 @@ def test_periodic_full_sync_logs_what_it_changed(manifests: Path, caplog: pytest
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=0.2)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: len(dp.calls) >= 3)  # the first sync, then periodic ones
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         assert daemon.syncer.last is not None and daemon.syncer.last.full and daemon.syncer.last.changed == 0
 
     with caplog.at_level(logging.INFO, logger="svcproxy.runtime.syncer"):
@@ -300,24 +264,22 @@ def test_changes_in_a_sync_still_running_count_as_pending(manifests: Path) -> No
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([manifests], dp, min_sync_period=0.0, sync_period=60)
-        task = asyncio.create_task(daemon.run())
-        try:
-            await until(lambda: dp.calls)
-            assert daemon.syncer.pending_since() is None
-            dp.gate, dp.entered = threading.Event(), threading.Event()
-            before = time.monotonic()
-            daemon.store.put("manifests", _slice(3))
-            await until(dp.entered.is_set)
-            since = daemon.syncer.pending_since()
-            assert since is not None and since >= before - 0.001, "the in-flight change is pending"
-            dp.gate.set()
-            await until(lambda: dp.endpoints("default/web") == ["10.0.9.3:8080"])
-            assert daemon.syncer.pending_since() is None
-        finally:
-            if dp.gate is not None:
+        async with running(daemon):
+            try:
+                await until(lambda: dp.calls)
+                assert daemon.syncer.pending_since() is None
+                dp.gate, dp.entered = threading.Event(), threading.Event()
+                before = time.monotonic()
+                daemon.store.put("manifests", _slice(3))
+                await until(dp.entered.is_set)
+                since = daemon.syncer.pending_since()
+                assert since is not None and since >= before - 0.001, "the in-flight change is pending"
                 dp.gate.set()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+                await until(lambda: dp.endpoints("default/web") == ["10.0.9.3:8080"])
+                assert daemon.syncer.pending_since() is None
+            finally:  # release the blocked sync thread before the daemon stops
+                if dp.gate is not None:
+                    dp.gate.set()
 
     asyncio.run(main())
 
@@ -338,8 +300,7 @@ def test_a_log_written_beside_the_manifests_does_not_wake_the_source(tmp_path: P
     async def main() -> None:
         dp = RecordingDataplane()
         daemon = make_daemon([f], dp, min_sync_period=0.0)
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with running(daemon):
             await until(lambda: dp.calls)
             await asyncio.sleep(0.6)
             before = len(loads)
@@ -353,9 +314,6 @@ def test_a_log_written_beside_the_manifests_does_not_wake_the_source(tmp_path: P
             # the file itself still counts
             write(f, service("web", "172.30.0.10"), endpoint_slice("web-1", "web", [endpoint("10.0.1.11")]))
             await until(lambda: dp.endpoints("default/web") == ["10.0.1.11:8080"])
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
 
